@@ -1,0 +1,50 @@
+//! Parses the command line, dispatches, and maps failures to exit codes:
+//! 0 success, 1 a rejected token (`verify`), 2 bad flags or unusable files.
+#![forbid(unsafe_code)]
+
+use std::process::ExitCode;
+use tessera::cli::{Command, TopLevel};
+use tessera::commands::{self, Failure};
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    let strs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (name, rest) = match strs.split_first() {
+        Some((n, r)) => (*n, r),
+        None => ("tessera", &[][..]),
+    };
+    let top = match <TopLevel as argh::FromArgs>::from_args(&[name], rest) {
+        Ok(t) => t,
+        Err(early) => {
+            return if early.status.is_ok() {
+                println!("{}", early.output);
+                ExitCode::SUCCESS
+            } else {
+                eprintln!("{}", early.output.trim_end());
+                eprintln!("Run '{name} --help' for how to use it.");
+                ExitCode::from(2)
+            };
+        }
+    };
+    if top.version {
+        println!("{}", tessera::version_line());
+        return ExitCode::SUCCESS;
+    }
+    let result = match top.command {
+        None => Err(Failure::usage("no subcommand given; run 'tessera --help'")),
+        Some(Command::Keygen(a)) => commands::keygen(&a),
+        Some(Command::Token(a)) => commands::token(&a),
+        Some(Command::Verify(a)) => commands::verify(&a, &mut std::io::stdin().lock()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            if f.code == 1 {
+                eprintln!("{}", f.message);
+            } else {
+                eprintln!("tessera: {}", f.message);
+            }
+            ExitCode::from(f.code)
+        }
+    }
+}
