@@ -21,6 +21,7 @@ pub struct TopLevel {
 #[derive(FromArgs, Debug)]
 #[argh(subcommand)]
 pub enum Command {
+    Serve(Serve),
     Keygen(Keygen),
     Token(Token),
     Verify(Verify),
@@ -93,4 +94,82 @@ pub struct Verify {
     /// check as of this Unix time instead of now
     #[argh(option)]
     pub at: Option<u64>,
+}
+
+/// Run the hub: HTTP and WebSocket on one port, every socket authenticated
+/// with a token during the handshake.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "serve")]
+pub struct Serve {
+    /// address to listen on [127.0.0.1:8080]
+    #[argh(option, default = "\"127.0.0.1:8080\".into()")]
+    pub listen: String,
+    /// signing key file (else env TESSERA_SECRET); reloaded on SIGHUP
+    #[argh(option)]
+    pub secret_file: Option<PathBuf>,
+    /// access token lifetime in seconds [3600]
+    #[argh(option, default = "3600")]
+    pub access_ttl: u64,
+    /// refresh token lifetime in seconds [604800]
+    #[argh(option, default = "604800")]
+    pub refresh_ttl: u64,
+    /// clock-skew allowance in seconds [30]
+    #[argh(option, default = "30")]
+    pub leeway: u64,
+    /// require (and issue) this `iss`
+    #[argh(option)]
+    pub issuer: Option<String>,
+    /// require (and issue) this `aud`
+    #[argh(option)]
+    pub audience: Option<String>,
+    /// minimum clearance to open a socket [0]
+    #[argh(option, default = "0")]
+    pub min_clearance: u32,
+    /// clearance needed for a channel, NAME=LEVEL (repeatable; unlisted: 0)
+    #[argh(option, from_str_fn(parse_channel_level))]
+    pub channel: Vec<(String, u32)>,
+    /// browser origin allowed to open sockets with the cookie (repeatable);
+    /// default: the origin of the request's own Host
+    #[argh(option)]
+    pub allowed_origin: Vec<String>,
+    /// also accept ?access_token= on the upgrade request (URLs leak into logs)
+    #[argh(switch)]
+    pub allow_query_token: bool,
+    /// most open sockets [1024]
+    #[argh(option, default = "1024")]
+    pub max_connections: usize,
+    /// largest client message in bytes; larger closes with 1009 [65536]
+    #[argh(option, default = "65536")]
+    pub max_message_bytes: usize,
+    /// messages queued per socket before it is closed as a slow consumer
+    /// (4008) [256]
+    #[argh(option, default = "256")]
+    pub queue_depth: usize,
+    /// seconds between server pings; a socket silent for another interval
+    /// is closed [30]
+    #[argh(option, default = "30")]
+    pub ping_interval: u64,
+    /// seconds a client has to send a full request head [10]
+    #[argh(option, default = "10")]
+    pub handshake_timeout: u64,
+    /// log lines on stderr: json or text [json]
+    #[argh(option, default = "\"json\".into()")]
+    pub log_format: String,
+    /// demo mode: ephemeral key, channels ops=1 and briefing=3, a ticker on
+    /// ops every 5 s, ready-made tokens printed on stdout
+    #[argh(switch)]
+    pub demo: bool,
+}
+
+fn parse_channel_level(s: &str) -> Result<(String, u32), String> {
+    let (name, level) = s.split_once('=').ok_or("expected NAME=LEVEL")?;
+    if !crate::hub::channel_name_ok(name) {
+        return Err(format!(
+            "{name:?} is not a channel name (1-64 of A-Z a-z 0-9 _ . : - @)"
+        ));
+    }
+    let level = level
+        .parse()
+        .map_err(|_| format!("{level:?} is not a level (0-4294967295)"))?;
+    Ok((name.to_string(), level))
 }

@@ -3,15 +3,30 @@
 //!
 //! The pure core (no sockets, no clocks) is:
 //! - [`jwt`]: sign and verify tokens, the SPEC §3 reason codes;
-//! - [`keys`]: key files and `kid` lookup.
+//! - [`keys`]: key files and `kid` lookup;
+//! - [`http`]: request heads, cookies, query strings, responses, routes;
+//! - [`gate`]: the handshake decision (who may open a socket);
+//! - [`protocol`]: WebSocket messages;
+//! - [`hub`]: channels, subscriptions, fan-out to bounded queues;
+//! - [`throttle`]: failed-authentication limits per address;
+//! - [`log`], [`metrics`]: events and counters.
 //!
+//! [`server`] is the thin async shell that owns sockets and timers;
 //! [`cli`] declares the command line; `main.rs` dispatches it.
 #![forbid(unsafe_code)]
 
 pub mod cli;
 pub mod commands;
+pub mod gate;
+pub mod http;
+pub mod hub;
 pub mod jwt;
 pub mod keys;
+pub mod log;
+pub mod metrics;
+pub mod protocol;
+pub mod server;
+pub mod throttle;
 
 /// `tessera 0.1.0 (commit abcdef123456, release)`: what `--version` prints.
 pub fn version_line() -> String {

@@ -1,0 +1,485 @@
+//! HTTP/1.1 request heads, cookies, query strings and responses, sans-IO.
+//!
+//! [`parse_head`] turns the bytes read so far into a [`Request`] (or says it
+//! needs more, or why it is refused); [`Response`] renders a complete
+//! response, head and body, into one buffer so it goes out in one write.
+//! Limits are SPEC §4's: head ≤ 8 KiB (431), body ≤ 16 KiB (413).
+//!
+//! ```
+//! use tessera::http::{parse_head, Head};
+//! let raw = b"GET /healthz?x=1 HTTP/1.1\r\nHost: a\r\nCookie: k=v; tessera_access=t\r\n\r\n";
+//! let Head::Complete(req) = parse_head(raw).unwrap() else { panic!() };
+//! assert_eq!(req.path, "/healthz");
+//! assert_eq!(req.cookie("tessera_access"), Some("t"));
+//! ```
+
+use std::borrow::Cow;
+use std::fmt::Write as _;
+
+/// Largest request head accepted.
+pub const MAX_HEAD_BYTES: usize = 8 * 1024;
+/// Largest request body accepted.
+pub const MAX_BODY_BYTES: usize = 16 * 1024;
+/// Most header lines accepted (more is answered 431 too).
+pub const MAX_HEADERS: usize = 64;
+
+/// A parsed request head. Header names are lower-cased.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    pub method: String,
+    /// The path without the query string.
+    pub path: String,
+    /// The raw query string after `?`, if any.
+    pub query: Option<String>,
+    /// HTTP/1.0 or HTTP/1.1 (minor version).
+    pub minor_version: u8,
+    pub headers: Vec<(String, String)>,
+    /// Bytes the head took, including the blank line.
+    pub head_len: usize,
+}
+
+/// What [`parse_head`] made of the bytes so far.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Head {
+    /// Read more (the head is not finished and still under the limit).
+    Partial,
+    Complete(Request),
+}
+
+/// Why a request is refused before routing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeadError {
+    /// Over [`MAX_HEAD_BYTES`] or [`MAX_HEADERS`]: 431.
+    TooLarge,
+    /// Not HTTP/1.x: 400.
+    Malformed,
+}
+
+impl HeadError {
+    /// The error response for this refusal.
+    pub fn response(self) -> Response {
+        match self {
+            HeadError::TooLarge => Response::error(431, "head_too_large", "request head over 8 KiB"),
+            HeadError::Malformed => Response::error(400, "bad_request", "malformed HTTP request"),
+        }
+    }
+}
+
+/// Parses a request head from the start of `buf`.
+pub fn parse_head(buf: &[u8]) -> Result<Head, HeadError> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    let limited = &buf[..buf.len().min(MAX_HEAD_BYTES)];
+    match req.parse(limited) {
+        Ok(httparse::Status::Partial) => {
+            if buf.len() >= MAX_HEAD_BYTES {
+                Err(HeadError::TooLarge)
+            } else {
+                Ok(Head::Partial)
+            }
+        }
+        Ok(httparse::Status::Complete(head_len)) => {
+            let (method, target, minor) = match (req.method, req.path, req.version) {
+                (Some(m), Some(p), Some(v)) => (m, p, v),
+                _ => return Err(HeadError::Malformed),
+            };
+            let (path, query) = match target.split_once('?') {
+                Some((p, q)) => (p, Some(q.to_string())),
+                None => (target, None),
+            };
+            let mut hs = Vec::with_capacity(req.headers.len());
+            for h in req.headers.iter() {
+                let value = std::str::from_utf8(h.value).map_err(|_| HeadError::Malformed)?;
+                hs.push((h.name.to_ascii_lowercase(), value.trim().to_string()));
+            }
+            Ok(Head::Complete(Request {
+                method: method.to_string(),
+                path: path.to_string(),
+                query,
+                minor_version: minor,
+                headers: hs,
+                head_len,
+            }))
+        }
+        Err(httparse::Error::TooManyHeaders) => Err(HeadError::TooLarge),
+        Err(_) => Err(HeadError::Malformed),
+    }
+}
+
+/// The body length a request announces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyLength {
+    /// No `Content-Length` (and no `Transfer-Encoding`).
+    None,
+    Length(usize),
+    /// `Transfer-Encoding` present: refused (SPEC §4, 411 for POST).
+    Chunked,
+    /// Unparsable or conflicting `Content-Length`: 400.
+    Invalid,
+}
+
+impl Request {
+    /// The first header with this (lower-case) name.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+
+    /// A cookie from the `Cookie` headers.
+    pub fn cookie(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .filter(|(n, _)| n == "cookie")
+            .find_map(|(_, v)| cookie_value(v, name))
+    }
+
+    /// A query parameter, percent-decoded.
+    pub fn query_param(&self, name: &str) -> Option<String> {
+        self.query.as_deref().and_then(|q| query_value(q, name))
+    }
+
+    /// The announced body length.
+    pub fn body_length(&self) -> BodyLength {
+        if self.header("transfer-encoding").is_some() {
+            return BodyLength::Chunked;
+        }
+        let mut found = None;
+        for (_, v) in self.headers.iter().filter(|(n, _)| n == "content-length") {
+            match v.parse::<usize>() {
+                Ok(n) if v.bytes().all(|b| b.is_ascii_digit()) && found.is_none_or(|f| f == n) => found = Some(n),
+                _ => return BodyLength::Invalid,
+            }
+        }
+        found.map_or(BodyLength::None, BodyLength::Length)
+    }
+
+    /// Whether the connection stays open after the response (HTTP/1.1
+    /// default yes, HTTP/1.0 default no; `Connection` overrides).
+    pub fn keep_alive(&self) -> bool {
+        let conn = self.header("connection").unwrap_or("");
+        let has = |t: &str| conn.split(',').any(|c| c.trim().eq_ignore_ascii_case(t));
+        if self.minor_version == 0 {
+            has("keep-alive")
+        } else {
+            !has("close")
+        }
+    }
+
+    /// Whether this is a WebSocket upgrade request (RFC 6455 §4.2.1).
+    pub fn is_websocket_upgrade(&self) -> bool {
+        let has_token = |h: &str, t: &str| {
+            self.header(h)
+                .is_some_and(|v| v.split(',').any(|c| c.trim().eq_ignore_ascii_case(t)))
+        };
+        has_token("upgrade", "websocket") && has_token("connection", "upgrade")
+    }
+
+    /// The bearer token of an `Authorization: Bearer …` header (RFC 6750 §2.1).
+    pub fn bearer(&self) -> Option<&str> {
+        bearer_token(self.header("authorization")?)
+    }
+}
+
+/// `Bearer <token>` → token (scheme case-insensitive).
+pub fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, rest) = value.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return None;
+    }
+    let t = rest.trim();
+    (!t.is_empty()).then_some(t)
+}
+
+/// Finds `name` in a `Cookie` header value (RFC 6265 §4.2.1: `a=b; c=d`).
+pub fn cookie_value<'a>(header: &'a str, name: &str) -> Option<&'a str> {
+    header.split(';').find_map(|pair| {
+        let (k, v) = pair.split_once('=')?;
+        (k.trim() == name).then(|| {
+            let v = v.trim();
+            v.strip_prefix('"').and_then(|v| v.strip_suffix('"')).unwrap_or(v)
+        })
+    })
+}
+
+/// Finds `name` in a query string and percent-decodes its value (`+` is a space).
+pub fn query_value(query: &str, name: &str) -> Option<String> {
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (percent_decode(k).as_deref() == Some(name))
+            .then(|| percent_decode(v))
+            .flatten()
+    })
+}
+
+/// Percent-decoding; `None` for broken escapes or non-UTF-8 results.
+pub fn percent_decode(s: &str) -> Option<String> {
+    if !s.contains(['%', '+']) {
+        return Some(s.to_string());
+    }
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' => {
+                let hex = b.get(i + 1..i + 3)?;
+                let hex = std::str::from_utf8(hex).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            c => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// The origin (`scheme://host[:port]`) a request's own `Host` implies.
+pub fn origin_of_host(host: &str, tls: bool) -> String {
+    format!("{}://{}", if tls { "https" } else { "http" }, host.to_ascii_lowercase())
+}
+
+/// A complete response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(Cow<'static, str>, String)>,
+    pub body: Vec<u8>,
+    pub content_type: &'static str,
+}
+
+impl Response {
+    /// A JSON response.
+    pub fn json(status: u16, body: &impl serde::Serialize) -> Response {
+        let body = serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec());
+        Response {
+            status,
+            headers: Vec::new(),
+            body,
+            content_type: "application/json",
+        }
+    }
+
+    /// SPEC §4: every error is `{"error":"<code>","message":"<text>"}`.
+    pub fn error(status: u16, code: &str, message: &str) -> Response {
+        Response::json(status, &serde_json::json!({ "error": code, "message": message }))
+    }
+
+    /// A body of another type.
+    pub fn with_body(status: u16, content_type: &'static str, body: Vec<u8>) -> Response {
+        Response {
+            status,
+            headers: Vec::new(),
+            body,
+            content_type,
+        }
+    }
+
+    /// Adds a header.
+    pub fn header(mut self, name: impl Into<Cow<'static, str>>, value: impl Into<String>) -> Response {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+
+    /// Head and body in one buffer.
+    pub fn to_bytes(&self, keep_alive: bool) -> Vec<u8> {
+        let mut head = String::with_capacity(160);
+        let _ = write!(head, "HTTP/1.1 {} {}\r\n", self.status, reason(self.status));
+        if self.status != 204 {
+            let _ = write!(
+                head,
+                "Content-Type: {}\r\nContent-Length: {}\r\n",
+                self.content_type,
+                self.body.len()
+            );
+        }
+        head.push_str("Cache-Control: no-store\r\n");
+        for (n, v) in &self.headers {
+            let _ = write!(head, "{n}: {v}\r\n");
+        }
+        head.push_str(if keep_alive {
+            "Connection: keep-alive\r\n\r\n"
+        } else {
+            "Connection: close\r\n\r\n"
+        });
+        let mut out = head.into_bytes();
+        if self.status != 204 {
+            out.extend_from_slice(&self.body);
+        }
+        out
+    }
+}
+
+/// Reason phrases for the statuses tessera sends.
+pub fn reason(status: u16) -> &'static str {
+    match status {
+        101 => "Switching Protocols",
+        200 => "OK",
+        202 => "Accepted",
+        204 => "No Content",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        411 => "Length Required",
+        413 => "Content Too Large",
+        415 => "Unsupported Media Type",
+        426 => "Upgrade Required",
+        429 => "Too Many Requests",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        503 => "Service Unavailable",
+        _ => "Unknown",
+    }
+}
+
+/// Where a request goes (SPEC §4.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    Console,
+    Health,
+    Metrics,
+    Publish,
+    WebSocket,
+    Login,
+    Refresh,
+    Logout,
+    /// Known path, other method: 405 with this `Allow`.
+    WrongMethod(&'static str),
+    NotFound,
+}
+
+/// Maps method and path to a [`Route`].
+pub fn route(method: &str, path: &str) -> Route {
+    let (want, r) = match path {
+        "/" => ("GET", Route::Console),
+        "/healthz" => ("GET", Route::Health),
+        "/metrics" => ("GET", Route::Metrics),
+        "/ws" => ("GET", Route::WebSocket),
+        "/publish" => ("POST", Route::Publish),
+        "/auth/login" => ("POST", Route::Login),
+        "/auth/refresh" => ("POST", Route::Refresh),
+        "/auth/logout" => ("POST", Route::Logout),
+        _ => return Route::NotFound,
+    };
+    if method == want || (want == "GET" && method == "HEAD") {
+        r
+    } else {
+        Route::WrongMethod(want)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(raw: &str) -> Request {
+        match parse_head(raw.as_bytes()) {
+            Ok(Head::Complete(r)) => r,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn rfc9112_head_parsed_with_lowercase_names() {
+        let raw = "POST /publish?a=1 HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello";
+        let r = req(raw);
+        assert_eq!(
+            (r.method.as_str(), r.path.as_str(), r.query.as_deref()),
+            ("POST", "/publish", Some("a=1"))
+        );
+        assert_eq!(r.header("content-length"), Some("5"));
+        assert_eq!(r.body_length(), BodyLength::Length(5));
+        assert_eq!(r.head_len, raw.len() - 5);
+    }
+
+    #[test]
+    fn spec4_partial_then_431_over_8kib() {
+        assert_eq!(parse_head(b"GET / HTTP/1.1\r\nHost: x\r\n"), Ok(Head::Partial));
+        let big = format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(MAX_HEAD_BYTES));
+        assert_eq!(parse_head(big.as_bytes()), Err(HeadError::TooLarge));
+        let many: String = (0..70).map(|i| format!("H{i}: v\r\n")).collect();
+        assert_eq!(
+            parse_head(format!("GET / HTTP/1.1\r\n{many}\r\n").as_bytes()),
+            Err(HeadError::TooLarge)
+        );
+        assert_eq!(parse_head(b"\x00\x01garbage\r\n\r\n"), Err(HeadError::Malformed));
+    }
+
+    #[test]
+    fn spec4_body_length_rules() {
+        let r = req("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n");
+        assert_eq!(r.body_length(), BodyLength::Chunked);
+        let r = req("POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n");
+        assert_eq!(r.body_length(), BodyLength::Invalid);
+        let r = req("POST / HTTP/1.1\r\nContent-Length: +1\r\n\r\n");
+        assert_eq!(r.body_length(), BodyLength::Invalid);
+        assert_eq!(req("GET / HTTP/1.1\r\n\r\n").body_length(), BodyLength::None);
+    }
+
+    #[test]
+    fn rfc6265_cookie_lookup() {
+        assert_eq!(
+            cookie_value("a=1; tessera_access=tok; b=2", "tessera_access"),
+            Some("tok")
+        );
+        assert_eq!(cookie_value("xtessera_access=1", "tessera_access"), None);
+        assert_eq!(cookie_value("k=\"v\"", "k"), Some("v"));
+        let r = req("GET / HTTP/1.1\r\nCookie: a=1\r\nCookie: k=2\r\n\r\n");
+        assert_eq!(r.cookie("k"), Some("2"));
+    }
+
+    #[test]
+    fn query_percent_decoding() {
+        assert_eq!(
+            query_value("a=1&access_token=x%2Ey+z", "access_token").as_deref(),
+            Some("x.y z")
+        );
+        assert_eq!(query_value("access_token=%zz", "access_token"), None);
+        assert_eq!(query_value("flag", "flag").as_deref(), Some(""));
+        assert_eq!(percent_decode("%"), None);
+    }
+
+    #[test]
+    fn rfc6750_bearer() {
+        assert_eq!(bearer_token("Bearer abc"), Some("abc"));
+        assert_eq!(bearer_token("bearer  abc "), Some("abc"));
+        assert_eq!(bearer_token("Basic abc"), None);
+        assert_eq!(bearer_token("Bearer "), None);
+    }
+
+    #[test]
+    fn keep_alive_and_upgrade() {
+        assert!(req("GET / HTTP/1.1\r\n\r\n").keep_alive());
+        assert!(!req("GET / HTTP/1.1\r\nConnection: close\r\n\r\n").keep_alive());
+        assert!(!req("GET / HTTP/1.0\r\n\r\n").keep_alive());
+        let up = req("GET /ws HTTP/1.1\r\nUpgrade: WebSocket\r\nConnection: keep-alive, Upgrade\r\n\r\n");
+        assert!(up.is_websocket_upgrade());
+    }
+
+    #[test]
+    fn spec4_routes_and_405() {
+        assert_eq!(route("GET", "/ws"), Route::WebSocket);
+        assert_eq!(route("POST", "/ws"), Route::WrongMethod("GET"));
+        assert_eq!(route("GET", "/auth/login"), Route::WrongMethod("POST"));
+        assert_eq!(route("GET", "/nope"), Route::NotFound);
+        assert_eq!(route("HEAD", "/healthz"), Route::Health);
+    }
+
+    #[test]
+    fn spec4_error_body_and_length() {
+        let r = Response::error(404, "not_found", "no such path").to_bytes(true);
+        let s = String::from_utf8(r).unwrap();
+        assert!(s.starts_with("HTTP/1.1 404 Not Found\r\n"));
+        let body = r#"{"error":"not_found","message":"no such path"}"#;
+        assert!(s.ends_with(body), "{s}");
+        assert!(s.contains(&format!("Content-Length: {}\r\n", body.len())));
+    }
+}

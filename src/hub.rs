@@ -1,0 +1,507 @@
+//! Channels, access rules, subscriptions and fan-out (SPEC §4.3), sans-IO.
+//!
+//! The hub knows which connection may see which channel and who is
+//! subscribed where. A published message is serialised once and the same
+//! [`Frame`] is offered to every subscriber's [`Outbox`]; an outbox that is
+//! full reports it, and the hub returns those connections as slow consumers
+//! for the shell to close with 4008. The hub never blocks and never reads a
+//! clock: publish takes the timestamp.
+//!
+//! ```
+//! use std::{cell::RefCell, collections::VecDeque};
+//! use tessera::hub::{Hub, Levels, Outbox, Rights};
+//! use tessera::hub::Frame;
+//! struct Q(RefCell<VecDeque<Frame>>);
+//! impl Outbox for Q {
+//!     fn offer(&self, m: &Frame) -> bool { self.0.borrow_mut().push_back(m.clone()); true }
+//! }
+//! let mut hub = Hub::new(Levels::default());
+//! let rights = Rights { sub: "a".into(), clearance: 0, channels: None, publish: true };
+//! hub.join(1, rights.clone(), Q(RefCell::default()));
+//! hub.subscribe(1, "ops").unwrap();
+//! let p = hub.publish(&rights, "ops", &serde_json::value::RawValue::from_string("1".into()).unwrap(), 0).unwrap();
+//! assert_eq!((p.id, p.delivered), (1, 1));
+//! ```
+
+use crate::protocol;
+use serde_json::value::RawValue;
+use std::collections::HashMap;
+use std::rc::Rc;
+
+/// A connection's id, unique for the server's lifetime.
+pub type ConnId = u64;
+
+/// One serialised server message, shared by every subscriber it goes to
+/// (cloning it is a reference-count increment, not a copy).
+pub type Frame = async_tungstenite::tungstenite::Utf8Bytes;
+
+/// Where a connection's outbound messages wait. `offer` returns false when
+/// the queue is full (the connection is a slow consumer).
+pub trait Outbox {
+    fn offer(&self, msg: &Frame) -> bool;
+}
+
+/// What a token allows (from its claims).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rights {
+    pub sub: String,
+    pub clearance: u32,
+    /// `None`: every channel the clearance allows.
+    pub channels: Option<Vec<String>>,
+    pub publish: bool,
+}
+
+impl Rights {
+    /// The rights a verified token carries.
+    pub fn from_claims(c: &crate::jwt::Claims) -> Rights {
+        Rights {
+            sub: c.sub.clone(),
+            clearance: c.clearance,
+            channels: c.channels.clone(),
+            publish: c.publish,
+        }
+    }
+
+    /// The agent's personal channel `@<sub>`.
+    pub fn personal(&self) -> String {
+        format!("@{}", self.sub)
+    }
+}
+
+/// Channel clearance levels (`--channel NAME=LEVEL`); unlisted need 0.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Levels(pub HashMap<String, u32>);
+
+impl Levels {
+    pub fn level(&self, channel: &str) -> u32 {
+        self.0.get(channel).copied().unwrap_or(0)
+    }
+}
+
+/// Why a channel operation was refused (the SPEC error codes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Denied {
+    /// Not a valid channel name: `bad_channel`.
+    BadChannel,
+    /// Not allowed: `forbidden`.
+    Forbidden,
+}
+
+impl Denied {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Denied::BadChannel => "bad_channel",
+            Denied::Forbidden => "forbidden",
+        }
+    }
+    pub fn message(self) -> &'static str {
+        match self {
+            Denied::BadChannel => "channel names are 1-64 characters of A-Z a-z 0-9 _ . : - @",
+            Denied::Forbidden => "your token does not allow this channel",
+        }
+    }
+}
+
+/// SPEC §4.3: 1–64 characters of `A-Z a-z 0-9 _ . : - @`.
+pub fn channel_name_ok(name: &str) -> bool {
+    (1..=64).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.:-@".contains(&b))
+}
+
+/// A `channels` claim pattern: an exact name, or a prefix ending in `*`.
+pub fn pattern_matches(pattern: &str, channel: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => channel.starts_with(prefix),
+        None => pattern == channel,
+    }
+}
+
+/// May these rights read `channel`? Personal channels `@x` are readable by
+/// `x` only; others need the level and, with a `channels` claim, a match.
+pub fn may_subscribe(rights: &Rights, channel: &str, levels: &Levels) -> Result<(), Denied> {
+    if !channel_name_ok(channel) {
+        return Err(Denied::BadChannel);
+    }
+    if let Some(owner) = channel.strip_prefix('@') {
+        return if owner == rights.sub {
+            Ok(())
+        } else {
+            Err(Denied::Forbidden)
+        };
+    }
+    general_access(rights, channel, levels)
+}
+
+/// May these rights publish to `channel`? Needs `publish`; a personal
+/// channel needs nothing more, others the same rights as reading.
+pub fn may_publish(rights: &Rights, channel: &str, levels: &Levels) -> Result<(), Denied> {
+    if !channel_name_ok(channel) {
+        return Err(Denied::BadChannel);
+    }
+    if !rights.publish {
+        return Err(Denied::Forbidden);
+    }
+    if channel.starts_with('@') {
+        return Ok(());
+    }
+    general_access(rights, channel, levels)
+}
+
+fn general_access(rights: &Rights, channel: &str, levels: &Levels) -> Result<(), Denied> {
+    if rights.clearance < levels.level(channel) {
+        return Err(Denied::Forbidden);
+    }
+    match &rights.channels {
+        Some(pats) if !pats.iter().any(|p| pattern_matches(p, channel)) => Err(Denied::Forbidden),
+        _ => Ok(()),
+    }
+}
+
+struct Conn<O> {
+    rights: Rights,
+    subs: Vec<Rc<str>>,
+    outbox: O,
+}
+
+#[derive(Default)]
+struct Channel {
+    last_id: u64,
+    subscribers: Vec<ConnId>,
+}
+
+/// The outcome of a publish.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Published {
+    /// The message id in its channel (counts up from 1).
+    pub id: u64,
+    /// How many subscribers it was queued to.
+    pub delivered: usize,
+    /// Subscribers whose queue was full: close them with 4008.
+    pub slow: Vec<ConnId>,
+}
+
+/// The hub: connections, channels, subscriptions.
+pub struct Hub<O> {
+    levels: Levels,
+    conns: HashMap<ConnId, Conn<O>>,
+    channels: HashMap<Rc<str>, Channel>,
+}
+
+impl<O: Outbox> Hub<O> {
+    pub fn new(levels: Levels) -> Hub<O> {
+        Hub {
+            levels,
+            conns: HashMap::new(),
+            channels: HashMap::new(),
+        }
+    }
+
+    pub fn levels(&self) -> &Levels {
+        &self.levels
+    }
+
+    /// Number of connections.
+    pub fn len(&self) -> usize {
+        self.conns.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.conns.is_empty()
+    }
+
+    /// Adds a connection and subscribes it to its personal channel.
+    pub fn join(&mut self, id: ConnId, rights: Rights, outbox: O) {
+        let personal = rights.personal();
+        self.conns.insert(
+            id,
+            Conn {
+                rights,
+                subs: Vec::new(),
+                outbox,
+            },
+        );
+        if channel_name_ok(&personal) {
+            self.add_sub(id, &personal);
+        }
+    }
+
+    /// Removes a connection and all its subscriptions.
+    pub fn leave(&mut self, id: ConnId) -> Option<O> {
+        let conn = self.conns.remove(&id)?;
+        for ch in &conn.subs {
+            self.drop_subscriber(ch, id);
+        }
+        Some(conn.outbox)
+    }
+
+    fn drop_subscriber(&mut self, channel: &str, id: ConnId) {
+        if let Some(c) = self.channels.get_mut(channel) {
+            c.subscribers.retain(|&s| s != id);
+            if c.subscribers.is_empty() && c.last_id == 0 {
+                self.channels.remove(channel);
+            }
+        }
+    }
+
+    fn add_sub(&mut self, id: ConnId, channel: &str) {
+        let Some(conn) = self.conns.get_mut(&id) else { return };
+        if conn.subs.iter().any(|s| &**s == channel) {
+            return;
+        }
+        let key: Rc<str> = match self.channels.get_key_value(channel) {
+            Some((k, _)) => k.clone(),
+            None => Rc::from(channel),
+        };
+        self.channels.entry(key.clone()).or_default().subscribers.push(id);
+        conn.subs.push(key);
+    }
+
+    /// `subscribe`: checks rights, then subscribes (idempotent).
+    pub fn subscribe(&mut self, id: ConnId, channel: &str) -> Result<(), Denied> {
+        let conn = self.conns.get(&id).ok_or(Denied::Forbidden)?;
+        may_subscribe(&conn.rights, channel, &self.levels)?;
+        self.add_sub(id, channel);
+        Ok(())
+    }
+
+    /// `unsubscribe`: always succeeds for a valid name.
+    pub fn unsubscribe(&mut self, id: ConnId, channel: &str) -> Result<(), Denied> {
+        if !channel_name_ok(channel) {
+            return Err(Denied::BadChannel);
+        }
+        if let Some(conn) = self.conns.get_mut(&id) {
+            let before = conn.subs.len();
+            conn.subs.retain(|s| &**s != channel);
+            if conn.subs.len() != before {
+                self.drop_subscriber(channel, id);
+            }
+        }
+        Ok(())
+    }
+
+    /// The channels a connection is subscribed to.
+    pub fn subscriptions(&self, id: ConnId) -> Vec<String> {
+        self.conns
+            .get(&id)
+            .map(|c| c.subs.iter().map(|s| s.to_string()).collect())
+            .unwrap_or_default()
+    }
+
+    /// Publishes `data` to `channel` as `from`, at `ts_ms`. The message is
+    /// serialised once; each subscriber gets the same bytes.
+    pub fn publish(&mut self, from: &Rights, channel: &str, data: &RawValue, ts_ms: u64) -> Result<Published, Denied> {
+        may_publish(from, channel, &self.levels)?;
+        let ch = match self.channels.get_mut(channel) {
+            Some(c) => c,
+            None => self.channels.entry(Rc::from(channel)).or_default(),
+        };
+        ch.last_id += 1;
+        let id = ch.last_id;
+        let msg = Frame::from(protocol::message(channel, id, ts_ms, &from.sub, data));
+        let mut delivered = 0;
+        let mut slow = Vec::new();
+        for sid in &ch.subscribers {
+            if let Some(conn) = self.conns.get(sid) {
+                if conn.outbox.offer(&msg) {
+                    delivered += 1;
+                } else {
+                    slow.push(*sid);
+                }
+            }
+        }
+        Ok(Published { id, delivered, slow })
+    }
+
+    /// Offers one message to one connection (replies, notices). False when
+    /// its queue is full or it is gone.
+    pub fn send_to(&self, id: ConnId, msg: &Frame) -> bool {
+        self.conns.get(&id).is_some_and(|c| c.outbox.offer(msg))
+    }
+
+    /// Replaces a connection's rights after an in-band refresh and drops
+    /// the subscriptions they no longer allow; returns those channels.
+    pub fn update_rights(&mut self, id: ConnId, rights: Rights) -> Vec<String> {
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return Vec::new();
+        };
+        conn.rights = rights;
+        let levels = &self.levels;
+        let rights = &conn.rights;
+        let (keep, drop): (Vec<_>, Vec<_>) = conn
+            .subs
+            .drain(..)
+            .partition(|c| may_subscribe(rights, c, levels).is_ok());
+        conn.subs = keep;
+        let dropped: Vec<String> = drop.iter().map(|c| c.to_string()).collect();
+        for c in &dropped {
+            self.drop_subscriber(c, id);
+        }
+        dropped
+    }
+
+    /// Every connection's outbox.
+    pub fn outboxes(&self) -> impl Iterator<Item = (ConnId, &O)> {
+        self.conns.iter().map(|(id, c)| (*id, &c.outbox))
+    }
+
+    /// The rights a connection holds now.
+    pub fn rights(&self, id: ConnId) -> Option<&Rights> {
+        self.conns.get(&id).map(|c| &c.rights)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::RefCell;
+
+    /// A bounded test outbox.
+    struct Q {
+        cap: usize,
+        items: RefCell<Vec<Frame>>,
+    }
+    impl Outbox for Rc<Q> {
+        fn offer(&self, m: &Frame) -> bool {
+            let mut i = self.items.borrow_mut();
+            if i.len() >= self.cap {
+                return false;
+            }
+            i.push(m.clone());
+            true
+        }
+    }
+    fn q(cap: usize) -> Rc<Q> {
+        Rc::new(Q {
+            cap,
+            items: RefCell::default(),
+        })
+    }
+    fn r(sub: &str, clearance: u32, channels: Option<&[&str]>, publish: bool) -> Rights {
+        Rights {
+            sub: sub.into(),
+            clearance,
+            channels: channels.map(|c| c.iter().map(|s| s.to_string()).collect()),
+            publish,
+        }
+    }
+    fn levels() -> Levels {
+        Levels(
+            [("ops".to_string(), 1), ("briefing".to_string(), 3)]
+                .into_iter()
+                .collect(),
+        )
+    }
+    fn raw(s: &str) -> Box<RawValue> {
+        RawValue::from_string(s.into()).unwrap()
+    }
+
+    #[test]
+    fn spec4_3_channel_names() {
+        assert!(channel_name_ok("a.b:c-d_e@f"));
+        assert!(channel_name_ok(&"x".repeat(64)));
+        assert!(!channel_name_ok(&"x".repeat(65)));
+        assert!(!channel_name_ok(""));
+        assert!(!channel_name_ok("a b"));
+        assert!(!channel_name_ok("ops/1"));
+    }
+
+    #[test]
+    fn spec4_3_levels_and_channel_patterns() {
+        let l = levels();
+        assert_eq!(
+            may_subscribe(&r("a", 0, None, false), "ops", &l),
+            Err(Denied::Forbidden)
+        );
+        assert_eq!(may_subscribe(&r("a", 1, None, false), "ops", &l), Ok(()));
+        assert_eq!(
+            may_subscribe(&r("a", 2, None, false), "briefing", &l),
+            Err(Denied::Forbidden)
+        );
+        assert_eq!(may_subscribe(&r("a", 0, None, false), "anything", &l), Ok(()));
+        let pats = r("a", 9, Some(&["ops", "team.*"]), false);
+        assert_eq!(may_subscribe(&pats, "ops", &l), Ok(()));
+        assert_eq!(may_subscribe(&pats, "team.red", &l), Ok(()));
+        assert_eq!(may_subscribe(&pats, "briefing", &l), Err(Denied::Forbidden));
+        assert_eq!(may_subscribe(&pats, "bad name", &l), Err(Denied::BadChannel));
+    }
+
+    #[test]
+    fn spec4_3_personal_channel_privacy() {
+        let l = levels();
+        assert_eq!(may_subscribe(&r("a", 9, None, true), "@a", &l), Ok(()));
+        assert_eq!(may_subscribe(&r("a", 9, None, true), "@b", &l), Err(Denied::Forbidden));
+        assert_eq!(may_publish(&r("a", 0, Some(&[]), true), "@b", &l), Ok(()));
+        assert_eq!(may_publish(&r("a", 9, None, false), "@b", &l), Err(Denied::Forbidden));
+    }
+
+    #[test]
+    fn fan_out_serialises_once_and_counts_ids_per_channel() {
+        let mut hub = Hub::new(levels());
+        let (qa, qb) = (q(10), q(10));
+        hub.join(1, r("a", 1, None, false), qa.clone());
+        hub.join(2, r("b", 1, None, false), qb.clone());
+        hub.subscribe(1, "ops").unwrap();
+        hub.subscribe(2, "ops").unwrap();
+        hub.subscribe(2, "ops").unwrap();
+        let hq = r("hq", 5, None, true);
+        let p = hub.publish(&hq, "ops", &raw("{}"), 5).unwrap();
+        assert_eq!(
+            p,
+            Published {
+                id: 1,
+                delivered: 2,
+                slow: vec![]
+            }
+        );
+        assert_eq!(
+            qa.items.borrow()[0].as_str().as_ptr(),
+            qb.items.borrow()[0].as_str().as_ptr()
+        );
+        assert_eq!(hub.publish(&hq, "ops", &raw("{}"), 6).unwrap().id, 2);
+        assert_eq!(
+            hub.publish(&hq, "other", &raw("{}"), 6).unwrap(),
+            Published {
+                id: 1,
+                delivered: 0,
+                slow: vec![]
+            }
+        );
+        // Personal channel subscribed on join.
+        assert_eq!(hub.publish(&hq, "@a", &raw("1"), 7).unwrap().delivered, 1);
+        hub.unsubscribe(1, "ops").unwrap();
+        assert_eq!(hub.publish(&hq, "ops", &raw("{}"), 8).unwrap().delivered, 1);
+        hub.leave(2);
+        assert_eq!(hub.publish(&hq, "ops", &raw("{}"), 8).unwrap().delivered, 0);
+        assert_eq!(
+            hub.publish(&r("x", 0, None, true), "ops", &raw("{}"), 8),
+            Err(Denied::Forbidden)
+        );
+    }
+
+    #[test]
+    fn full_queue_reports_slow_consumer_without_delaying_others() {
+        let mut hub = Hub::new(Levels::default());
+        let (slow, fast) = (q(1), q(10));
+        hub.join(1, r("s", 0, None, false), slow.clone());
+        hub.join(2, r("f", 0, None, false), fast.clone());
+        hub.subscribe(1, "c").unwrap();
+        hub.subscribe(2, "c").unwrap();
+        let p = r("p", 0, None, true);
+        assert!(hub.publish(&p, "c", &raw("1"), 0).unwrap().slow.is_empty());
+        let second = hub.publish(&p, "c", &raw("2"), 0).unwrap();
+        assert_eq!((second.delivered, second.slow), (1, vec![1]));
+        assert_eq!(fast.items.borrow().len(), 2);
+    }
+
+    #[test]
+    fn spec4_3_refresh_drops_now_forbidden_subscriptions() {
+        let mut hub = Hub::new(levels());
+        hub.join(1, r("a", 3, None, false), q(5));
+        hub.subscribe(1, "ops").unwrap();
+        hub.subscribe(1, "briefing").unwrap();
+        let dropped = hub.update_rights(1, r("a", 1, None, false));
+        assert_eq!(dropped, vec!["briefing".to_string()]);
+        assert_eq!(hub.subscriptions(1), vec!["@a".to_string(), "ops".to_string()]);
+        let hq = r("hq", 5, None, true);
+        assert_eq!(hub.publish(&hq, "briefing", &raw("1"), 0).unwrap().delivered, 0);
+    }
+}

@@ -1,0 +1,103 @@
+//! Counters for `/metrics` (Prometheus text format 0.0.4). Single-threaded:
+//! plain `Cell`s.
+
+use std::cell::Cell;
+use std::fmt::Write as _;
+
+/// The server's counters and gauges.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub connections: Cell<u64>,
+    pub handshakes_ok: Cell<u64>,
+    /// Rejected handshakes by reason code.
+    pub handshakes_rejected: std::cell::RefCell<std::collections::BTreeMap<&'static str, u64>>,
+    pub logins_ok: Cell<u64>,
+    pub logins_failed: Cell<u64>,
+    pub messages_in: Cell<u64>,
+    pub messages_out: Cell<u64>,
+    pub slow_consumers: Cell<u64>,
+}
+
+/// Adds `n` to a counter.
+pub fn add(c: &Cell<u64>, n: u64) {
+    c.set(c.get().saturating_add(n));
+}
+
+impl Metrics {
+    pub fn reject(&self, reason: &'static str) {
+        *self.handshakes_rejected.borrow_mut().entry(reason).or_default() += 1;
+    }
+
+    /// The exposition text.
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(1024);
+        let _ = writeln!(out, "# HELP tessera_connections Open WebSocket connections.");
+        let _ = writeln!(out, "# TYPE tessera_connections gauge");
+        let _ = writeln!(out, "tessera_connections {}", self.connections.get());
+        let _ = writeln!(
+            out,
+            "# HELP tessera_handshakes_total WebSocket upgrade attempts by result."
+        );
+        let _ = writeln!(out, "# TYPE tessera_handshakes_total counter");
+        let _ = writeln!(
+            out,
+            "tessera_handshakes_total{{result=\"ok\"}} {}",
+            self.handshakes_ok.get()
+        );
+        for (reason, n) in self.handshakes_rejected.borrow().iter() {
+            let _ = writeln!(out, "tessera_handshakes_total{{result=\"{reason}\"}} {n}");
+        }
+        let _ = writeln!(out, "# HELP tessera_logins_total Login attempts by result.");
+        let _ = writeln!(out, "# TYPE tessera_logins_total counter");
+        let _ = writeln!(out, "tessera_logins_total{{result=\"ok\"}} {}", self.logins_ok.get());
+        let _ = writeln!(
+            out,
+            "tessera_logins_total{{result=\"failed\"}} {}",
+            self.logins_failed.get()
+        );
+        for (name, help, v) in [
+            (
+                "tessera_messages_in_total",
+                "WebSocket messages received.",
+                &self.messages_in,
+            ),
+            (
+                "tessera_messages_out_total",
+                "WebSocket messages queued to clients.",
+                &self.messages_out,
+            ),
+            (
+                "tessera_slow_consumers_total",
+                "Sockets closed with 4008 (outbound queue full).",
+                &self.slow_consumers,
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", v.get());
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spec4_1_metric_names_present() {
+        let m = Metrics::default();
+        m.reject("token_expired");
+        add(&m.messages_out, 3);
+        let t = m.render();
+        for name in [
+            "tessera_connections 0",
+            "tessera_handshakes_total{result=\"ok\"} 0",
+            "tessera_handshakes_total{result=\"token_expired\"} 1",
+            "tessera_logins_total{result=\"ok\"} 0",
+            "tessera_messages_in_total 0",
+            "tessera_messages_out_total 3",
+            "tessera_slow_consumers_total 0",
+        ] {
+            assert!(t.contains(name), "{name} missing in\n{t}");
+        }
+    }
+}

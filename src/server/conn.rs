@@ -1,0 +1,387 @@
+//! One TCP connection: read request heads (within `--handshake-timeout`),
+//! route, answer plain HTTP with keep-alive, or hand a `GET /ws` to the
+//! WebSocket handshake whose callback calls [`gate::authorize`].
+
+use super::{Shared, now_millis, socket};
+use crate::commands::now_unix;
+use crate::gate::{self, Context, Rejection};
+use crate::http::{self, BodyLength, Head, Request, Response, Route};
+use crate::hub::Rights;
+use async_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request as WsRequest, Response as WsResponse};
+use async_tungstenite::tungstenite::protocol::WebSocketConfig;
+use smol::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use smol::{Async, LocalExecutor};
+use std::net::{SocketAddr, TcpStream};
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context as TaskCx, Poll};
+use std::time::Instant;
+
+/// Serves one accepted connection until it closes or upgrades.
+pub async fn serve_connection(
+    shared: Rc<Shared>,
+    _ex: Rc<LocalExecutor<'static>>,
+    mut stream: Async<TcpStream>,
+    peer: SocketAddr,
+) {
+    let mut buf: Vec<u8> = Vec::new();
+    loop {
+        let deadline = Instant::now() + shared.cfg.handshake_timeout;
+        let req = match read_head(&mut stream, &mut buf, deadline).await {
+            ReadHead::Request(r) => r,
+            ReadHead::Refused(e) => {
+                let _ = stream.write_all(&e.response().to_bytes(false)).await;
+                return;
+            }
+            ReadHead::Closed => return,
+        };
+        let keep_alive = req.keep_alive() && !shared.shutting_down.get();
+        let route = http::route(&req.method, &req.path);
+        if route == Route::WebSocket {
+            if !req.is_websocket_upgrade() {
+                let r = Response::error(426, "upgrade_required", "GET /ws is a WebSocket endpoint")
+                    .header("Upgrade", "websocket");
+                let _ = stream.write_all(&r.to_bytes(false)).await;
+                return;
+            }
+            upgrade(shared, stream, buf, req, peer, deadline).await;
+            return;
+        }
+        // Read the body, if any (SPEC §4: ≤ 16 KiB, POST needs Content-Length).
+        let body_len = match (req.method.as_str(), req.body_length()) {
+            (_, BodyLength::Invalid) => Err(Response::error(400, "bad_request", "invalid Content-Length")),
+            ("POST", BodyLength::None | BodyLength::Chunked) => Err(Response::error(
+                411,
+                "length_required",
+                "POST needs Content-Length (chunked bodies are refused)",
+            )),
+            (_, BodyLength::Chunked) => Err(Response::error(411, "length_required", "chunked bodies are refused")),
+            (_, BodyLength::Length(n)) if n > http::MAX_BODY_BYTES => {
+                Err(Response::error(413, "body_too_large", "request body over 16 KiB"))
+            }
+            (_, BodyLength::Length(n)) => Ok(n),
+            (_, BodyLength::None) => Ok(0),
+        };
+        let body_len = match body_len {
+            Ok(n) => n,
+            Err(r) => {
+                let _ = stream.write_all(&r.to_bytes(false)).await;
+                return;
+            }
+        };
+        buf.drain(..req.head_len);
+        if !read_exact_by(&mut stream, &mut buf, body_len, deadline).await {
+            return;
+        }
+        let body: Vec<u8> = buf.drain(..body_len).collect();
+        let response = respond(&shared, &req, route, &body, peer);
+        let head_only = req.method == "HEAD";
+        let mut bytes = response.to_bytes(keep_alive);
+        if head_only {
+            let cut = bytes.len() - if response.status == 204 { 0 } else { response.body.len() };
+            bytes.truncate(cut);
+        }
+        if stream.write_all(&bytes).await.is_err() || !keep_alive {
+            return;
+        }
+        if buf.capacity() > 2 * http::MAX_HEAD_BYTES {
+            buf.shrink_to(http::MAX_HEAD_BYTES);
+        }
+    }
+}
+
+enum ReadHead {
+    Request(Request),
+    Refused(http::HeadError),
+    Closed,
+}
+
+/// Reads until a full head is in `buf` (bytes after it stay in `buf`).
+async fn read_head(stream: &mut Async<TcpStream>, buf: &mut Vec<u8>, deadline: Instant) -> ReadHead {
+    loop {
+        if !buf.is_empty() {
+            match http::parse_head(buf) {
+                Ok(Head::Complete(r)) => return ReadHead::Request(r),
+                Ok(Head::Partial) => {}
+                Err(e) => return ReadHead::Refused(e),
+            }
+        }
+        match read_more(stream, buf, deadline).await {
+            Some(n) if n > 0 => {}
+            _ => return ReadHead::Closed,
+        }
+    }
+}
+
+/// One read into `buf` before `deadline`; `None` on timeout or error.
+async fn read_more(stream: &mut Async<TcpStream>, buf: &mut Vec<u8>, deadline: Instant) -> Option<usize> {
+    let mut chunk = [0u8; 2048];
+    let read = async { stream.read(&mut chunk).await.ok() };
+    let timeout = async {
+        smol::Timer::at(deadline).await;
+        None
+    };
+    let n = smol::future::or(read, timeout).await?;
+    buf.extend_from_slice(&chunk[..n]);
+    Some(n)
+}
+
+async fn read_exact_by(stream: &mut Async<TcpStream>, buf: &mut Vec<u8>, want: usize, deadline: Instant) -> bool {
+    while buf.len() < want {
+        match read_more(stream, buf, deadline).await {
+            Some(n) if n > 0 => {}
+            _ => return false,
+        }
+    }
+    true
+}
+
+/// Plain HTTP endpoints (everything but `/ws`).
+fn respond(shared: &Shared, req: &Request, route: Route, body: &[u8], peer: SocketAddr) -> Response {
+    match route {
+        Route::Health => Response::json(
+            200,
+            &serde_json::json!({
+                "status": "ok",
+                "version": env!("TESSERA_VERSION"),
+                "commit": env!("TESSERA_COMMIT"),
+                "connections": shared.hub.borrow().len(),
+            }),
+        ),
+        Route::Metrics => {
+            shared.metrics.connections.set(shared.hub.borrow().len() as u64);
+            Response::with_body(200, "text/plain; version=0.0.4", shared.metrics.render().into_bytes())
+        }
+        Route::Publish => publish(shared, req, body, peer),
+        Route::WrongMethod(allow) => {
+            Response::error(405, "method_not_allowed", "this path does not take that method").header("Allow", allow)
+        }
+        Route::NotFound | Route::Console | Route::Login | Route::Refresh | Route::Logout => {
+            Response::error(404, "not_found", "no such path")
+        }
+        Route::WebSocket => Response::error(426, "upgrade_required", "GET /ws is a WebSocket endpoint"),
+    }
+}
+
+fn is_json(req: &Request) -> bool {
+    req.header("content-type")
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
+}
+
+/// `POST /publish` (SPEC §4.1).
+fn publish(shared: &Shared, req: &Request, body: &[u8], peer: SocketAddr) -> Response {
+    let Some((token, source)) = gate::find_token(req, false) else {
+        return Rejection::MissingToken.response();
+    };
+    if !gate::origin_allowed(req, source, &shared.cfg.gate) {
+        return Rejection::OriginNotAllowed.response();
+    }
+    let claims = match crate::jwt::verify(&token, &shared.keys(), &shared.cfg.gate.verify, now_unix()) {
+        Ok(c) if c.sid.as_deref().is_some_and(|s| shared.is_revoked(s)) => {
+            return Rejection::Token(crate::jwt::Reject::TokenRevoked).response();
+        }
+        Ok(c) => c,
+        Err(r) => return Rejection::Token(r).response(),
+    };
+    if !is_json(req) {
+        return Response::error(415, "unsupported_media_type", "send Content-Type: application/json");
+    }
+    #[derive(serde::Deserialize)]
+    struct Body {
+        channel: String,
+        data: Box<serde_json::value::RawValue>,
+    }
+    let Ok(b) = serde_json::from_slice::<Body>(body) else {
+        return Response::error(400, "bad_request", "body must be {\"channel\":…,\"data\":…}");
+    };
+    let rights = Rights::from_claims(&claims);
+    let result = shared
+        .hub
+        .borrow_mut()
+        .publish(&rights, &b.channel, &b.data, now_millis());
+    match result {
+        Ok(p) => {
+            socket::after_publish(shared, &p);
+            shared.log.info(
+                "publish",
+                &[
+                    ("sub", (&rights.sub).into()),
+                    ("channel", (&b.channel).into()),
+                    ("id", p.id.into()),
+                    ("peer", (&peer.to_string()).into()),
+                ],
+            );
+            Response::json(202, &serde_json::json!({ "id": p.id, "delivered": p.delivered }))
+        }
+        Err(d) => Response::error(
+            if d == crate::hub::Denied::BadChannel { 400 } else { 403 },
+            d.as_str(),
+            d.message(),
+        ),
+    }
+}
+
+/// Replays bytes already read, then reads from the socket.
+pub struct Prefixed<S> {
+    prefix: Vec<u8>,
+    pos: usize,
+    inner: S,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut TaskCx<'_>, out: &mut [u8]) -> Poll<std::io::Result<usize>> {
+        if self.pos < self.prefix.len() {
+            let rest = &self.prefix[self.pos..];
+            let n = rest.len().min(out.len());
+            out[..n].copy_from_slice(&rest[..n]);
+            self.pos += n;
+            if self.pos == self.prefix.len() {
+                self.prefix = Vec::new();
+                self.pos = 0;
+            }
+            return Poll::Ready(Ok(n));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, out)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut TaskCx<'_>, b: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, b)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut TaskCx<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_close(mut self: Pin<&mut Self>, cx: &mut TaskCx<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_close(cx)
+    }
+}
+
+/// Our [`Response`] as tungstenite's error response (head and body go out
+/// in one write; tungstenite adds no `Content-Length`, so it is set here).
+fn to_ws_error(r: &Response) -> ErrorResponse {
+    let mut b = async_tungstenite::tungstenite::http::Response::builder()
+        .status(r.status)
+        .header("Content-Type", r.content_type)
+        .header("Content-Length", r.body.len().to_string())
+        .header("Cache-Control", "no-store")
+        .header("Connection", "close");
+    for (n, v) in &r.headers {
+        b = b.header(n.as_ref(), v.as_str());
+    }
+    let body = String::from_utf8_lossy(&r.body).into_owned();
+    b.body(Some(body.clone())).unwrap_or_else(|_| {
+        let mut fallback = ErrorResponse::new(Some(body));
+        *fallback.status_mut() = async_tungstenite::tungstenite::http::StatusCode::INTERNAL_SERVER_ERROR;
+        fallback
+    })
+}
+
+/// `GET /ws`: the WebSocket handshake with authentication in its callback.
+async fn upgrade(
+    shared: Rc<Shared>,
+    stream: Async<TcpStream>,
+    buf: Vec<u8>,
+    req: Request,
+    peer: SocketAddr,
+    deadline: Instant,
+) {
+    let head: Vec<u8> = buf.get(..req.head_len).map(<[u8]>::to_vec).unwrap_or_default();
+    drop(req);
+    drop(buf);
+    let prefixed = Prefixed {
+        prefix: head,
+        pos: 0,
+        inner: stream,
+    };
+    let now = now_unix();
+    let throttled = shared.throttle.borrow().blocked(peer.ip(), now);
+    let full = shared.sockets.get() >= shared.cfg.max_connections;
+    // Counted from here so that concurrent handshakes respect the cap.
+    shared.sockets.set(shared.sockets.get() + 1);
+    let _slot = SocketSlot(&shared);
+
+    let mut decision: Option<Result<crate::jwt::VerifiedClaims, Rejection>> = None;
+    let keys = shared.keys();
+    #[allow(clippy::result_large_err)] // the signature is tungstenite's `Callback`
+    let callback = |request: &WsRequest, response: WsResponse| -> Result<WsResponse, ErrorResponse> {
+        let revoked = |sid: &str| shared.is_revoked(sid);
+        let ctx = Context {
+            now,
+            throttled,
+            full,
+            is_revoked: &revoked,
+        };
+        let d = gate::authorize(request, &shared.cfg.gate, &keys, &ctx);
+        let out = match &d {
+            Ok(_) => Ok(response),
+            Err(rej) => Err(to_ws_error(&rej.response())),
+        };
+        decision = Some(d);
+        out
+    };
+    let mut config = WebSocketConfig::default();
+    config.read_buffer_size = 1024;
+    config.write_buffer_size = 0;
+    config.max_write_buffer_size = shared.cfg.max_message_bytes.max(64 * 1024) * 4;
+    config.max_message_size = Some(shared.cfg.max_message_bytes);
+    config.max_frame_size = Some(shared.cfg.max_message_bytes);
+    config.accept_unmasked_frames = false;
+    let handshake = async_tungstenite::accept_hdr_async_with_config(prefixed, callback, Some(config));
+    let timeout = async {
+        smol::Timer::at(deadline).await;
+        Err(async_tungstenite::tungstenite::Error::Io(
+            std::io::ErrorKind::TimedOut.into(),
+        ))
+    };
+    let result = smol::future::or(handshake, timeout).await;
+    let peer_s = peer.to_string();
+    match (result, decision) {
+        (Ok(ws), Some(Ok(claims))) => {
+            shared.metrics.handshakes_ok.set(shared.metrics.handshakes_ok.get() + 1);
+            socket::run(shared.clone(), ws, claims, peer).await;
+        }
+        (_, Some(Err(rej))) => {
+            shared.metrics.reject(rej.code());
+            shared.log.info(
+                "ws_reject",
+                &[
+                    ("reason", rej.code().into()),
+                    ("status", u64::from(rej.status()).into()),
+                    ("peer", (&peer_s).into()),
+                ],
+            );
+            if rej.is_auth_failure() && shared.throttle.borrow_mut().failure(peer.ip(), now) {
+                shared.log.warn(
+                    "ip_throttled",
+                    &[
+                        ("peer", (&peer.ip().to_string()).into()),
+                        ("seconds", crate::throttle::WINDOW_SECS.into()),
+                    ],
+                );
+            }
+        }
+        (Err(e), _) => {
+            shared.metrics.reject("bad_handshake");
+            shared.log.info(
+                "ws_reject",
+                &[
+                    ("reason", "bad_handshake".into()),
+                    ("error", (&e.to_string()).into()),
+                    ("peer", (&peer_s).into()),
+                ],
+            );
+        }
+        (Ok(_), None) => {}
+    }
+}
+
+/// Gives back a `--max-connections` slot when the socket ends.
+struct SocketSlot<'a>(&'a Shared);
+
+impl Drop for SocketSlot<'_> {
+    fn drop(&mut self) {
+        self.0.sockets.set(self.0.sockets.get().saturating_sub(1));
+    }
+}

@@ -1,0 +1,352 @@
+//! `tessera serve`: the async shell around the pure core.
+//!
+//! One thread runs a `smol::LocalExecutor`. Shared state lives in
+//! [`Shared`] behind `Rc`/`RefCell`; no locks. This module builds the
+//! configuration from flags, accepts connections, handles signals
+//! (SIGINT/SIGTERM shut down, SIGHUP reloads the key file) and runs the demo
+//! ticker. [`conn`] serves one TCP connection's HTTP requests; [`socket`]
+//! runs one authenticated WebSocket.
+
+mod conn;
+mod socket;
+
+use crate::cli;
+use crate::commands::{Failure, now_unix};
+use crate::gate::GateConfig;
+use crate::hub::{Hub, Levels};
+use crate::jwt::{self, Claims, VerifyOptions};
+use crate::keys::{self, KeySet};
+use crate::log::{Format, Logger};
+use crate::metrics::Metrics;
+use crate::throttle::Throttle;
+use futures_util::StreamExt;
+use smol::{LocalExecutor, Timer};
+use std::cell::{Cell, RefCell};
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::time::Duration;
+
+pub use socket::ConnHandle;
+
+/// Everything `serve` was told, validated.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub secret_file: Option<PathBuf>,
+    pub access_ttl: u64,
+    pub gate: GateConfig,
+    pub levels: Levels,
+    pub max_connections: usize,
+    pub max_message_bytes: usize,
+    pub queue_depth: usize,
+    pub ping_interval: Duration,
+    pub handshake_timeout: Duration,
+    pub log_format: Format,
+    pub demo: bool,
+}
+
+impl Config {
+    /// Validates flags; errors name the flag.
+    pub fn from_flags(a: &cli::Serve) -> Result<Config, Failure> {
+        let listen = a.listen.parse().map_err(|_| {
+            Failure::usage(format!(
+                "--listen {:?}: expected HOST:PORT, e.g. 127.0.0.1:8080",
+                a.listen
+            ))
+        })?;
+        let log_format = match a.log_format.as_str() {
+            "json" => Format::Json,
+            "text" => Format::Text,
+            other => return Err(Failure::usage(format!("--log-format {other:?}: expected json or text"))),
+        };
+        for (name, v) in [
+            ("--max-connections", a.max_connections),
+            ("--queue-depth", a.queue_depth),
+            ("--max-message-bytes", a.max_message_bytes),
+        ] {
+            if v == 0 {
+                return Err(Failure::usage(format!("{name}: must be at least 1")));
+            }
+        }
+        for (name, v) in [
+            ("--ping-interval", a.ping_interval),
+            ("--handshake-timeout", a.handshake_timeout),
+            ("--access-ttl", a.access_ttl),
+        ] {
+            if v == 0 || v > 10 * 365 * 86_400 {
+                return Err(Failure::usage(format!("{name}: must be 1 second to 10 years")));
+            }
+        }
+        let mut levels = Levels::default();
+        for (name, level) in &a.channel {
+            levels.0.insert(name.clone(), *level);
+        }
+        if a.demo {
+            levels.0.entry("ops".into()).or_insert(1);
+            levels.0.entry("briefing".into()).or_insert(3);
+        }
+        Ok(Config {
+            listen,
+            secret_file: a.secret_file.clone(),
+            access_ttl: a.access_ttl,
+            gate: GateConfig {
+                verify: VerifyOptions {
+                    leeway: a.leeway,
+                    issuer: a.issuer.clone(),
+                    audience: a.audience.clone(),
+                },
+                min_clearance: a.min_clearance,
+                allowed_origins: a.allowed_origin.clone(),
+                allow_query_token: a.allow_query_token,
+                tls: false,
+            },
+            levels,
+            max_connections: a.max_connections,
+            max_message_bytes: a.max_message_bytes,
+            queue_depth: a.queue_depth,
+            ping_interval: Duration::from_secs(a.ping_interval),
+            handshake_timeout: Duration::from_secs(a.handshake_timeout),
+            log_format,
+            demo: a.demo,
+        })
+    }
+}
+
+/// State shared by every task on the event loop.
+pub struct Shared {
+    pub cfg: Config,
+    pub keys: RefCell<Rc<KeySet>>,
+    pub hub: RefCell<Hub<Rc<ConnHandle>>>,
+    pub throttle: RefCell<Throttle>,
+    pub metrics: Metrics,
+    pub log: Logger,
+    next_id: Cell<u64>,
+    /// Sockets mid-handshake or open, for `--max-connections`.
+    pub sockets: Cell<usize>,
+    pub shutting_down: Cell<bool>,
+    /// Revoked session ids (filled by the sessions layer).
+    pub revoked: RefCell<std::collections::HashSet<String>>,
+}
+
+impl Shared {
+    fn next_id(&self) -> u64 {
+        let id = self.next_id.get() + 1;
+        self.next_id.set(id);
+        id
+    }
+
+    /// Whether a session id is revoked.
+    pub fn is_revoked(&self, sid: &str) -> bool {
+        self.revoked.borrow().contains(sid)
+    }
+
+    /// The current key set (cheap clone of an `Rc`).
+    pub fn keys(&self) -> Rc<KeySet> {
+        self.keys.borrow().clone()
+    }
+}
+
+/// Entry point of `tessera serve`.
+pub fn serve(args: &cli::Serve) -> Result<(), Failure> {
+    let cfg = Config::from_flags(args)?;
+    let log = Logger { format: cfg.log_format };
+    let (keys, demo_key) = if cfg.demo && cfg.secret_file.is_none() && std::env::var_os("TESSERA_SECRET").is_none() {
+        let k = keys::generate().map_err(|e| Failure::usage(format!("no randomness from the OS: {e}")))?;
+        (
+            KeySet::single(k.as_bytes()).map_err(|e| Failure::usage(e.to_string()))?,
+            true,
+        )
+    } else {
+        (crate::commands::load_keys(cfg.secret_file.as_deref())?, false)
+    };
+    let listener =
+        TcpListener::bind(cfg.listen).map_err(|e| Failure::usage(format!("--listen {}: {e}", cfg.listen)))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| Failure::usage(format!("--listen: {e}")))?;
+    let listener = smol::Async::new(listener).map_err(|e| Failure::usage(format!("--listen {}: {e}", cfg.listen)))?;
+
+    let shared = Rc::new(Shared {
+        hub: RefCell::new(Hub::new(cfg.levels.clone())),
+        cfg,
+        keys: RefCell::new(Rc::new(keys)),
+        throttle: RefCell::default(),
+        metrics: Metrics::default(),
+        log,
+        next_id: Cell::new(0),
+        sockets: Cell::new(0),
+        shutting_down: Cell::new(false),
+        revoked: RefCell::default(),
+    });
+    let ex = Rc::new(LocalExecutor::new());
+    smol::block_on(ex.run(run(shared, ex.clone(), listener, addr, demo_key)))
+}
+
+async fn run(
+    shared: Rc<Shared>,
+    ex: Rc<LocalExecutor<'static>>,
+    listener: smol::Async<TcpListener>,
+    addr: SocketAddr,
+    demo_key: bool,
+) -> Result<(), Failure> {
+    let log = shared.log;
+    log.info(
+        "listening",
+        &[
+            ("addr", (&addr.to_string()).into()),
+            ("version", env!("TESSERA_VERSION").into()),
+            ("demo", shared.cfg.demo.into()),
+        ],
+    );
+    if !addr.ip().is_loopback() {
+        log.warn(
+            "plaintext",
+            &[("message", "not loopback and no TLS: tokens travel in clear text".into())],
+        );
+    }
+    if shared.cfg.demo {
+        print_demo(&shared, addr, demo_key);
+        ex.spawn(demo_ticker(shared.clone())).detach();
+    }
+
+    let mut signals = async_signal::Signals::new([
+        async_signal::Signal::Term,
+        async_signal::Signal::Int,
+        async_signal::Signal::Hup,
+    ])
+    .map_err(|e| Failure::usage(format!("cannot install signal handlers: {e}")))?;
+
+    enum Ev {
+        Conn(std::io::Result<(smol::Async<std::net::TcpStream>, SocketAddr)>),
+        Signal(Option<std::io::Result<async_signal::Signal>>),
+    }
+    loop {
+        let ev = smol::future::or(async { Ev::Conn(listener.accept().await) }, async {
+            Ev::Signal(signals.next().await)
+        })
+        .await;
+        match ev {
+            Ev::Conn(Ok((stream, peer))) => {
+                let _ = stream.get_ref().set_nodelay(true);
+                ex.spawn(conn::serve_connection(shared.clone(), ex.clone(), stream, peer))
+                    .detach();
+            }
+            Ev::Conn(Err(e)) => {
+                log.warn("accept_failed", &[("error", (&e.to_string()).into())]);
+                Timer::after(Duration::from_millis(100)).await;
+            }
+            Ev::Signal(Some(Ok(async_signal::Signal::Hup))) => reload(&shared),
+            Ev::Signal(Some(Ok(_))) | Ev::Signal(None) => break,
+            Ev::Signal(Some(Err(e))) => log.warn("signal_error", &[("error", (&e.to_string()).into())]),
+        }
+    }
+
+    // SPEC §5: stop accepting, close every socket with 1001, exit within 5 s.
+    drop(listener);
+    shared.shutting_down.set(true);
+    let open = shared.hub.borrow().len() as u64;
+    log.info("shutdown", &[("open_sockets", open.into())]);
+    for (_, h) in shared.hub.borrow().outboxes() {
+        h.close(1001, "server shutting down");
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while shared.sockets.get() > 0 && std::time::Instant::now() < deadline {
+        Timer::after(Duration::from_millis(20)).await;
+    }
+    log.info("stopped", &[]);
+    Ok(())
+}
+
+/// SIGHUP: reload the key file; a bad file keeps the old keys.
+fn reload(shared: &Shared) {
+    let Some(path) = shared.cfg.secret_file.as_deref() else {
+        shared
+            .log
+            .info("reload", &[("keys", "unchanged (no --secret-file)".into())]);
+        return;
+    };
+    match KeySet::from_file(path) {
+        Ok(k) => {
+            let n = k.len() as u64;
+            *shared.keys.borrow_mut() = Rc::new(k);
+            shared.log.info("reload", &[("keys", n.into())]);
+        }
+        Err(e) => shared.log.warn(
+            "reload_failed",
+            &[
+                ("file", (&path.display().to_string()).into()),
+                ("error", (&e.to_string()).into()),
+            ],
+        ),
+    }
+}
+
+fn print_demo(shared: &Shared, addr: SocketAddr, ephemeral: bool) {
+    let now = now_unix();
+    let keys = shared.keys();
+    let mint = |sub: &str, clearance: u32, publish: bool| {
+        let c = Claims {
+            sub: sub.into(),
+            exp: (now + shared.cfg.access_ttl) as f64,
+            iat: Some(now as f64),
+            iss: shared.cfg.gate.verify.issuer.clone(),
+            aud: shared.cfg.gate.verify.audience.iter().cloned().collect(),
+            clearance,
+            publish,
+            ..Claims::default()
+        };
+        jwt::sign(&c, &keys, None).unwrap_or_default()
+    };
+    let publisher = mint("hq", 5, true);
+    let agent = mint("agent-007", 2, false);
+    println!("tessera demo on http://{addr}/ (ws://{addr}/ws)");
+    if ephemeral {
+        println!("signing key: ephemeral (tokens die with this process)");
+    }
+    println!("channels: ops (clearance 1, a mission update every 5 s), briefing (clearance 3)");
+    println!("demo publisher token (hq, clearance 5, publish):\n  {publisher}");
+    println!("demo agent token (agent-007, clearance 2):\n  {agent}");
+    println!("try:");
+    println!(
+        "  curl -s -X POST http://{addr}/publish -H 'Authorization: Bearer {publisher}' -H 'Content-Type: application/json' -d '{{\"channel\":\"ops\",\"data\":{{\"text\":\"hello\"}}}}'"
+    );
+    println!(
+        "  websocat -H 'Authorization: Bearer {agent}' ws://{addr}/ws   # then send {{\"type\":\"subscribe\",\"channel\":\"ops\"}}"
+    );
+}
+
+async fn demo_ticker(shared: Rc<Shared>) {
+    let hq = crate::hub::Rights {
+        sub: "hq".into(),
+        clearance: u32::MAX,
+        channels: None,
+        publish: true,
+    };
+    let mut n: u64 = 0;
+    loop {
+        Timer::after(Duration::from_secs(5)).await;
+        if shared.shutting_down.get() {
+            return;
+        }
+        n += 1;
+        let data = serde_json::json!({ "mission": n, "text": format!("mission update #{n}: all quiet") });
+        let raw = match serde_json::value::to_raw_value(&data) {
+            Ok(r) => r,
+            Err(_) => continue,
+        };
+        let ts = now_millis();
+        let published = shared.hub.borrow_mut().publish(&hq, "ops", &raw, ts);
+        if let Ok(p) = published {
+            socket::after_publish(&shared, &p);
+        }
+    }
+}
+
+/// Unix milliseconds.
+pub fn now_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

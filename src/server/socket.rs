@@ -1,0 +1,453 @@
+//! One authenticated WebSocket: the welcome, client commands, the bounded
+//! outbound queue, token expiry (notice, then 4001), pings, and closes
+//! ordered by the hub (4003 revoked, 4008 slow consumer, 1001 shutdown).
+
+use super::{Shared, now_millis};
+use crate::commands::now_unix;
+use crate::gate::Rejection;
+use crate::hub::{ConnId, Frame, Outbox, Published, Rights};
+use crate::jwt::{self, Reject, VerifiedClaims};
+use crate::metrics::add;
+use crate::protocol::{self, Command, Reply};
+use async_tungstenite::WebSocketStream;
+use async_tungstenite::tungstenite::protocol::CloseFrame;
+use async_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use async_tungstenite::tungstenite::{Error as WsError, Message};
+use event_listener::Event;
+use futures_util::{SinkExt, StreamExt};
+use smol::io::{AsyncRead, AsyncWrite};
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+/// A socket's outbound queue and its close order, shared with the hub.
+pub struct ConnHandle {
+    queue: RefCell<VecDeque<Frame>>,
+    cap: usize,
+    wake: Event,
+    close: Cell<Option<(u16, &'static str)>>,
+}
+
+impl ConnHandle {
+    fn new(cap: usize) -> ConnHandle {
+        ConnHandle {
+            queue: RefCell::default(),
+            cap,
+            wake: Event::new(),
+            close: Cell::new(None),
+        }
+    }
+
+    /// Orders the socket closed with `code` (the first order wins).
+    pub fn close(&self, code: u16, reason: &'static str) {
+        if self.close.get().is_none() {
+            self.close.set(Some((code, reason)));
+        }
+        self.wake.notify(usize::MAX);
+    }
+}
+
+impl Outbox for Rc<ConnHandle> {
+    fn offer(&self, msg: &Frame) -> bool {
+        let mut q = self.queue.borrow_mut();
+        if q.len() >= self.cap {
+            return false;
+        }
+        q.push_back(msg.clone());
+        drop(q);
+        self.wake.notify(1);
+        true
+    }
+}
+
+/// After a publish: count deliveries and close slow consumers with 4008.
+pub fn after_publish(shared: &Shared, p: &Published) {
+    add(&shared.metrics.messages_out, p.delivered as u64);
+    if p.slow.is_empty() {
+        return;
+    }
+    let hub = shared.hub.borrow();
+    for (id, h) in hub.outboxes() {
+        if p.slow.contains(&id) && h.close.get().is_none() {
+            add(&shared.metrics.slow_consumers, 1);
+            h.close(4008, "slow consumer");
+        }
+    }
+}
+
+/// Removes the socket from the hub however its task ends.
+struct Membership<'a> {
+    shared: &'a Shared,
+    id: ConnId,
+}
+
+impl Drop for Membership<'_> {
+    fn drop(&mut self) {
+        self.shared.hub.borrow_mut().leave(self.id);
+    }
+}
+
+enum Ev {
+    In(Option<Result<Message, WsError>>),
+    Wake,
+    Tick,
+}
+
+/// Runs an accepted socket until it closes.
+pub async fn run<S>(shared: Rc<Shared>, ws: WebSocketStream<S>, claims: VerifiedClaims, peer: SocketAddr)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let id = shared.next_id();
+    let started = Instant::now();
+    let cfg = &shared.cfg;
+    let handle = Rc::new(ConnHandle::new(cfg.queue_depth));
+    let mut rights = Rights::from_claims(&claims);
+    let mut claims = claims.into_inner();
+    shared.hub.borrow_mut().join(id, rights.clone(), handle.clone());
+    let _member = Membership { shared: &shared, id };
+    let peer_s = peer.to_string();
+    shared.log.info(
+        "ws_accept",
+        &[
+            ("conn", id.into()),
+            ("sub", (&rights.sub).into()),
+            ("clearance", u64::from(rights.clearance).into()),
+            ("peer", (&peer_s).into()),
+        ],
+    );
+
+    let (mut tx, mut rx) = ws.split();
+    let (mut msgs_in, mut msgs_out) = (0u64, 0u64);
+    let welcome = protocol::welcome(
+        &rights.sub,
+        rights.clearance,
+        claims.exp_secs(),
+        concat!("tessera/", env!("TESSERA_VERSION")),
+    );
+    let mut code: (u16, &'static str) = (1000, "");
+    if tx.send(Message::text(welcome)).await.is_err() {
+        code = (1006, "write failed");
+    }
+    msgs_out += 1;
+
+    let leeway = cfg.gate.verify.leeway;
+    let mut timers = Timers::new(&claims, leeway, cfg.ping_interval);
+    let mut awaiting_pong = false;
+
+    while code.0 == 1000 {
+        if let Some(order) = handle.close.get() {
+            code = order;
+            break;
+        }
+        // Drain the queue: feed everything waiting, flush once.
+        let batch: Vec<Frame> = handle.queue.borrow_mut().drain(..).collect();
+        if !batch.is_empty() {
+            let n = batch.len() as u64;
+            let write = async {
+                for f in batch {
+                    tx.feed(Message::Text(f)).await?;
+                }
+                tx.flush().await
+            };
+            let killed = async {
+                loop {
+                    if handle.close.get().is_some() {
+                        return Ok(());
+                    }
+                    handle.wake.listen().await;
+                }
+            };
+            if smol::future::or(write, killed).await.is_err() {
+                code = (1006, "write failed");
+            }
+            msgs_out += n;
+            continue;
+        }
+
+        let now = now_unix();
+        let mut outgoing: Vec<String> = Vec::new();
+        // Timers: expiry notice, expiry close, pings.
+        if now >= timers.close_at {
+            code = (4001, "token expired");
+            break;
+        }
+        if !timers.notice_sent && now >= timers.notice_at {
+            timers.notice_sent = true;
+            outgoing.push(
+                Reply {
+                    kind: "expiring",
+                    expires_at: Some(claims.exp_secs()),
+                    ..Reply::default()
+                }
+                .to_json(),
+            );
+        }
+        let mono = Instant::now();
+        if mono >= timers.ping_at {
+            if awaiting_pong {
+                code = (1006, "no pong");
+                break;
+            }
+            awaiting_pong = true;
+            timers.ping_at = mono + cfg.ping_interval;
+            if tx.send(Message::Ping(Default::default())).await.is_err() {
+                code = (1006, "write failed");
+                break;
+            }
+        }
+        for o in outgoing.drain(..) {
+            msgs_out += 1;
+            if tx.send(Message::text(o)).await.is_err() {
+                code = (1006, "write failed");
+            }
+        }
+        if code.0 != 1000 {
+            break;
+        }
+
+        let next = timers.next_deadline(now, mono);
+        let listener = handle.wake.listen();
+        if handle.close.get().is_some() || !handle.queue.borrow().is_empty() {
+            continue;
+        }
+        let ev = smol::future::or(
+            smol::future::or(async { Ev::In(rx.next().await) }, async {
+                listener.await;
+                Ev::Wake
+            }),
+            async {
+                smol::Timer::at(next).await;
+                Ev::Tick
+            },
+        )
+        .await;
+        match ev {
+            Ev::Wake | Ev::Tick => {}
+            Ev::In(None) => code = (1006, "closed"),
+            Ev::In(Some(Err(WsError::Capacity(_)))) => code = (1009, "message too big"),
+            Ev::In(Some(Err(_))) => code = (1006, "read failed"),
+            Ev::In(Some(Ok(msg))) => {
+                awaiting_pong = false;
+                match msg {
+                    Message::Text(t) => {
+                        msgs_in += 1;
+                        add(&shared.metrics.messages_in, 1);
+                        let replies = command(&shared, id, &mut rights, &mut claims, &mut timers, t.as_str());
+                        for r in replies {
+                            msgs_out += 1;
+                            if tx.send(Message::text(r)).await.is_err() {
+                                code = (1006, "write failed");
+                            }
+                        }
+                    }
+                    Message::Binary(_) => {
+                        msgs_in += 1;
+                        add(&shared.metrics.messages_in, 1);
+                        let e = protocol::error("bad_message", "binary frames are not accepted; send JSON text", None);
+                        if tx.send(Message::text(e)).await.is_err() {
+                            code = (1006, "write failed");
+                        }
+                    }
+                    Message::Close(_) => code = (1000, "client closed"),
+                    Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
+                }
+                if matches!(code, (1000, "client closed")) {
+                    break;
+                }
+            }
+        }
+    }
+
+    // Close: send the close frame (bounded by a short timeout), then drop.
+    if code.0 != 1006 {
+        let frame = CloseFrame {
+            code: CloseCode::from(code.0),
+            reason: code.1.into(),
+        };
+        let close = async {
+            let _ = tx.close(Some(frame)).await;
+        };
+        let _ = smol::future::or(close, async {
+            smol::Timer::after(Duration::from_secs(1)).await;
+        })
+        .await;
+    }
+    shared.log.info(
+        "ws_close",
+        &[
+            ("conn", id.into()),
+            ("sub", (&rights.sub).into()),
+            ("code", u64::from(code.0).into()),
+            ("reason", code.1.into()),
+            ("duration_ms", (started.elapsed().as_millis() as u64).into()),
+            ("messages_in", msgs_in.into()),
+            ("messages_out", msgs_out.into()),
+            ("peer", (&peer_s).into()),
+        ],
+    );
+}
+
+/// When the socket must act next.
+struct Timers {
+    /// Unix seconds: send `expiring` (60 s before `exp`).
+    notice_at: u64,
+    notice_sent: bool,
+    /// Unix seconds: close 4001 (`exp + leeway`, when the handshake would refuse).
+    close_at: u64,
+    ping_at: Instant,
+}
+
+impl Timers {
+    fn new(claims: &jwt::Claims, leeway: u64, ping: Duration) -> Timers {
+        let mut t = Timers {
+            notice_at: 0,
+            notice_sent: false,
+            close_at: 0,
+            ping_at: Instant::now() + ping,
+        };
+        t.reset(claims, leeway);
+        t
+    }
+
+    fn reset(&mut self, claims: &jwt::Claims, leeway: u64) {
+        self.notice_at = claims.exp_secs().saturating_sub(60);
+        self.notice_sent = false;
+        self.close_at = claims.expires_at_with_leeway(leeway);
+    }
+
+    fn next_deadline(&self, now: u64, mono: Instant) -> Instant {
+        let wall = if self.notice_sent {
+            self.close_at
+        } else {
+            self.notice_at.min(self.close_at)
+        };
+        let wall = mono + Duration::from_secs(wall.saturating_sub(now));
+        // Re-check at least every second: wall-clock deadlines are whole seconds.
+        wall.min(self.ping_at).min(mono + Duration::from_secs(1)).max(mono)
+    }
+}
+
+/// Handles one client command; returns the replies to send.
+fn command(
+    shared: &Shared,
+    id: ConnId,
+    rights: &mut Rights,
+    claims: &mut jwt::Claims,
+    timers: &mut Timers,
+    text: &str,
+) -> Vec<String> {
+    let msg = match protocol::parse_client(text) {
+        Ok(m) => m,
+        Err(bad) => return vec![protocol::error("bad_message", bad.message, bad.reference.as_deref())],
+    };
+    let r = msg.reference.as_deref();
+    let deny = |d: crate::hub::Denied| protocol::error(d.as_str(), d.message(), r);
+    match msg.command {
+        Command::Ping => vec![
+            Reply {
+                kind: "pong",
+                reference: r,
+                ..Reply::default()
+            }
+            .to_json(),
+        ],
+        Command::Subscribe(ch) => match shared.hub.borrow_mut().subscribe(id, &ch) {
+            Ok(()) => vec![
+                Reply {
+                    kind: "subscribed",
+                    channel: Some(&ch),
+                    reference: r,
+                    ..Reply::default()
+                }
+                .to_json(),
+            ],
+            Err(d) => vec![deny(d)],
+        },
+        Command::Unsubscribe(ch) => match shared.hub.borrow_mut().unsubscribe(id, &ch) {
+            Ok(()) => vec![
+                Reply {
+                    kind: "unsubscribed",
+                    channel: Some(&ch),
+                    reference: r,
+                    ..Reply::default()
+                }
+                .to_json(),
+            ],
+            Err(d) => vec![deny(d)],
+        },
+        Command::Publish { channel, data } => {
+            let result = shared.hub.borrow_mut().publish(rights, &channel, &data, now_millis());
+            match result {
+                Ok(p) => {
+                    after_publish(shared, &p);
+                    vec![
+                        Reply {
+                            kind: "published",
+                            channel: Some(&channel),
+                            id: Some(p.id),
+                            reference: r,
+                            ..Reply::default()
+                        }
+                        .to_json(),
+                    ]
+                }
+                Err(d) => vec![deny(d)],
+            }
+        }
+        Command::Refresh(token) => {
+            let now = now_unix();
+            let verified = jwt::verify(&token, &shared.keys(), &shared.cfg.gate.verify, now).and_then(|c| {
+                if c.sid.as_deref().is_some_and(|s| shared.is_revoked(s)) {
+                    Err(Reject::TokenRevoked)
+                } else {
+                    Ok(c)
+                }
+            });
+            let c = match verified {
+                Ok(c) => c,
+                Err(e) => return vec![protocol::error(e.as_str(), e.message(), r)],
+            };
+            if c.sub != rights.sub {
+                return vec![protocol::error(
+                    "invalid_claims",
+                    "the new token is for another agent",
+                    r,
+                )];
+            }
+            if c.clearance < shared.cfg.gate.min_clearance {
+                let rej = Rejection::InsufficientClearance;
+                return vec![protocol::error(rej.code(), "the new token's clearance is too low", r)];
+            }
+            let new_rights = Rights::from_claims(&c);
+            let dropped = shared.hub.borrow_mut().update_rights(id, new_rights.clone());
+            *rights = new_rights;
+            *claims = c.into_inner();
+            timers.reset(claims, shared.cfg.gate.verify.leeway);
+            let mut out: Vec<String> = dropped
+                .iter()
+                .map(|ch| {
+                    Reply {
+                        kind: "unsubscribed",
+                        channel: Some(ch),
+                        reason: Some("forbidden"),
+                        ..Reply::default()
+                    }
+                    .to_json()
+                })
+                .collect();
+            out.push(
+                Reply {
+                    kind: "refreshed",
+                    expires_at: Some(claims.exp_secs()),
+                    reference: r,
+                    ..Reply::default()
+                }
+                .to_json(),
+            );
+            out
+        }
+    }
+}
