@@ -1,0 +1,294 @@
+//! Black-box harness: starts the real `tessera serve` binary on an ephemeral
+//! port, and talks to it with raw TCP and a real WebSocket client.
+#![allow(dead_code)]
+
+use async_tungstenite::WebSocketStream;
+use async_tungstenite::tungstenite::client::IntoClientRequest;
+use async_tungstenite::tungstenite::{Error as WsError, Message};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+use smol::Async;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tessera::jwt::{self, Claims};
+use tessera::keys::KeySet;
+
+pub const KEY: &str = "test-key-0123456789abcdefghijklmnopqrstuvwxyz";
+
+pub type Ws = WebSocketStream<Async<TcpStream>>;
+
+pub struct Server {
+    pub child: Child,
+    pub addr: SocketAddr,
+    stderr: Arc<Mutex<String>>,
+    stdout: Arc<Mutex<String>>,
+}
+
+impl Server {
+    /// `tessera serve --listen 127.0.0.1:0 ARGS…` with TESSERA_SECRET=KEY.
+    pub fn start(args: &[&str]) -> Server {
+        Server::start_with_env(args, &[("TESSERA_SECRET", KEY)])
+    }
+
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Server {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tessera"));
+        cmd.arg("serve").args(["--listen", "127.0.0.1:0"]).args(args);
+        cmd.env_remove("TESSERA_SECRET");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn tessera");
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let stdout = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let err_pipe = child.stderr.take().unwrap();
+        let sink = stderr.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err_pipe).lines().map_while(Result::ok) {
+                if line.contains("\"listening\"") {
+                    let v: Value = serde_json::from_str(&line).unwrap();
+                    let _ = tx.send(v["addr"].as_str().unwrap().to_string());
+                }
+                let mut s = sink.lock().unwrap();
+                s.push_str(&line);
+                s.push('\n');
+            }
+        });
+        let out_pipe = child.stdout.take().unwrap();
+        let sink = stdout.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out_pipe).lines().map_while(Result::ok) {
+                let mut s = sink.lock().unwrap();
+                s.push_str(&line);
+                s.push('\n');
+            }
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("server did not log `listening`");
+        Server {
+            child,
+            addr: addr.parse().unwrap(),
+            stderr,
+            stdout,
+        }
+    }
+
+    pub fn logs(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    pub fn stdout(&self) -> String {
+        self.stdout.lock().unwrap().clone()
+    }
+
+    /// Waits until the log holds a line containing every needle.
+    pub fn wait_log(&self, needles: &[&str]) -> String {
+        let until = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(l) = self.logs().lines().find(|l| needles.iter().all(|n| l.contains(n))) {
+                return l.to_string();
+            }
+            assert!(
+                Instant::now() < until,
+                "no log line with {needles:?} in\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+
+    /// Waits for the process to exit; its status code.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<i32> {
+        let until = Instant::now() + within;
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s.code();
+            }
+            if Instant::now() > until {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("ws://{}/ws", self.addr)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// A token signed with KEY.
+pub fn token(sub: &str, clearance: u32, ttl: i64, edit: impl FnOnce(&mut Claims)) -> String {
+    let mut c = Claims {
+        sub: sub.into(),
+        exp: (now() as i64 + ttl) as f64,
+        iat: Some(now() as f64),
+        clearance,
+        ..Claims::default()
+    };
+    edit(&mut c);
+    jwt::sign(&c, &KeySet::single(KEY.as_bytes()).unwrap(), None).unwrap()
+}
+
+/// Sends raw bytes, returns everything the server answers until it closes
+/// (or 5 s pass).
+pub fn raw(addr: SocketAddr, request: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(request).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A WebSocket upgrade request with extra header lines (each ending in \r\n).
+pub fn upgrade(path: &str, extra: &str) -> Vec<u8> {
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
+    )
+    .into_bytes()
+}
+
+/// The status code of a raw HTTP response.
+pub fn status(resp: &str) -> u16 {
+    resp.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
+}
+
+/// The JSON body of a raw HTTP response.
+pub fn body(resp: &str) -> Value {
+    let b = resp.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    serde_json::from_str(b).unwrap_or(Value::Null)
+}
+
+/// A header value of a raw HTTP response (case-insensitive name).
+pub fn header<'a>(resp: &'a str, name: &str) -> Option<&'a str> {
+    let head = resp.split_once("\r\n\r\n").map(|(h, _)| h).unwrap_or(resp);
+    head.lines().skip(1).find_map(|l| {
+        let (n, v) = l.split_once(':')?;
+        n.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+/// An HTTP request and its full response (Connection: close).
+pub fn http(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> String {
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (n, v) in headers {
+        req.push_str(&format!("{n}: {v}\r\n"));
+    }
+    if method == "POST" {
+        req.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    raw(addr, req.as_bytes())
+}
+
+/// Opens a WebSocket with these extra request headers.
+pub async fn ws_connect(addr: SocketAddr, headers: &[(&str, &str)]) -> Result<Ws, WsError> {
+    let mut req = format!("ws://{addr}/ws").into_client_request()?;
+    for (n, v) in headers {
+        req.headers_mut().insert(
+            async_tungstenite::tungstenite::http::HeaderName::from_bytes(n.as_bytes()).unwrap(),
+            v.parse().unwrap(),
+        );
+    }
+    let stream = Async::<TcpStream>::connect(addr).await?;
+    let (ws, _) = async_tungstenite::client_async(req, stream).await?;
+    Ok(ws)
+}
+
+/// Opens a WebSocket with a Bearer token and reads the welcome.
+pub async fn ws_bearer(addr: SocketAddr, token: &str) -> (Ws, Value) {
+    let mut ws = ws_connect(addr, &[("Authorization", &format!("Bearer {token}"))])
+        .await
+        .expect("upgrade");
+    let welcome = recv(&mut ws).await;
+    assert_eq!(welcome["type"], "welcome", "{welcome}");
+    (ws, welcome)
+}
+
+/// The next text message as JSON (5 s timeout; panics on close).
+pub async fn recv(ws: &mut Ws) -> Value {
+    match next_event(ws, Duration::from_secs(5)).await {
+        Event::Json(v) => v,
+        other => panic!("expected a message, got {other:?}"),
+    }
+}
+
+#[derive(Debug)]
+pub enum Event {
+    Json(Value),
+    Close(Option<u16>),
+    Timeout,
+    Error(String),
+}
+
+/// The next text message or close, skipping pings.
+pub async fn next_event(ws: &mut Ws, within: Duration) -> Event {
+    let until = Instant::now() + within;
+    loop {
+        let left = until.saturating_duration_since(Instant::now());
+        let next = smol::future::or(async { Some(ws.next().await) }, async {
+            smol::Timer::after(left).await;
+            None
+        })
+        .await;
+        match next {
+            None => return Event::Timeout,
+            Some(None) => return Event::Close(None),
+            Some(Some(Ok(Message::Text(t)))) => return Event::Json(serde_json::from_str(t.as_str()).unwrap()),
+            Some(Some(Ok(Message::Close(f)))) => return Event::Close(f.map(|f| u16::from(f.code))),
+            Some(Some(Ok(_))) => continue,
+            Some(Some(Err(e))) => return Event::Error(e.to_string()),
+        }
+    }
+}
+
+/// Sends a JSON command.
+pub async fn send(ws: &mut Ws, v: Value) {
+    ws.send(Message::text(v.to_string())).await.unwrap();
+}
+
+/// Reads until a close frame arrives; its code.
+pub async fn close_code(ws: &mut Ws, within: Duration) -> Option<u16> {
+    let until = Instant::now() + within;
+    loop {
+        match next_event(ws, until.saturating_duration_since(Instant::now())).await {
+            Event::Json(_) => continue,
+            Event::Close(c) => return c,
+            Event::Timeout => return None,
+            Event::Error(_) => return None,
+        }
+    }
+}

@@ -1,0 +1,500 @@
+//! Black-box tests of `tessera serve` (SPEC §4, §4.2, §4.3, §5, §7) against
+//! the real binary on an ephemeral port.
+
+mod common;
+
+use common::*;
+use serde_json::json;
+use std::time::Duration;
+
+fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
+    smol::block_on(f)
+}
+
+#[test]
+fn spec4_2_missing_token_is_401_with_bare_challenge() {
+    let s = Server::start(&[]);
+    let r = raw(s.addr, &upgrade("/ws", ""));
+    assert_eq!(status(&r), 401, "{r}");
+    assert_eq!(header(&r, "www-authenticate"), Some("Bearer realm=\"tessera\""));
+    assert_eq!(body(&r)["error"], "missing_token");
+    assert!(header(&r, "content-length").is_some());
+    assert!(!r.contains("101 Switching"));
+}
+
+#[test]
+fn spec4_2_invalid_tokens_get_401_with_reason_and_no_socket() {
+    let s = Server::start(&["--issuer", "hq-1"]);
+    let other_key = {
+        let c = tessera::jwt::Claims {
+            sub: "x".into(),
+            exp: (now() + 60) as f64,
+            ..Default::default()
+        };
+        let ks = tessera::keys::KeySet::single(b"another-key-another-key-another-key").unwrap();
+        tessera::jwt::sign(&c, &ks, None).unwrap()
+    };
+    let cases = [
+        ("garbage", "malformed_token".to_string()),
+        (&*other_key, "bad_signature".to_string()),
+        (
+            &*token("a", 0, -120, |c| c.iss = Some("hq-1".into())),
+            "token_expired".to_string(),
+        ),
+        (
+            &*token("a", 0, 60, |c| c.iss = Some("elsewhere".into())),
+            "wrong_issuer".to_string(),
+        ),
+    ];
+    for (t, reason) in cases.iter() {
+        let r = raw(s.addr, &upgrade("/ws", &format!("Authorization: Bearer {t}\r\n")));
+        assert_eq!(status(&r), 401, "{r}");
+        assert_eq!(body(&r)["error"], reason.as_str(), "{r}");
+        assert_eq!(
+            header(&r, "www-authenticate"),
+            Some("Bearer realm=\"tessera\", error=\"invalid_token\"")
+        );
+    }
+    // The good one opens.
+    let good = token("a", 0, 60, |c| c.iss = Some("hq-1".into()));
+    block_on(async {
+        let (_ws, w) = ws_bearer(s.addr, &good).await;
+        assert_eq!(w["sub"], "a");
+    });
+}
+
+#[test]
+fn spec4_2_query_token_only_when_allowed() {
+    let t = token("q", 0, 60, |_| {});
+    let off = Server::start(&[]);
+    let r = raw(off.addr, &upgrade(&format!("/ws?access_token={t}"), ""));
+    assert_eq!(body(&r)["error"], "missing_token", "{r}");
+    let on = Server::start(&["--allow-query-token"]);
+    let r = raw(on.addr, &upgrade(&format!("/ws?access_token={t}"), ""));
+    assert_eq!(status(&r), 101, "{r}");
+    // The query string (with its token) never reaches the log.
+    on.wait_log(&["ws_accept"]);
+    assert!(!on.logs().contains(&t));
+}
+
+#[test]
+fn spec4_2_cookie_origin_rules() {
+    let t = token("c", 0, 60, |_| {});
+    let s = Server::start(&[]);
+    let cookie = format!("Cookie: tessera_access={t}\r\n");
+    let r = raw(s.addr, &upgrade("/ws", &cookie));
+    assert_eq!(
+        (status(&r), body(&r)["error"].as_str()),
+        (403, Some("origin_not_allowed")),
+        "{r}"
+    );
+    let r = raw(
+        s.addr,
+        &upgrade("/ws", &format!("{cookie}Origin: http://evil.example\r\n")),
+    );
+    assert_eq!(status(&r), 403, "{r}");
+    // Same origin as Host (the request's Host is `localhost`).
+    let r = raw(
+        s.addr,
+        &upgrade("/ws", &format!("{cookie}Origin: http://localhost\r\n")),
+    );
+    assert_eq!(status(&r), 101, "{r}");
+
+    let listed = Server::start(&["--allowed-origin", "https://console.example"]);
+    let r = raw(
+        listed.addr,
+        &upgrade("/ws", &format!("{cookie}Origin: https://console.example\r\n")),
+    );
+    assert_eq!(status(&r), 101, "{r}");
+    let bearer = format!("Authorization: Bearer {t}\r\n");
+    let r = raw(
+        listed.addr,
+        &upgrade("/ws", &format!("{bearer}Origin: http://localhost\r\n")),
+    );
+    assert_eq!(
+        (status(&r), body(&r)["error"].as_str()),
+        (403, Some("origin_not_allowed")),
+        "{r}"
+    );
+}
+
+#[test]
+fn spec4_2_min_clearance_403() {
+    let s = Server::start(&["--min-clearance", "2"]);
+    let r = raw(
+        s.addr,
+        &upgrade(
+            "/ws",
+            &format!("Authorization: Bearer {}\r\n", token("low", 1, 60, |_| {})),
+        ),
+    );
+    assert_eq!(
+        (status(&r), body(&r)["error"].as_str()),
+        (403, Some("insufficient_clearance")),
+        "{r}"
+    );
+    let r = raw(
+        s.addr,
+        &upgrade(
+            "/ws",
+            &format!("Authorization: Bearer {}\r\n", token("ok", 2, 60, |_| {})),
+        ),
+    );
+    assert_eq!(status(&r), 101);
+}
+
+#[test]
+fn spec4_2_server_full_503() {
+    let s = Server::start(&["--max-connections", "1"]);
+    block_on(async {
+        let (_ws, _) = ws_bearer(s.addr, &token("one", 0, 60, |_| {})).await;
+        let r = raw(
+            s.addr,
+            &upgrade(
+                "/ws",
+                &format!("Authorization: Bearer {}\r\n", token("two", 0, 60, |_| {})),
+            ),
+        );
+        assert_eq!(
+            (status(&r), body(&r)["error"].as_str()),
+            (503, Some("server_full")),
+            "{r}"
+        );
+    });
+}
+
+#[test]
+fn spec7_ten_failures_throttle_the_address_429() {
+    let s = Server::start(&[]);
+    for _ in 0..10 {
+        let r = raw(s.addr, &upgrade("/ws", "Authorization: Bearer nope\r\n"));
+        assert_eq!(status(&r), 401);
+    }
+    let good = token("g", 0, 60, |_| {});
+    let r = raw(s.addr, &upgrade("/ws", &format!("Authorization: Bearer {good}\r\n")));
+    assert_eq!(
+        (status(&r), body(&r)["error"].as_str()),
+        (429, Some("too_many_attempts")),
+        "{r}"
+    );
+    let retry: u64 = header(&r, "retry-after").unwrap().parse().unwrap();
+    assert!((1..=60).contains(&retry));
+    s.wait_log(&["ip_throttled", "127.0.0.1"]);
+}
+
+#[test]
+fn spec4_3_welcome_subscribe_levels_channels_and_personal_privacy() {
+    let s = Server::start(&["--channel", "ops=1", "--channel", "briefing=3"]);
+    block_on(async {
+        let t = token("agent-7", 2, 600, |c| {
+            c.channels = Some(vec!["ops".into(), "team.*".into(), "briefing".into()])
+        });
+        let (mut ws, w) = ws_bearer(s.addr, &t).await;
+        assert_eq!(w["clearance"], 2);
+        assert!(w["expires_at"].as_u64().unwrap() > now());
+        assert!(w["server"].as_str().unwrap().starts_with("tessera/"));
+        send(&mut ws, json!({"type":"subscribe","channel":"ops","ref":1})).await;
+        assert_eq!(
+            recv(&mut ws).await,
+            json!({"type":"subscribed","channel":"ops","ref":1})
+        );
+        send(&mut ws, json!({"type":"subscribe","channel":"briefing","ref":"b"})).await;
+        let e = recv(&mut ws).await;
+        assert_eq!(
+            (e["type"].as_str(), e["code"].as_str(), e["ref"].as_str()),
+            (Some("error"), Some("forbidden"), Some("b"))
+        );
+        send(&mut ws, json!({"type":"subscribe","channel":"other"})).await;
+        assert_eq!(recv(&mut ws).await["code"], "forbidden");
+        send(&mut ws, json!({"type":"subscribe","channel":"team.red"})).await;
+        assert_eq!(recv(&mut ws).await["type"], "subscribed");
+        send(&mut ws, json!({"type":"subscribe","channel":"@someone-else"})).await;
+        assert_eq!(recv(&mut ws).await["code"], "forbidden");
+        send(&mut ws, json!({"type":"subscribe","channel":"bad name!"})).await;
+        assert_eq!(recv(&mut ws).await["code"], "bad_channel");
+        send(&mut ws, json!({"type":"ping","ref":[1]})).await;
+        assert_eq!(recv(&mut ws).await, json!({"type":"pong","ref":[1]}));
+        send(&mut ws, json!({"type":"dance"})).await;
+        assert_eq!(recv(&mut ws).await["code"], "bad_message");
+        ws.send(async_tungstenite::tungstenite::Message::binary(vec![1, 2]))
+            .await
+            .unwrap();
+        assert_eq!(recv(&mut ws).await["code"], "bad_message");
+        send(&mut ws, json!({"type":"unsubscribe","channel":"ops"})).await;
+        assert_eq!(recv(&mut ws).await, json!({"type":"unsubscribed","channel":"ops"}));
+    });
+}
+
+use futures_util::SinkExt;
+
+#[test]
+fn spec4_3_fan_out_over_socket_and_http_and_personal_channel() {
+    let s = Server::start(&["--channel", "ops=1"]);
+    block_on(async {
+        let (mut a, _) = ws_bearer(s.addr, &token("a", 1, 600, |_| {})).await;
+        let (mut b, _) = ws_bearer(s.addr, &token("b", 1, 600, |_| {})).await;
+        let (mut hq, _) = ws_bearer(s.addr, &token("hq", 5, 600, |c| c.publish = true)).await;
+        for ws in [&mut a, &mut b] {
+            send(ws, json!({"type":"subscribe","channel":"ops"})).await;
+            recv(ws).await;
+        }
+        send(
+            &mut hq,
+            json!({"type":"publish","channel":"ops","data":{"n":1},"ref":9}),
+        )
+        .await;
+        assert_eq!(
+            recv(&mut hq).await,
+            json!({"type":"published","channel":"ops","id":1,"ref":9})
+        );
+        for ws in [&mut a, &mut b] {
+            let m = recv(ws).await;
+            assert_eq!(
+                (m["type"].as_str(), m["channel"].as_str(), m["id"].as_u64()),
+                (Some("message"), Some("ops"), Some(1))
+            );
+            assert_eq!((m["from"].as_str(), &m["data"]), (Some("hq"), &json!({"n":1})));
+            assert!(m["ts"].as_u64().unwrap() > now() * 1000 - 10_000);
+        }
+        // A non-publisher may not publish.
+        send(&mut a, json!({"type":"publish","channel":"ops","data":1})).await;
+        assert_eq!(recv(&mut a).await["code"], "forbidden");
+        // HTTP publish, Bearer.
+        let pt = token("hq", 5, 600, |c| c.publish = true);
+        let auth = format!("Bearer {pt}");
+        let r = http(
+            s.addr,
+            "POST",
+            "/publish",
+            &[("Authorization", &auth), ("Content-Type", "application/json")],
+            r#"{"channel":"ops","data":"two"}"#,
+        );
+        assert_eq!(status(&r), 202, "{r}");
+        assert_eq!(body(&r), json!({"id":2,"delivered":2}));
+        for ws in [&mut a, &mut b] {
+            assert_eq!(recv(ws).await["data"], "two");
+        }
+        // Personal channel: only its owner receives.
+        let r = http(
+            s.addr,
+            "POST",
+            "/publish",
+            &[("Authorization", &auth), ("Content-Type", "application/json")],
+            r#"{"channel":"@b","data":"psst"}"#,
+        );
+        assert_eq!(body(&r)["delivered"], 1, "{r}");
+        assert_eq!(recv(&mut b).await["data"], "psst");
+        assert!(matches!(
+            next_event(&mut a, Duration::from_millis(300)).await,
+            Event::Timeout
+        ));
+        // HTTP publish without the right: 403; without a token: 401.
+        let nt = format!("Bearer {}", token("a", 1, 600, |_| {}));
+        let r = http(
+            s.addr,
+            "POST",
+            "/publish",
+            &[("Authorization", &nt), ("Content-Type", "application/json")],
+            r#"{"channel":"ops","data":1}"#,
+        );
+        assert_eq!((status(&r), body(&r)["error"].as_str()), (403, Some("forbidden")));
+        let r = http(
+            s.addr,
+            "POST",
+            "/publish",
+            &[("Content-Type", "application/json")],
+            r#"{"channel":"ops","data":1}"#,
+        );
+        assert_eq!(status(&r), 401);
+    });
+}
+
+#[test]
+fn spec4_3_expired_socket_closed_4001_unless_refreshed() {
+    let s = Server::start(&["--leeway", "0"]);
+    block_on(async {
+        let (mut short, w) = ws_bearer(s.addr, &token("s", 0, 2, |_| {})).await;
+        let exp = w["expires_at"].as_u64().unwrap();
+        // Less than 60 s left: the expiring notice comes at once.
+        let n = recv(&mut short).await;
+        assert_eq!(
+            (n["type"].as_str(), n["expires_at"].as_u64()),
+            (Some("expiring"), Some(exp))
+        );
+        assert_eq!(close_code(&mut short, Duration::from_secs(6)).await, Some(4001));
+
+        let (mut kept, _) = ws_bearer(s.addr, &token("k", 0, 2, |_| {})).await;
+        assert_eq!(recv(&mut kept).await["type"], "expiring");
+        send(
+            &mut kept,
+            json!({"type":"refresh","token": token("other", 0, 600, |_| {}),"ref":1}),
+        )
+        .await;
+        assert_eq!(recv(&mut kept).await["code"], "invalid_claims");
+        let fresh = token("k", 0, 600, |_| {});
+        send(&mut kept, json!({"type":"refresh","token": fresh,"ref":2})).await;
+        let r = recv(&mut kept).await;
+        assert_eq!((r["type"].as_str(), r["ref"].as_u64()), (Some("refreshed"), Some(2)));
+        assert!(r["expires_at"].as_u64().unwrap() >= now() + 590);
+        // Past the old expiry, still open and answering.
+        smol::Timer::after(Duration::from_secs(4)).await;
+        send(&mut kept, json!({"type":"ping"})).await;
+        assert_eq!(recv(&mut kept).await["type"], "pong");
+    });
+}
+
+#[test]
+fn spec4_3_refresh_that_lowers_rights_drops_subscriptions() {
+    let s = Server::start(&["--channel", "briefing=3"]);
+    block_on(async {
+        let (mut ws, _) = ws_bearer(s.addr, &token("r", 3, 600, |_| {})).await;
+        send(&mut ws, json!({"type":"subscribe","channel":"briefing"})).await;
+        recv(&mut ws).await;
+        send(&mut ws, json!({"type":"refresh","token": token("r", 1, 600, |_| {})})).await;
+        assert_eq!(
+            recv(&mut ws).await,
+            json!({"type":"unsubscribed","channel":"briefing","reason":"forbidden"})
+        );
+        assert_eq!(recv(&mut ws).await["type"], "refreshed");
+    });
+}
+
+#[test]
+fn spec4_3_slow_consumer_closed_4008_others_unaffected() {
+    let s = Server::start(&["--queue-depth", "4"]);
+    block_on(async {
+        let (mut slow, _) = ws_bearer(s.addr, &token("slow", 0, 600, |_| {})).await;
+        let (mut fast, _) = ws_bearer(s.addr, &token("fast", 0, 600, |_| {})).await;
+        for ws in [&mut slow, &mut fast] {
+            send(ws, json!({"type":"subscribe","channel":"firehose"})).await;
+            recv(ws).await;
+        }
+        // `slow` stops reading; publish far more than its socket buffers hold.
+        let auth = format!("Bearer {}", token("hq", 0, 600, |c| c.publish = true));
+        let big = "x".repeat(12_000);
+        let mut got = 0;
+        for _ in 0..400 {
+            let r = http(
+                s.addr,
+                "POST",
+                "/publish",
+                &[("Authorization", &auth), ("Content-Type", "application/json")],
+                &format!(r#"{{"channel":"firehose","data":"{big}"}}"#),
+            );
+            assert_eq!(status(&r), 202);
+            // `fast` keeps up.
+            assert_eq!(recv(&mut fast).await["type"], "message");
+            got += 1;
+        }
+        assert_eq!(got, 400);
+        s.wait_log(&["ws_close", "\"code\":4008"]);
+        let m = http(s.addr, "GET", "/metrics", &[], "");
+        assert!(m.contains("tessera_slow_consumers_total 1"), "{m}");
+        // Once it reads again, the slow one finds a 4008 close after what was buffered.
+        assert_eq!(close_code(&mut slow, Duration::from_secs(10)).await, Some(4008));
+    });
+}
+
+#[test]
+fn spec4_3_oversize_message_closed_1009() {
+    let s = Server::start(&["--max-message-bytes", "1024"]);
+    block_on(async {
+        let (mut ws, _) = ws_bearer(s.addr, &token("big", 0, 600, |_| {})).await;
+        let _ = ws
+            .send(async_tungstenite::tungstenite::Message::text("y".repeat(4096)))
+            .await;
+        assert_eq!(close_code(&mut ws, Duration::from_secs(5)).await, Some(1009));
+    });
+}
+
+#[test]
+fn spec5_sigterm_closes_sockets_1001_and_exits_0() {
+    let mut s = Server::start(&[]);
+    block_on(async {
+        let (mut ws, _) = ws_bearer(s.addr, &token("t", 0, 600, |_| {})).await;
+        s.signal("TERM");
+        assert_eq!(close_code(&mut ws, Duration::from_secs(5)).await, Some(1001));
+    });
+    assert_eq!(s.wait_exit(Duration::from_secs(5)), Some(0));
+    assert!(s.logs().contains("\"shutdown\""));
+}
+
+#[test]
+fn spec4_http_errors_health_metrics() {
+    let s = Server::start(&[]);
+    let r = http(s.addr, "GET", "/healthz", &[], "");
+    let b = body(&r);
+    assert_eq!(
+        (status(&r), b["status"].as_str(), b["connections"].as_u64()),
+        (200, Some("ok"), Some(0))
+    );
+    assert_eq!(b["version"], env!("CARGO_PKG_VERSION"));
+    let r = http(s.addr, "GET", "/nope", &[], "");
+    assert_eq!((status(&r), body(&r)["error"].as_str()), (404, Some("not_found")));
+    let r = http(s.addr, "DELETE", "/healthz", &[], "");
+    assert_eq!((status(&r), header(&r, "allow")), (405, Some("GET")));
+    let r = raw(s.addr, b"POST /publish HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(status(&r), 411);
+    let r = raw(
+        s.addr,
+        b"POST /publish HTTP/1.1\r\nHost: x\r\nContent-Length: 99999\r\n\r\n",
+    );
+    assert_eq!(status(&r), 413);
+    let big = format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(9000));
+    assert_eq!(status(&raw(s.addr, big.as_bytes())), 431);
+    // Every error body is {"error","message"}.
+    let b = body(&http(s.addr, "GET", "/nope", &[], ""));
+    assert!(b["message"].is_string());
+    let m = http(s.addr, "GET", "/metrics", &[], "");
+    for name in [
+        "tessera_connections",
+        "tessera_handshakes_total",
+        "tessera_logins_total",
+        "tessera_messages_in_total",
+        "tessera_messages_out_total",
+        "tessera_slow_consumers_total",
+    ] {
+        assert!(m.contains(name), "{name}");
+    }
+    // Keep-alive: two requests on one connection.
+    let r = raw(
+        s.addr,
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(r.matches("HTTP/1.1 200 OK").count(), 2, "{r}");
+}
+
+#[test]
+fn spec4_slowloris_head_dropped_at_handshake_timeout() {
+    use std::io::{Read, Write};
+    let s = Server::start(&["--handshake-timeout", "1"]);
+    let mut c = std::net::TcpStream::connect(s.addr).unwrap();
+    c.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n").unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 64];
+    let n = c.read(&mut buf).unwrap_or(0);
+    assert_eq!(n, 0, "expected the server to hang up");
+    assert!(started.elapsed() < Duration::from_secs(4));
+}
+
+#[test]
+fn spec7_logs_are_json_lines_without_tokens() {
+    let s = Server::start(&[]);
+    let t = token("logged", 0, 600, |_| {});
+    block_on(async {
+        let (ws, _) = ws_bearer(s.addr, &t).await;
+        drop(ws);
+    });
+    let _ = raw(s.addr, &upgrade("/ws", &format!("Authorization: Bearer {t}x\r\n")));
+    let _ = raw(s.addr, &upgrade("/ws", &format!("Cookie: tessera_access={t}\r\n")));
+    s.wait_log(&["ws_close", "logged"]);
+    s.wait_log(&["ws_reject", "bad_signature", "127.0.0.1"]);
+    let logs = s.logs();
+    assert!(!logs.contains(&t[..40]), "token in logs:\n{logs}");
+    assert!(!logs.contains(KEY));
+    for line in logs.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|_| panic!("not JSON: {line}"));
+        assert!(v["ts"].as_str().unwrap().ends_with('Z') && v["event"].is_string() && v["level"].is_string());
+    }
+}
