@@ -23,6 +23,7 @@ pub struct TopLevel {
 pub enum Command {
     Serve(Serve),
     Keygen(Keygen),
+    Useradd(Useradd),
     Token(Token),
     Verify(Verify),
 }
@@ -107,6 +108,17 @@ pub struct Serve {
     /// signing key file (else env TESSERA_SECRET); reloaded on SIGHUP
     #[argh(option)]
     pub secret_file: Option<PathBuf>,
+    /// users file (NAME:CLEARANCE:PUBLISH:CHANNELS:HASH lines); reloaded on
+    /// SIGHUP
+    #[argh(option)]
+    pub users: Option<PathBuf>,
+    /// state file for sessions and revocations (written atomically); without
+    /// it they live in memory only
+    #[argh(option)]
+    pub state: Option<PathBuf>,
+    /// omit `Secure` from cookies (plain-HTTP development only)
+    #[argh(switch)]
+    pub insecure_cookies: bool,
     /// access token lifetime in seconds [3600]
     #[argh(option, default = "3600")]
     pub access_ttl: u64,
@@ -172,4 +184,31 @@ fn parse_channel_level(s: &str) -> Result<(String, u32), String> {
         .parse()
         .map_err(|_| format!("{level:?} is not a level (0-4294967295)"))?;
     Ok((name.to_string(), level))
+}
+
+/// Add a user to a users file, or update one. The password is read from
+/// stdin (without echo on a terminal), never from a flag. The file is
+/// rewritten atomically; comments survive.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "useradd")]
+pub struct Useradd {
+    /// the users file (created if missing)
+    #[argh(option)]
+    pub users: PathBuf,
+    /// the user name (the token's `sub`)
+    #[argh(option)]
+    pub name: String,
+    /// clearance level [0]
+    #[argh(option, default = "0")]
+    pub clearance: u32,
+    /// allow publishing
+    #[argh(switch)]
+    pub publish: bool,
+    /// comma-separated channels the user is limited to (exact names or
+    /// prefixes ending in `*`); default: unrestricted
+    #[argh(option)]
+    pub channels: Option<String>,
+    /// PBKDF2 iterations [600000]; lower only for slow devices or tests
+    #[argh(option, default = "crate::auth::users::DEFAULT_ITERATIONS")]
+    pub iterations: u32,
 }

@@ -125,3 +125,99 @@ pub fn verify(args: &cli::Verify, stdin: &mut dyn Read) -> Result<(), Failure> {
     println!("{json}");
     Ok(())
 }
+
+/// 16 random bytes.
+pub fn random16() -> Result<[u8; 16], Failure> {
+    let mut b = [0u8; 16];
+    getrandom::fill(&mut b).map_err(|e| Failure::usage(format!("no randomness from the OS: {e}")))?;
+    Ok(b)
+}
+
+/// Reads a password from stdin: one line, without echo when stdin is a
+/// terminal (via `stty`), else all of stdin minus one trailing newline.
+fn read_password() -> Result<String, Failure> {
+    use std::io::IsTerminal;
+    let stdin = std::io::stdin();
+    let tty = stdin.is_terminal();
+    let stty = |arg: &str| {
+        let _ = std::process::Command::new("stty")
+            .arg(arg)
+            .stdin(std::process::Stdio::inherit())
+            .status();
+    };
+    let mut line = String::new();
+    if tty {
+        eprint!("password: ");
+        stty("-echo");
+        let r = stdin.read_line(&mut line);
+        stty("echo");
+        eprintln!();
+        r.map_err(|e| Failure::usage(format!("stdin: {}", e.kind())))?;
+    } else {
+        stdin
+            .lock()
+            .take(64 * 1024)
+            .read_to_string(&mut line)
+            .map_err(|_| Failure::usage("stdin: the password must be UTF-8 text"))?;
+    }
+    let pw = line
+        .strip_suffix('\n')
+        .map(|l| l.strip_suffix('\r').unwrap_or(l))
+        .unwrap_or(&line);
+    if pw.is_empty() {
+        return Err(Failure::usage("stdin: empty password"));
+    }
+    Ok(pw.to_string())
+}
+
+/// `tessera useradd --users FILE --name N …`: adds or replaces a user.
+pub fn useradd(args: &cli::Useradd) -> Result<(), Failure> {
+    use crate::auth::users::{self, PasswordHash, User, UsersFile};
+    if !users::name_ok(&args.name) {
+        return Err(Failure::usage("--name: 1-128 bytes without ':' or spaces"));
+    }
+    if !(1..=users::MAX_ITERATIONS).contains(&args.iterations) {
+        return Err(Failure::usage("--iterations: 1-10000000"));
+    }
+    let channels: Vec<String> = args
+        .channels
+        .as_deref()
+        .unwrap_or("")
+        .split(',')
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .map(String::from)
+        .collect();
+    for c in &channels {
+        if !crate::hub::pattern_ok(c) {
+            return Err(Failure::usage(format!(
+                "--channels: {c:?} is not a channel name or prefix*"
+            )));
+        }
+    }
+    let path = &args.users;
+    let mut file = match std::fs::read_to_string(path) {
+        Ok(text) => UsersFile::parse(&text).map_err(|e| Failure::usage(format!("--users {}: {e}", path.display())))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => UsersFile::default(),
+        Err(e) => return Err(Failure::usage(format!("--users {}: {}", path.display(), e.kind()))),
+    };
+    let password = read_password()?;
+    let hash = PasswordHash::new(password.as_bytes(), args.iterations, random16()?);
+    let replaced = file.get(&args.name).is_some();
+    file.upsert(User {
+        name: args.name.clone(),
+        clearance: args.clearance,
+        publish: args.publish,
+        channels,
+        hash,
+    });
+    crate::auth::state_file::write_atomic(path, file.render().as_bytes())
+        .map_err(|e| Failure::usage(format!("--users {}: {}", path.display(), e.kind())))?;
+    eprintln!(
+        "tessera: {} user {:?} in {}",
+        if replaced { "updated" } else { "added" },
+        args.name,
+        path.display()
+    );
+    Ok(())
+}

@@ -107,6 +107,16 @@ pub fn channel_name_ok(name: &str) -> bool {
     (1..=64).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.:-@".contains(&b))
 }
 
+/// Whether `p` is a valid `channels` entry: a channel name, or a prefix
+/// ending in `*` (`*` alone allows everything the clearance allows).
+pub fn pattern_ok(p: &str) -> bool {
+    match p.strip_suffix('*') {
+        Some("") => true,
+        Some(prefix) => channel_name_ok(prefix),
+        None => channel_name_ok(p),
+    }
+}
+
 /// A `channels` claim pattern: an exact name, or a prefix ending in `*`.
 pub fn pattern_matches(pattern: &str, channel: &str) -> bool {
     match pattern.strip_suffix('*') {

@@ -33,6 +33,7 @@ fn main() -> ExitCode {
     let result = match top.command {
         None => Err(Failure::usage("no subcommand given; run 'tessera --help'")),
         Some(Command::Serve(a)) => tessera::server::serve(&a),
+        Some(Command::Useradd(a)) => commands::useradd(&a),
         Some(Command::Keygen(a)) => commands::keygen(&a),
         Some(Command::Token(a)) => commands::token(&a),
         Some(Command::Verify(a)) => commands::verify(&a, &mut std::io::stdin().lock()),

@@ -74,7 +74,12 @@ pub async fn serve_connection(
             return;
         }
         let body: Vec<u8> = buf.drain(..body_len).collect();
-        let response = respond(&shared, &req, route, &body, peer);
+        let response = match route {
+            Route::Login => super::auth::login(&shared, &req, &body, peer).await,
+            Route::Refresh => super::auth::refresh(&shared, &req, &body, peer).await,
+            Route::Logout => super::auth::logout(&shared, &req, &body, peer).await,
+            _ => respond(&shared, &req, route, &body, peer),
+        };
         let head_only = req.method == "HEAD";
         let mut bytes = response.to_bytes(keep_alive);
         if head_only {
@@ -156,9 +161,8 @@ fn respond(shared: &Shared, req: &Request, route: Route, body: &[u8], peer: Sock
         Route::WrongMethod(allow) => {
             Response::error(405, "method_not_allowed", "this path does not take that method").header("Allow", allow)
         }
-        Route::NotFound | Route::Console | Route::Login | Route::Refresh | Route::Logout => {
-            Response::error(404, "not_found", "no such path")
-        }
+        Route::NotFound | Route::Console => Response::error(404, "not_found", "no such path"),
+        Route::Login | Route::Refresh | Route::Logout => Response::error(500, "internal", "routed elsewhere"),
         Route::WebSocket => Response::error(426, "upgrade_required", "GET /ws is a WebSocket endpoint"),
     }
 }

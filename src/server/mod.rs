@@ -7,9 +7,12 @@
 //! ticker. [`conn`] serves one TCP connection's HTTP requests; [`socket`]
 //! runs one authenticated WebSocket.
 
+mod auth;
 mod conn;
 mod socket;
 
+use crate::auth::sessions::Sessions;
+use crate::auth::users::{PasswordHash, User, UsersFile};
 use crate::cli;
 use crate::commands::{Failure, now_unix};
 use crate::gate::GateConfig;
@@ -35,6 +38,10 @@ pub struct Config {
     pub listen: SocketAddr,
     pub secret_file: Option<PathBuf>,
     pub access_ttl: u64,
+    pub refresh_ttl: u64,
+    pub users_file: Option<PathBuf>,
+    pub state_file: Option<PathBuf>,
+    pub insecure_cookies: bool,
     pub gate: GateConfig,
     pub levels: Levels,
     pub max_connections: usize,
@@ -73,6 +80,7 @@ impl Config {
             ("--ping-interval", a.ping_interval),
             ("--handshake-timeout", a.handshake_timeout),
             ("--access-ttl", a.access_ttl),
+            ("--refresh-ttl", a.refresh_ttl),
         ] {
             if v == 0 || v > 10 * 365 * 86_400 {
                 return Err(Failure::usage(format!("{name}: must be 1 second to 10 years")));
@@ -90,6 +98,10 @@ impl Config {
             listen,
             secret_file: a.secret_file.clone(),
             access_ttl: a.access_ttl,
+            refresh_ttl: a.refresh_ttl,
+            users_file: a.users.clone(),
+            state_file: a.state.clone(),
+            insecure_cookies: a.insecure_cookies,
             gate: GateConfig {
                 verify: VerifyOptions {
                     leeway: a.leeway,
@@ -125,8 +137,13 @@ pub struct Shared {
     /// Sockets mid-handshake or open, for `--max-connections`.
     pub sockets: Cell<usize>,
     pub shutting_down: Cell<bool>,
-    /// Revoked session ids (filled by the sessions layer).
-    pub revoked: RefCell<std::collections::HashSet<String>>,
+    pub users: RefCell<Rc<UsersFile>>,
+    /// Hashed against when a login names an unknown user.
+    pub dummy_hash: PasswordHash,
+    pub sessions: RefCell<Sessions>,
+    pub persist: auth::Persist,
+    pub hash_slots: smol::lock::Semaphore,
+    pub hash_waiting: Cell<usize>,
 }
 
 impl Shared {
@@ -138,7 +155,7 @@ impl Shared {
 
     /// Whether a session id is revoked.
     pub fn is_revoked(&self, sid: &str) -> bool {
-        self.revoked.borrow().contains(sid)
+        self.sessions.borrow().is_revoked(sid)
     }
 
     /// The current key set (cheap clone of an `Rc`).
@@ -160,6 +177,13 @@ pub fn serve(args: &cli::Serve) -> Result<(), Failure> {
     } else {
         (crate::commands::load_keys(cfg.secret_file.as_deref())?, false)
     };
+    let (users, demo_passwords) = load_users(&cfg)?;
+    let sessions = match &cfg.state_file {
+        Some(p) => crate::auth::state_file::load(p)
+            .map_err(|e| Failure::usage(format!("--state {}: {e}", p.display())))?
+            .unwrap_or_default(),
+        None => Sessions::default(),
+    };
     let listener =
         TcpListener::bind(cfg.listen).map_err(|e| Failure::usage(format!("--listen {}: {e}", cfg.listen)))?;
     let addr = listener
@@ -169,6 +193,12 @@ pub fn serve(args: &cli::Serve) -> Result<(), Failure> {
 
     let shared = Rc::new(Shared {
         hub: RefCell::new(Hub::new(cfg.levels.clone())),
+        dummy_hash: auth::dummy_hash(&users),
+        users: RefCell::new(Rc::new(users)),
+        sessions: RefCell::new(sessions),
+        persist: auth::Persist::new(cfg.state_file.clone()),
+        hash_slots: smol::lock::Semaphore::new(auth::HASH_WORKERS),
+        hash_waiting: Cell::new(0),
         cfg,
         keys: RefCell::new(Rc::new(keys)),
         throttle: RefCell::default(),
@@ -177,10 +207,9 @@ pub fn serve(args: &cli::Serve) -> Result<(), Failure> {
         next_id: Cell::new(0),
         sockets: Cell::new(0),
         shutting_down: Cell::new(false),
-        revoked: RefCell::default(),
     });
     let ex = Rc::new(LocalExecutor::new());
-    smol::block_on(ex.run(run(shared, ex.clone(), listener, addr, demo_key)))
+    smol::block_on(ex.run(run(shared, ex.clone(), listener, addr, demo_key, demo_passwords)))
 }
 
 async fn run(
@@ -189,6 +218,7 @@ async fn run(
     listener: smol::Async<TcpListener>,
     addr: SocketAddr,
     demo_key: bool,
+    demo_passwords: Vec<(String, String)>,
 ) -> Result<(), Failure> {
     let log = shared.log;
     log.info(
@@ -205,8 +235,18 @@ async fn run(
             &[("message", "not loopback and no TLS: tokens travel in clear text".into())],
         );
     }
+    if shared.cfg.state_file.is_none() {
+        log.warn(
+            "state_in_memory",
+            &[(
+                "message",
+                "no --state: sessions and revocations are lost on restart".into(),
+            )],
+        );
+    }
+    ex.spawn(auth::persist_task(shared.clone())).detach();
     if shared.cfg.demo {
-        print_demo(&shared, addr, demo_key);
+        print_demo(&shared, addr, demo_key, &demo_passwords);
         ex.spawn(demo_ticker(shared.clone())).detach();
     }
 
@@ -254,12 +294,28 @@ async fn run(
     while shared.sockets.get() > 0 && std::time::Instant::now() < deadline {
         Timer::after(Duration::from_millis(20)).await;
     }
+    auth::persist_now(&shared);
     log.info("stopped", &[]);
     Ok(())
 }
 
-/// SIGHUP: reload the key file; a bad file keeps the old keys.
+/// SIGHUP: reload the key file and the users file; a bad file keeps the
+/// old contents and logs why.
 fn reload(shared: &Shared) {
+    if let Some(path) = shared.cfg.users_file.as_deref() {
+        match read_users(path) {
+            Ok(u) => {
+                let n = u.users().count() as u64;
+                *shared.users.borrow_mut() = Rc::new(u);
+                shared.log.info("reload", &[("users", n.into())]);
+            }
+            Err(e) => shared.log.warn("reload_failed", &[("error", (&e).into())]),
+        }
+    }
+    reload_keys(shared);
+}
+
+fn reload_keys(shared: &Shared) {
     let Some(path) = shared.cfg.secret_file.as_deref() else {
         shared
             .log
@@ -282,7 +338,45 @@ fn reload(shared: &Shared) {
     }
 }
 
-fn print_demo(shared: &Shared, addr: SocketAddr, ephemeral: bool) {
+fn read_users(path: &std::path::Path) -> Result<UsersFile, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("--users {}: {}", path.display(), e.kind()))?;
+    UsersFile::parse(&text).map_err(|e| format!("--users {}: {e}", path.display()))
+}
+
+/// The users file, plus the demo users (with fresh random passwords) in
+/// `--demo` mode.
+fn load_users(cfg: &Config) -> Result<(UsersFile, Vec<(String, String)>), Failure> {
+    let mut users = match &cfg.users_file {
+        Some(p) => read_users(p).map_err(Failure::usage)?,
+        None => UsersFile::default(),
+    };
+    let mut passwords = Vec::new();
+    if cfg.demo {
+        for (name, clearance, publish) in [("hq", 5, true), ("agent-007", 2, false)] {
+            if users.get(name).is_some() {
+                continue;
+            }
+            let pw = keys::generate().map_err(|e| Failure::usage(format!("no randomness: {e}")))?;
+            let pw: String = pw.chars().take(16).collect();
+            let hash = PasswordHash::new(
+                pw.as_bytes(),
+                crate::auth::users::DEFAULT_ITERATIONS,
+                crate::commands::random16()?,
+            );
+            users.upsert(User {
+                name: name.into(),
+                clearance,
+                publish,
+                channels: Vec::new(),
+                hash,
+            });
+            passwords.push((name.to_string(), pw));
+        }
+    }
+    Ok((users, passwords))
+}
+
+fn print_demo(shared: &Shared, addr: SocketAddr, ephemeral: bool, passwords: &[(String, String)]) {
     let now = now_unix();
     let keys = shared.keys();
     let mint = |sub: &str, clearance: u32, publish: bool| {
@@ -305,6 +399,20 @@ fn print_demo(shared: &Shared, addr: SocketAddr, ephemeral: bool) {
         println!("signing key: ephemeral (tokens die with this process)");
     }
     println!("channels: ops (clearance 1, a mission update every 5 s), briefing (clearance 3)");
+    for (name, pw) in passwords {
+        println!("demo user {name} password: {pw}");
+    }
+    if let Some((name, pw)) = passwords.first() {
+        println!("log in (console): open http://{addr}/ and use {name} / {pw}");
+        let secure = if shared.cfg.insecure_cookies {
+            ""
+        } else {
+            "  (cookies are Secure: browsers keep them only over https or on localhost)"
+        };
+        println!(
+            "log in (curl): curl -s -X POST http://{addr}/auth/login -H 'Content-Type: application/json' -d '{{\"username\":\"{name}\",\"password\":\"{pw}\"}}'{secure}"
+        );
+    }
     println!("demo publisher token (hq, clearance 5, publish):\n  {publisher}");
     println!("demo agent token (agent-007, clearance 2):\n  {agent}");
     println!("try:");

@@ -28,6 +28,8 @@ pub struct ConnHandle {
     cap: usize,
     wake: Event,
     close: Cell<Option<(u16, &'static str)>>,
+    /// The session of the token the socket holds now.
+    sid: RefCell<Option<String>>,
 }
 
 impl ConnHandle {
@@ -37,6 +39,7 @@ impl ConnHandle {
             cap,
             wake: Event::new(),
             close: Cell::new(None),
+            sid: RefCell::default(),
         }
     }
 
@@ -77,6 +80,15 @@ pub fn after_publish(shared: &Shared, p: &Published) {
     }
 }
 
+/// Closes every socket of a revoked session with 4003.
+pub fn close_session(shared: &Shared, sid: &str) {
+    for (_, h) in shared.hub.borrow().outboxes() {
+        if h.sid.borrow().as_deref() == Some(sid) {
+            h.close(4003, "session revoked");
+        }
+    }
+}
+
 /// Removes the socket from the hub however its task ends.
 struct Membership<'a> {
     shared: &'a Shared,
@@ -106,6 +118,7 @@ where
     let handle = Rc::new(ConnHandle::new(cfg.queue_depth));
     let mut rights = Rights::from_claims(&claims);
     let mut claims = claims.into_inner();
+    *handle.sid.borrow_mut() = claims.sid.clone();
     shared.hub.borrow_mut().join(id, rights.clone(), handle.clone());
     let _member = Membership { shared: &shared, id };
     let peer_s = peer.to_string();
@@ -236,6 +249,7 @@ where
                         msgs_in += 1;
                         add(&shared.metrics.messages_in, 1);
                         let replies = command(&shared, id, &mut rights, &mut claims, &mut timers, t.as_str());
+                        *handle.sid.borrow_mut() = claims.sid.clone();
                         for r in replies {
                             msgs_out += 1;
                             if tx.send(Message::text(r)).await.is_err() {

@@ -1,0 +1,342 @@
+//! Sessions, rotating refresh tokens and revocation (SPEC §3, §4.1), sans-IO.
+//!
+//! A login opens a session (`sid`) and hands out a refresh token: 32 random
+//! bytes, base64url. Only its SHA-256 is stored. Refreshing marks the
+//! presented token used and issues a new one in the same session; presenting
+//! a used token again is a theft signal: the whole session is revoked, and
+//! its access tokens are refused by `sid` until they expire. Randomness and
+//! `now` come from the caller.
+//!
+//! ```
+//! use tessera::auth::sessions::{Sessions, RefreshError};
+//! let mut s = Sessions::default();
+//! let (sid, t1) = s.login("agent-7", 100, 3700, 604_800, [1; 16], [2; 32]);
+//! let (_, sub, t2) = s.rotate(&t1, 200, 3800, [3; 32]).unwrap();
+//! assert_eq!(sub, "agent-7");
+//! assert!(matches!(s.rotate(&t1, 300, 3900, [4; 32]), Err(RefreshError::Reused { .. })));
+//! assert!(s.is_revoked(&sid));
+//! assert!(s.rotate(&t2, 300, 3900, [5; 32]).is_err());
+//! ```
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+
+/// One login.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Session {
+    pub sub: String,
+    /// When its newest refresh token expires (Unix seconds).
+    pub refresh_expires: u64,
+    /// The latest `exp` of an access token issued in it.
+    pub access_expires: u64,
+    pub revoked: bool,
+}
+
+/// A stored refresh token (by its SHA-256).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefreshEntry {
+    pub sid: String,
+    pub expires: u64,
+    pub used: bool,
+}
+
+/// Why a refresh token was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RefreshError {
+    /// Not a token this server issued (or long pruned).
+    Unknown,
+    Expired,
+    /// The session was revoked (logout or reuse).
+    Revoked,
+    /// Presented twice: the session `sid` is now revoked.
+    Reused {
+        sid: String,
+    },
+}
+
+impl RefreshError {
+    /// The HTTP error code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            RefreshError::Reused { .. } => "refresh_token_reused",
+            RefreshError::Expired => "refresh_token_expired",
+            RefreshError::Unknown | RefreshError::Revoked => "invalid_refresh_token",
+        }
+    }
+}
+
+/// Every session and refresh token.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Sessions {
+    sessions: HashMap<String, Session>,
+    refresh: HashMap<[u8; 32], RefreshEntry>,
+}
+
+fn digest(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+impl Sessions {
+    fn open(&mut self, sub: &str, access_exp: u64, sid_bytes: [u8; 16], token: [u8; 32]) -> (String, String) {
+        let sid = URL_SAFE_NO_PAD.encode(sid_bytes);
+        let refresh = URL_SAFE_NO_PAD.encode(token);
+        self.sessions.insert(
+            sid.clone(),
+            Session {
+                sub: sub.to_string(),
+                refresh_expires: 0,
+                access_expires: access_exp,
+                revoked: false,
+            },
+        );
+        (sid, refresh)
+    }
+
+    /// Stores a new refresh token of `sid`, valid until `expires`.
+    pub fn add_refresh(&mut self, sid: &str, refresh: &str, expires: u64) {
+        self.refresh.insert(
+            digest(refresh),
+            RefreshEntry {
+                sid: sid.to_string(),
+                expires,
+                used: false,
+            },
+        );
+        if let Some(s) = self.sessions.get_mut(sid) {
+            s.refresh_expires = s.refresh_expires.max(expires);
+        }
+    }
+
+    /// Opens a session and stores its first refresh token in one step.
+    pub fn login(
+        &mut self,
+        sub: &str,
+        now: u64,
+        access_exp: u64,
+        refresh_ttl: u64,
+        sid_bytes: [u8; 16],
+        token: [u8; 32],
+    ) -> (String, String) {
+        let (sid, refresh) = self.open(sub, access_exp, sid_bytes, token);
+        self.add_refresh(&sid, &refresh, now.saturating_add(refresh_ttl));
+        (sid, refresh)
+    }
+
+    /// Rotates `presented`: marks it used and returns `(sid, sub, new
+    /// token)`; the new token expires at `new_expires`.
+    pub fn rotate(
+        &mut self,
+        presented: &str,
+        now: u64,
+        new_expires: u64,
+        token: [u8; 32],
+    ) -> Result<(String, String, String), RefreshError> {
+        let d = digest(presented);
+        let entry = self.refresh.get(&d).ok_or(RefreshError::Unknown)?.clone();
+        let session = self.sessions.get(&entry.sid).ok_or(RefreshError::Unknown)?.clone();
+        if entry.used {
+            self.revoke(&entry.sid);
+            return Err(RefreshError::Reused { sid: entry.sid });
+        }
+        if session.revoked {
+            return Err(RefreshError::Revoked);
+        }
+        if now >= entry.expires {
+            return Err(RefreshError::Expired);
+        }
+        if let Some(e) = self.refresh.get_mut(&d) {
+            e.used = true;
+        }
+        let new = URL_SAFE_NO_PAD.encode(token);
+        self.add_refresh(&entry.sid, &new, new_expires);
+        Ok((entry.sid, session.sub, new))
+    }
+
+    /// Records the `exp` of a new access token in `sid`.
+    pub fn issued_access(&mut self, sid: &str, exp: u64) {
+        if let Some(s) = self.sessions.get_mut(sid) {
+            s.access_expires = s.access_expires.max(exp);
+        }
+    }
+
+    /// The session a refresh token belongs to (used or not).
+    pub fn sid_of_refresh(&self, presented: &str) -> Option<&str> {
+        self.refresh.get(&digest(presented)).map(|e| e.sid.as_str())
+    }
+
+    /// Revokes a session: its refresh tokens stop working and its access
+    /// tokens are refused by `sid`. True if it existed and was live.
+    pub fn revoke(&mut self, sid: &str) -> bool {
+        match self.sessions.get_mut(sid) {
+            Some(s) if !s.revoked => {
+                s.revoked = true;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    pub fn is_revoked(&self, sid: &str) -> bool {
+        self.sessions.get(sid).is_some_and(|s| s.revoked)
+    }
+
+    pub fn session(&self, sid: &str) -> Option<&Session> {
+        self.sessions.get(sid)
+    }
+
+    /// Drops what can no longer matter at `now`: expired refresh tokens,
+    /// and sessions none of whose tokens (access + `leeway`) is still valid.
+    pub fn prune(&mut self, now: u64, leeway: u64) {
+        self.refresh.retain(|_, e| e.expires > now);
+        self.sessions
+            .retain(|_, s| s.refresh_expires > now || s.access_expires.saturating_add(leeway) > now);
+        let live = &self.sessions;
+        self.refresh.retain(|_, e| live.contains_key(&e.sid));
+    }
+
+    pub fn len(&self) -> usize {
+        self.sessions.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.sessions.is_empty()
+    }
+
+    /// The state file text (JSON; refresh tokens only as SHA-256).
+    pub fn to_json(&self) -> String {
+        let mut sessions: Vec<(&String, &Session)> = self.sessions.iter().collect();
+        sessions.sort_by(|a, b| a.0.cmp(b.0));
+        let mut refresh: Vec<(String, &RefreshEntry)> = self
+            .refresh
+            .iter()
+            .map(|(h, e)| (URL_SAFE_NO_PAD.encode(h), e))
+            .collect();
+        refresh.sort_by(|a, b| a.0.cmp(&b.0));
+        let file = StateFile {
+            version: 1,
+            sessions: sessions
+                .into_iter()
+                .map(|(sid, s)| SessionRow {
+                    sid: sid.clone(),
+                    session: s.clone(),
+                })
+                .collect(),
+            refresh: refresh
+                .into_iter()
+                .map(|(h, e)| RefreshRow {
+                    sha256: h,
+                    entry: e.clone(),
+                })
+                .collect(),
+        };
+        serde_json::to_string_pretty(&file).unwrap_or_default()
+    }
+
+    /// Parses the state file text.
+    pub fn from_json(text: &str) -> Result<Sessions, String> {
+        let file: StateFile = serde_json::from_str(text).map_err(|e| format!("not a tessera state file: {e}"))?;
+        if file.version != 1 {
+            return Err(format!("unsupported state file version {}", file.version));
+        }
+        let mut s = Sessions::default();
+        for row in file.sessions {
+            if s.sessions.insert(row.sid.clone(), row.session).is_some() {
+                return Err(format!("session {:?} appears twice", row.sid));
+            }
+        }
+        for row in file.refresh {
+            let h: [u8; 32] = URL_SAFE_NO_PAD
+                .decode(&row.sha256)
+                .ok()
+                .and_then(|v| v.try_into().ok())
+                .ok_or_else(|| "a refresh entry's sha256 is not 32 bytes of base64url".to_string())?;
+            if !s.sessions.contains_key(&row.entry.sid) {
+                return Err("a refresh entry names an unknown session".into());
+            }
+            if s.refresh.insert(h, row.entry).is_some() {
+                return Err("a refresh entry appears twice".into());
+            }
+        }
+        Ok(s)
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StateFile {
+    version: u32,
+    sessions: Vec<SessionRow>,
+    refresh: Vec<RefreshRow>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SessionRow {
+    sid: String,
+    #[serde(flatten)]
+    session: Session,
+}
+
+#[derive(Serialize, Deserialize)]
+struct RefreshRow {
+    sha256: String,
+    #[serde(flatten)]
+    entry: RefreshEntry,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spec4_1_rotation_and_reuse_revokes_the_session() {
+        let mut s = Sessions::default();
+        let (sid, t1) = s.login("a", 0, 60, 1000, [9; 16], [1; 32]);
+        assert_eq!(t1.len(), 43);
+        let (sid2, sub, t2) = s.rotate(&t1, 10, 1010, [2; 32]).unwrap();
+        assert_eq!((sid2.as_str(), sub.as_str()), (sid.as_str(), "a"));
+        let (_, _, t3) = s.rotate(&t2, 20, 1020, [3; 32]).unwrap();
+        assert!(!s.is_revoked(&sid));
+        assert_eq!(
+            s.rotate(&t1, 30, 1030, [4; 32]),
+            Err(RefreshError::Reused { sid: sid.clone() })
+        );
+        assert!(s.is_revoked(&sid));
+        assert_eq!(s.rotate(&t3, 30, 1030, [5; 32]), Err(RefreshError::Revoked));
+        assert_eq!(s.rotate("nope", 30, 1030, [6; 32]), Err(RefreshError::Unknown));
+    }
+
+    #[test]
+    fn spec3_refresh_tokens_stored_only_as_sha256() {
+        let mut s = Sessions::default();
+        let (_, t) = s.login("a", 0, 60, 1000, [1; 16], [7; 32]);
+        let json = s.to_json();
+        assert!(!json.contains(&t));
+        assert_eq!(Sessions::from_json(&json).unwrap(), s);
+    }
+
+    #[test]
+    fn expiry_and_pruning() {
+        let mut s = Sessions::default();
+        let (sid, t) = s.login("a", 0, 60, 100, [1; 16], [1; 32]);
+        assert_eq!(s.rotate(&t, 100, 200, [2; 32]), Err(RefreshError::Expired));
+        s.revoke(&sid);
+        s.prune(50, 30);
+        assert!(s.is_revoked(&sid), "kept while its access token may still be presented");
+        s.prune(100, 30);
+        assert!(s.is_empty());
+    }
+
+    #[test]
+    fn state_file_rejects_garbage() {
+        assert!(Sessions::from_json("").is_err());
+        assert!(Sessions::from_json("{\"version\":2,\"sessions\":[],\"refresh\":[]}").is_err());
+        assert!(Sessions::from_json("{\"version\":1,\"sessions\":[],\"refresh\":[{\"sha256\":\"AA\",\"sid\":\"x\",\"expires\":1,\"used\":false}]}").is_err());
+        assert_eq!(
+            Sessions::from_json("{\"version\":1,\"sessions\":[],\"refresh\":[]}").unwrap(),
+            Sessions::default()
+        );
+    }
+}

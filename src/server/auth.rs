@@ -1,0 +1,410 @@
+//! `/auth/login`, `/auth/refresh`, `/auth/logout` (SPEC §4.1), and the
+//! durable-state writer behind them.
+//!
+//! Password hashing runs in `smol::unblock`, at most [`HASH_WORKERS`] at a
+//! time with at most [`HASH_QUEUE`] waiting (beyond: 503 `busy`), so the
+//! event loop keeps serving sockets during a burst of logins. A response
+//! that hands out a refresh token is sent only once the state holding it is
+//! on disk (with `--state`): [`Persist`] groups concurrent changes into one
+//! atomic write.
+
+use super::{Shared, socket};
+use crate::auth::state_file;
+use crate::auth::users::{PasswordHash, User};
+use crate::commands::now_unix;
+use crate::gate::{self, Rejection};
+use crate::http::{Request, Response};
+use crate::jwt::{self, Claims};
+use event_listener::Event;
+use serde::Deserialize;
+use std::cell::Cell;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::rc::Rc;
+
+/// Password hashes computed at once (the machine's cores are few).
+pub const HASH_WORKERS: usize = 2;
+/// Logins waiting for a hashing slot before new ones get 503 `busy`.
+pub const HASH_QUEUE: usize = 32;
+
+/// Group-committing writer of the state file.
+pub struct Persist {
+    pub path: Option<PathBuf>,
+    wanted: Cell<u64>,
+    written: Cell<u64>,
+    /// The last generation whose write failed.
+    failed: Cell<u64>,
+    changed: Event,
+    done: Event,
+}
+
+impl Persist {
+    pub fn new(path: Option<PathBuf>) -> Persist {
+        Persist {
+            path,
+            wanted: Cell::new(0),
+            written: Cell::new(0),
+            failed: Cell::new(0),
+            changed: Event::new(),
+            done: Event::new(),
+        }
+    }
+
+    /// Waits until the state as of now is on disk. False if it could not be
+    /// written. Without `--state`, returns at once.
+    pub async fn commit(&self) -> bool {
+        if self.path.is_none() {
+            return true;
+        }
+        let generation = self.wanted.get() + 1;
+        self.wanted.set(generation);
+        self.changed.notify(1);
+        loop {
+            if self.written.get() >= generation {
+                return true;
+            }
+            if self.failed.get() >= generation {
+                return false;
+            }
+            let l = self.done.listen();
+            if self.written.get() >= generation || self.failed.get() >= generation {
+                continue;
+            }
+            l.await;
+        }
+    }
+}
+
+/// The writer task: one atomic write per batch of changes.
+pub async fn persist_task(shared: Rc<Shared>) {
+    let p = &shared.persist;
+    let Some(path) = p.path.clone() else { return };
+    loop {
+        while p.written.get().max(p.failed.get()) >= p.wanted.get() {
+            let l = p.changed.listen();
+            if p.written.get().max(p.failed.get()) < p.wanted.get() {
+                break;
+            }
+            l.await;
+        }
+        let generation = p.wanted.get();
+        let text = {
+            let mut s = shared.sessions.borrow_mut();
+            s.prune(now_unix(), shared.cfg.gate.verify.leeway);
+            s.to_json()
+        };
+        let path2 = path.clone();
+        let result = smol::unblock(move || state_file::write_atomic(&path2, text.as_bytes())).await;
+        match result {
+            Ok(()) => p.written.set(generation),
+            Err(e) => {
+                p.failed.set(generation);
+                shared.log.warn(
+                    "state_write_failed",
+                    &[
+                        ("file", (&path.display().to_string()).into()),
+                        ("error", (&e.kind().to_string()).into()),
+                    ],
+                );
+            }
+        }
+        p.done.notify(usize::MAX);
+    }
+}
+
+/// Writes the state now, synchronously (shutdown).
+pub fn persist_now(shared: &Shared) {
+    if let Some(path) = &shared.persist.path {
+        let text = shared.sessions.borrow().to_json();
+        if let Err(e) = state_file::write_atomic(path, text.as_bytes()) {
+            shared
+                .log
+                .warn("state_write_failed", &[("error", (&e.kind().to_string()).into())]);
+        }
+    }
+}
+
+fn is_json(req: &Request) -> bool {
+    req.header("content-type")
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
+}
+
+fn random<const N: usize>() -> Option<[u8; N]> {
+    let mut b = [0u8; N];
+    getrandom::fill(&mut b).ok()?;
+    Some(b)
+}
+
+fn cookie(shared: &Shared, name: &str, value: &str, path: &str, max_age: u64) -> String {
+    let secure = if shared.cfg.insecure_cookies { "" } else { " Secure;" };
+    format!("{name}={value}; Path={path}; HttpOnly;{secure} SameSite=Strict; Max-Age={max_age}")
+}
+
+/// Issues an access token for `user` in session `sid` and the SPEC body and
+/// cookies around it.
+fn token_response(shared: &Shared, user: &User, sid: &str, refresh: &str, now: u64) -> Response {
+    let cfg = &shared.cfg;
+    let exp = now + cfg.access_ttl;
+    let claims = Claims {
+        sub: user.name.clone(),
+        exp: exp as f64,
+        iat: Some(now as f64),
+        iss: cfg.gate.verify.issuer.clone(),
+        aud: cfg.gate.verify.audience.iter().cloned().collect(),
+        clearance: user.clearance,
+        channels: (!user.channels.is_empty()).then(|| user.channels.clone()),
+        publish: user.publish,
+        sid: Some(sid.to_string()),
+        jti: None,
+        nbf: None,
+    };
+    let access = match jwt::sign(&claims, &shared.keys(), None) {
+        Ok(t) => t,
+        Err(_) => return Response::error(500, "internal", "no signing key"),
+    };
+    shared.sessions.borrow_mut().issued_access(sid, exp);
+    Response::json(
+        200,
+        &serde_json::json!({
+            "access_token": access,
+            "token_type": "Bearer",
+            "expires_in": cfg.access_ttl,
+            "refresh_token": refresh,
+            "refresh_expires_in": cfg.refresh_ttl,
+        }),
+    )
+    .header(
+        "Set-Cookie",
+        cookie(shared, "tessera_access", &access, "/", cfg.access_ttl),
+    )
+    .header(
+        "Set-Cookie",
+        cookie(shared, "tessera_refresh", refresh, "/auth", cfg.refresh_ttl),
+    )
+}
+
+/// Frees a hashing queue place when a waiting login ends, however it ends.
+struct QueuePlace<'a>(&'a Cell<usize>);
+impl Drop for QueuePlace<'_> {
+    fn drop(&mut self) {
+        self.0.set(self.0.get().saturating_sub(1));
+    }
+}
+
+/// `POST /auth/login`.
+pub async fn login(shared: &Shared, req: &Request, body: &[u8], peer: SocketAddr) -> Response {
+    let now = now_unix();
+    if let Some(secs) = shared.throttle.borrow().blocked(peer.ip(), now) {
+        return Rejection::Throttled(secs).response();
+    }
+    if !is_json(req) {
+        return Response::error(415, "unsupported_media_type", "send Content-Type: application/json");
+    }
+    #[derive(Deserialize)]
+    struct Body {
+        username: String,
+        password: String,
+    }
+    let Ok(b) = serde_json::from_slice::<Body>(body) else {
+        return Response::error(400, "bad_request", "body must be {\"username\":…,\"password\":…}");
+    };
+    // Unknown users are hashed against a dummy record with the same cost, so
+    // neither status nor timing tells them from a wrong password.
+    let users = shared.users.borrow().clone();
+    let user = users.get(&b.username).cloned();
+    let hash = match &user {
+        Some(u) => u.hash.clone(),
+        None => shared.dummy_hash.clone(),
+    };
+    if shared.hash_waiting.get() >= HASH_QUEUE {
+        return Response::error(503, "busy", "too many logins at once; retry shortly").header("Retry-After", "1");
+    }
+    shared.hash_waiting.set(shared.hash_waiting.get() + 1);
+    let place = QueuePlace(&shared.hash_waiting);
+    let slot = shared.hash_slots.acquire().await;
+    drop(place);
+    let password = b.password;
+    let ok = smol::unblock(move || hash.verify(password.as_bytes())).await;
+    drop(slot);
+    let user = match (ok, user) {
+        (true, Some(u)) => u,
+        _ => {
+            crate::metrics::add(&shared.metrics.logins_failed, 1);
+            shared.log.info(
+                "login_failed",
+                &[("user", (&b.username).into()), ("peer", (&peer.to_string()).into())],
+            );
+            if shared.throttle.borrow_mut().failure(peer.ip(), now) {
+                shared.log.warn(
+                    "ip_throttled",
+                    &[
+                        ("peer", (&peer.ip().to_string()).into()),
+                        ("seconds", crate::throttle::WINDOW_SECS.into()),
+                    ],
+                );
+            }
+            return Response::error(401, "invalid_credentials", "unknown user or wrong password");
+        }
+    };
+    let (Some(sid_bytes), Some(tok)) = (random::<16>(), random::<32>()) else {
+        return Response::error(503, "busy", "no randomness from the OS");
+    };
+    let (sid, refresh) = shared.sessions.borrow_mut().login(
+        &user.name,
+        now,
+        now + shared.cfg.access_ttl,
+        shared.cfg.refresh_ttl,
+        sid_bytes,
+        tok,
+    );
+    let response = token_response(shared, &user, &sid, &refresh, now);
+    if !shared.persist.commit().await {
+        return Response::error(503, "state_unavailable", "the state file could not be written");
+    }
+    crate::metrics::add(&shared.metrics.logins_ok, 1);
+    shared.log.info(
+        "login_ok",
+        &[("user", (&user.name).into()), ("peer", (&peer.to_string()).into())],
+    );
+    response
+}
+
+#[derive(Deserialize, Default)]
+struct TokenBody {
+    #[serde(default)]
+    refresh_token: Option<String>,
+    #[serde(default)]
+    access_token: Option<String>,
+}
+
+fn token_body(req: &Request, body: &[u8]) -> Result<TokenBody, Response> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(TokenBody::default());
+    }
+    if !is_json(req) {
+        return Err(Response::error(
+            415,
+            "unsupported_media_type",
+            "send Content-Type: application/json",
+        ));
+    }
+    serde_json::from_slice(body).map_err(|_| Response::error(400, "bad_request", "body must be a JSON object"))
+}
+
+/// Revokes a session and closes its sockets with 4003.
+pub fn revoke_session(shared: &Shared, sid: &str) {
+    shared.sessions.borrow_mut().revoke(sid);
+    socket::close_session(shared, sid);
+}
+
+/// `POST /auth/refresh`.
+pub async fn refresh(shared: &Shared, req: &Request, body: &[u8], peer: SocketAddr) -> Response {
+    let b = match token_body(req, body) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let Some(presented) = b
+        .refresh_token
+        .or_else(|| req.cookie("tessera_refresh").map(String::from))
+    else {
+        return Response::error(
+            401,
+            "missing_token",
+            "send the refresh token (cookie tessera_refresh or body)",
+        );
+    };
+    let now = now_unix();
+    let Some(tok) = random::<32>() else {
+        return Response::error(503, "busy", "no randomness from the OS");
+    };
+    let rotated = shared
+        .sessions
+        .borrow_mut()
+        .rotate(&presented, now, now + shared.cfg.refresh_ttl, tok);
+    let peer_s = peer.to_string();
+    match rotated {
+        Ok((sid, sub, new_refresh)) => {
+            let user = shared.users.borrow().get(&sub).cloned();
+            let Some(user) = user else {
+                revoke_session(shared, &sid);
+                shared.persist.commit().await;
+                return Response::error(401, "invalid_refresh_token", "the user no longer exists");
+            };
+            let response = token_response(shared, &user, &sid, &new_refresh, now);
+            if !shared.persist.commit().await {
+                return Response::error(503, "state_unavailable", "the state file could not be written");
+            }
+            shared
+                .log
+                .info("refresh_ok", &[("user", (&sub).into()), ("peer", (&peer_s).into())]);
+            response
+        }
+        Err(e) => {
+            if let crate::auth::sessions::RefreshError::Reused { sid } = &e {
+                revoke_session(shared, sid);
+                shared.persist.commit().await;
+                shared
+                    .log
+                    .warn("refresh_reused", &[("sid", sid.into()), ("peer", (&peer_s).into())]);
+            } else {
+                shared.log.info(
+                    "refresh_failed",
+                    &[("reason", e.code().into()), ("peer", (&peer_s).into())],
+                );
+            }
+            Response::error(401, e.code(), "the refresh token is not valid; log in again")
+        }
+    }
+}
+
+/// `POST /auth/logout`: by refresh token (body or cookie) or access token
+/// (Bearer header, cookie or body).
+pub async fn logout(shared: &Shared, req: &Request, body: &[u8], peer: SocketAddr) -> Response {
+    let b = match token_body(req, body) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let refresh = b
+        .refresh_token
+        .or_else(|| req.cookie("tessera_refresh").map(String::from));
+    let mut sid = refresh.and_then(|r| shared.sessions.borrow().sid_of_refresh(&r).map(String::from));
+    if sid.is_none() {
+        let access = b.access_token.or_else(|| gate::find_token(req, false).map(|(t, _)| t));
+        if let Some(t) = access
+            && let Ok(c) = jwt::verify(&t, &shared.keys(), &shared.cfg.gate.verify, now_unix())
+        {
+            sid = c.sid.clone();
+        }
+    }
+    let Some(sid) = sid else {
+        return Response::error(401, "invalid_token", "send a refresh or access token of a session");
+    };
+    revoke_session(shared, &sid);
+    shared.persist.commit().await;
+    shared.log.info(
+        "logout",
+        &[("sid", (&sid).into()), ("peer", (&peer.to_string()).into())],
+    );
+    Response::with_body(204, "application/json", Vec::new())
+        .header("Set-Cookie", cookie(shared, "tessera_access", "", "/", 0))
+        .header("Set-Cookie", cookie(shared, "tessera_refresh", "", "/auth", 0))
+}
+
+/// A dummy hash with the cost of a typical user's, for unknown names.
+pub fn dummy_hash(users: &crate::auth::users::UsersFile) -> PasswordHash {
+    let iterations = users
+        .users()
+        .next()
+        .map_or(crate::auth::users::DEFAULT_ITERATIONS, |u| u.hash.iterations);
+    let salt = random::<16>().unwrap_or([0; 16]);
+    let fake = random::<32>().unwrap_or([0xa5; 32]);
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD_NO_PAD;
+    PasswordHash::parse(&format!(
+        "$pbkdf2-sha256$i={iterations},l=32${}${}",
+        b64.encode(salt),
+        b64.encode(fake)
+    ))
+    .unwrap_or_else(|_| PasswordHash::new(b"", 1, salt))
+}
