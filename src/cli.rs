@@ -24,6 +24,7 @@ pub enum Command {
     Serve(Serve),
     Keygen(Keygen),
     Useradd(Useradd),
+    Agent(Agent),
     Token(Token),
     Verify(Verify),
 }
@@ -211,4 +212,32 @@ pub struct Useradd {
     /// PBKDF2 iterations [600000]; lower only for slow devices or tests
     #[argh(option, default = "crate::auth::users::DEFAULT_ITERATIONS")]
     pub iterations: u32,
+}
+
+/// The field client: log in, connect, subscribe, and print every server
+/// message as one JSON line on stdout. Refreshes before expiry and
+/// reconnects after drops. The password comes from env TESSERA_PASSWORD,
+/// --password-file, or a prompt on a terminal.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "agent")]
+pub struct Agent {
+    /// the hub's WebSocket URL, e.g. ws://127.0.0.1:8080/ws
+    #[argh(option)]
+    pub url: String,
+    /// the user to log in as
+    #[argh(option)]
+    pub username: Option<String>,
+    /// read the password from this file (first line)
+    #[argh(option)]
+    pub password_file: Option<PathBuf>,
+    /// use a ready access token from this file instead of logging in (no
+    /// refresh: the agent stops when it expires)
+    #[argh(option)]
+    pub token_file: Option<PathBuf>,
+    /// channel to subscribe to (repeatable)
+    #[argh(option)]
+    pub subscribe: Vec<String>,
+    /// publish each JSON line read from stdin to this channel instead
+    #[argh(option)]
+    pub publish: Option<String>,
 }

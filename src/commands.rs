@@ -133,12 +133,8 @@ pub fn random16() -> Result<[u8; 16], Failure> {
     Ok(b)
 }
 
-/// Reads a password from stdin: one line, without echo when stdin is a
-/// terminal (via `stty`), else all of stdin minus one trailing newline.
-fn read_password() -> Result<String, Failure> {
-    use std::io::IsTerminal;
-    let stdin = std::io::stdin();
-    let tty = stdin.is_terminal();
+/// Prompts on the terminal and reads one line without echo (via `stty`).
+pub fn prompt_password() -> Result<String, Failure> {
     let stty = |arg: &str| {
         let _ = std::process::Command::new("stty")
             .arg(arg)
@@ -146,28 +142,35 @@ fn read_password() -> Result<String, Failure> {
             .status();
     };
     let mut line = String::new();
-    if tty {
-        eprint!("password: ");
-        stty("-echo");
-        let r = stdin.read_line(&mut line);
-        stty("echo");
-        eprintln!();
-        r.map_err(|e| Failure::usage(format!("stdin: {}", e.kind())))?;
+    eprint!("password: ");
+    stty("-echo");
+    let r = std::io::stdin().read_line(&mut line);
+    stty("echo");
+    eprintln!();
+    r.map_err(|e| Failure::usage(format!("stdin: {}", e.kind())))?;
+    Ok(line.trim_end_matches(['\r', '\n']).to_string())
+}
+
+/// Reads a password from stdin: a no-echo prompt on a terminal, else all of
+/// stdin minus one trailing newline.
+fn read_password() -> Result<String, Failure> {
+    use std::io::IsTerminal;
+    let pw = if std::io::stdin().is_terminal() {
+        prompt_password()?
     } else {
-        stdin
+        let mut text = String::new();
+        std::io::stdin()
             .lock()
             .take(64 * 1024)
-            .read_to_string(&mut line)
+            .read_to_string(&mut text)
             .map_err(|_| Failure::usage("stdin: the password must be UTF-8 text"))?;
-    }
-    let pw = line
-        .strip_suffix('\n')
-        .map(|l| l.strip_suffix('\r').unwrap_or(l))
-        .unwrap_or(&line);
+        let t = text.strip_suffix('\n').unwrap_or(&text);
+        t.strip_suffix('\r').unwrap_or(t).to_string()
+    };
     if pw.is_empty() {
         return Err(Failure::usage("stdin: empty password"));
     }
-    Ok(pw.to_string())
+    Ok(pw)
 }
 
 /// `tessera useradd --users FILE --name N …`: adds or replaces a user.

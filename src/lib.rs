@@ -16,6 +16,7 @@
 #![forbid(unsafe_code)]
 
 pub mod cli;
+pub mod agent;
 pub mod auth;
 pub mod commands;
 pub mod gate;

@@ -34,6 +34,7 @@ fn main() -> ExitCode {
         None => Err(Failure::usage("no subcommand given; run 'tessera --help'")),
         Some(Command::Serve(a)) => tessera::server::serve(&a),
         Some(Command::Useradd(a)) => commands::useradd(&a),
+        Some(Command::Agent(a)) => tessera::agent::run(&a),
         Some(Command::Keygen(a)) => commands::keygen(&a),
         Some(Command::Token(a)) => commands::token(&a),
         Some(Command::Verify(a)) => commands::verify(&a, &mut std::io::stdin().lock()),

@@ -34,8 +34,13 @@ impl Server {
     }
 
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Server {
+        Server::start_at("127.0.0.1:0", args, env)
+    }
+
+    /// Starts on a given address (e.g. the port of a server that was stopped).
+    pub fn start_at(listen: &str, args: &[&str], env: &[(&str, &str)]) -> Server {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_tessera"));
-        cmd.arg("serve").args(["--listen", "127.0.0.1:0"]).args(args);
+        cmd.arg("serve").args(["--listen", listen]).args(args);
         cmd.env_remove("TESSERA_SECRET");
         for (k, v) in env {
             cmd.env(k, v);
