@@ -43,6 +43,7 @@ struct Agent {
     child: Child,
     lines: Receiver<Value>,
     stderr: std::sync::Arc<std::sync::Mutex<String>>,
+    stderr_reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Agent {
@@ -70,14 +71,14 @@ impl Agent {
         let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
         let err = child.stderr.take().unwrap();
         let sink = stderr.clone();
-        std::thread::spawn(move || {
+        let stderr_reader = std::thread::spawn(move || {
             for l in BufReader::new(err).lines().map_while(Result::ok) {
                 let mut s = sink.lock().unwrap();
                 s.push_str(&l);
                 s.push('\n');
             }
         });
-        Agent { child, lines, stderr }
+        Agent { child, lines, stderr, stderr_reader: Some(stderr_reader) }
     }
 
     /// The next stdout line whose `type` is `kind`.
@@ -97,6 +98,10 @@ impl Agent {
         let until = Instant::now() + within;
         while Instant::now() < until {
             if let Some(s) = self.child.try_wait().unwrap() {
+                // The pipe is closed: let the reader take the last lines.
+                if let Some(r) = self.stderr_reader.take() {
+                    let _ = r.join();
+                }
                 return s.code();
             }
             std::thread::sleep(Duration::from_millis(20));

@@ -119,16 +119,18 @@ async fn read_head(stream: &mut Async<TcpStream>, buf: &mut Vec<u8>, deadline: I
 }
 
 /// One read into `buf` before `deadline`; `None` on timeout or error.
+/// Reads straight into `buf` so no buffer lives in the task's future.
 async fn read_more(stream: &mut Async<TcpStream>, buf: &mut Vec<u8>, deadline: Instant) -> Option<usize> {
-    let mut chunk = [0u8; 2048];
-    let read = async { stream.read(&mut chunk).await.ok() };
+    let len = buf.len();
+    buf.resize(len + 2048, 0);
+    let read = async { stream.read(&mut buf[len..]).await.ok() };
     let timeout = async {
         smol::Timer::at(deadline).await;
         None
     };
-    let n = smol::future::or(read, timeout).await?;
-    buf.extend_from_slice(&chunk[..n]);
-    Some(n)
+    let n = smol::future::or(read, timeout).await.unwrap_or(0);
+    buf.truncate(len + n);
+    (n > 0).then_some(n)
 }
 
 async fn read_exact_by(stream: &mut Async<TcpStream>, buf: &mut Vec<u8>, want: usize, deadline: Instant) -> bool {
@@ -326,13 +328,17 @@ async fn upgrade(
         out
     };
     let mut config = WebSocketConfig::default();
-    config.read_buffer_size = 1024;
+    // Client messages are small commands: a small eagerly-allocated read
+    // buffer keeps idle sockets cheap (larger frames grow it as needed).
+    config.read_buffer_size = 256;
     config.write_buffer_size = 0;
     config.max_write_buffer_size = shared.cfg.max_message_bytes.max(64 * 1024) * 4;
     config.max_message_size = Some(shared.cfg.max_message_bytes);
     config.max_frame_size = Some(shared.cfg.max_message_bytes);
     config.accept_unmasked_frames = false;
-    let handshake = async_tungstenite::accept_hdr_async_with_config(prefixed, callback, Some(config));
+    // Boxed so the handshake's state is freed once it is done instead of
+    // sizing the connection task for the socket's whole life.
+    let handshake = Box::pin(async_tungstenite::accept_hdr_async_with_config(prefixed, callback, Some(config)));
     let timeout = async {
         smol::Timer::at(deadline).await;
         Err(async_tungstenite::tungstenite::Error::Io(
@@ -344,7 +350,7 @@ async fn upgrade(
     match (result, decision) {
         (Ok(ws), Some(Ok(claims))) => {
             shared.metrics.handshakes_ok.set(shared.metrics.handshakes_ok.get() + 1);
-            socket::run(shared.clone(), ws, claims, peer).await;
+            Box::pin(socket::run(shared.clone(), ws, claims, peer)).await;
         }
         (_, Some(Err(rej))) => {
             shared.metrics.reject(rej.code());

@@ -275,16 +275,21 @@ where
         }
     }
 
-    // Close: send the close frame (bounded by a short timeout), then drop.
+    // The closing handshake (RFC 6455 §7.1.2), bounded by a short timeout:
+    // answer the peer's close, or send ours, then read until the peer's
+    // close arrives so the TCP connection ends cleanly.
     if code.0 != 1006 {
-        let frame = CloseFrame {
-            code: CloseCode::from(code.0),
-            reason: code.1.into(),
+        let client_closed = code == (1000, "client closed");
+        let finish = async {
+            if client_closed {
+                let _ = tx.flush().await;
+            } else {
+                let frame = CloseFrame { code: CloseCode::from(code.0), reason: code.1.into() };
+                let _ = tx.close(Some(frame)).await;
+            }
+            while let Some(Ok(_)) = rx.next().await {}
         };
-        let close = async {
-            let _ = tx.close(Some(frame)).await;
-        };
-        let _ = smol::future::or(close, async {
+        smol::future::or(finish, async {
             smol::Timer::after(Duration::from_secs(1)).await;
         })
         .await;
