@@ -163,7 +163,8 @@ fn respond(shared: &Shared, req: &Request, route: Route, body: &[u8], peer: Sock
         Route::WrongMethod(allow) => {
             Response::error(405, "method_not_allowed", "this path does not take that method").header("Allow", allow)
         }
-        Route::NotFound | Route::Console => Response::error(404, "not_found", "no such path"),
+        Route::Console => super::console::page(req),
+        Route::NotFound => Response::error(404, "not_found", "no such path"),
         Route::Login | Route::Refresh | Route::Logout => Response::error(500, "internal", "routed elsewhere"),
         Route::WebSocket => Response::error(426, "upgrade_required", "GET /ws is a WebSocket endpoint"),
     }

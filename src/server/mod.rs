@@ -9,6 +9,7 @@
 
 mod auth;
 mod conn;
+mod console;
 mod socket;
 
 use crate::auth::sessions::Sessions;

@@ -1,0 +1,477 @@
+// The console page (SPEC §8) in a real browser: Debian's headless Chromium
+// driven by playwright-core, against the real `tessera serve --demo`.
+//
+//   cargo build --release
+//   cd tests/browser && npm ci && node --test
+//
+// This script builds nothing. TESSERA_BIN overrides the binary
+// (default: target/release/tessera), CHROMIUM_BIN the browser (default:
+// /usr/bin/chromium). Screenshots of each state go to
+// target/browser-screenshots/. Every wait has a timeout, and a watchdog ends
+// the run (server included) if the whole thing takes over three minutes.
+
+import { after, before, describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import fs from 'node:fs';
+import http from 'node:http';
+import net from 'node:net';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import zlib from 'node:zlib';
+import { chromium } from 'playwright-core';
+
+const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
+const BIN = process.env.TESSERA_BIN || path.join(ROOT, 'target/release/tessera');
+const CHROMIUM = process.env.CHROMIUM_BIN || '/usr/bin/chromium';
+const SHOTS = path.join(ROOT, 'target/browser-screenshots');
+const WAIT = 15_000; // any single step
+const TICK = 12_000; // the demo ticker publishes to ops every 5 s
+
+let server; // { child, addr, port, base, passwords, stderr }
+let browser;
+let evil; // a second local origin
+const pages = []; // console pages, watched for CSP violations and script errors
+const problems = [];
+
+const watchdog = setTimeout(() => {
+  console.error('browser tests: watchdog fired after 180 s; stopping');
+  server?.child.kill('SIGKILL');
+  process.exit(1);
+}, 180_000);
+watchdog.unref();
+process.on('exit', () => server?.child.kill('SIGKILL'));
+
+// ---- the server ----
+
+function startServer() {
+  return new Promise((resolve, reject) => {
+    const args = ['serve', '--demo', '--insecure-cookies', '--listen', '127.0.0.1:0', '--log-format', 'json'];
+    const child = spawn(BIN, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    const s = { child, addr: null, passwords: {}, stderr: [], stdout: '' };
+    const timer = setTimeout(() => {
+      child.kill('SIGKILL');
+      reject(new Error(`${BIN} did not start within 20 s:\n${s.stderr.join('\n')}`));
+    }, 20_000);
+    const ready = () => {
+      if (s.addr && s.passwords.hq && s.passwords['agent-007']) {
+        clearTimeout(timer);
+        s.port = Number(s.addr.split(':').pop());
+        s.base = `http://127.0.0.1:${s.port}`; // one host throughout: cookies are per host
+        resolve(s);
+      }
+    };
+    lines(child.stderr, (line) => {
+      s.stderr.push(line);
+      try {
+        const e = JSON.parse(line);
+        if (e.event === 'listening') s.addr = e.addr;
+      } catch {
+        // not JSON: kept for the failure message
+      }
+      ready();
+    });
+    lines(child.stdout, (line) => {
+      s.stdout += line + '\n';
+      const m = /^demo user (\S+) password: (\S+)$/.exec(line);
+      if (m) s.passwords[m[1]] = m[2];
+      ready();
+    });
+    child.on('error', (e) => {
+      clearTimeout(timer);
+      reject(new Error(`cannot run ${BIN} (build it with cargo build --release, or set TESSERA_BIN): ${e.message}`));
+    });
+    child.on('exit', (code) => {
+      clearTimeout(timer);
+      reject(new Error(`${BIN} exited with ${code}:\n${s.stderr.join('\n')}`));
+    });
+  });
+}
+
+function lines(stream, onLine) {
+  let buf = '';
+  stream.setEncoding('utf8');
+  stream.on('data', (chunk) => {
+    buf += chunk;
+    let i;
+    while ((i = buf.indexOf('\n')) >= 0) {
+      onLine(buf.slice(0, i));
+      buf = buf.slice(i + 1);
+    }
+  });
+}
+
+async function stopServer() {
+  if (!server) return;
+  const { child } = server;
+  if (child.exitCode !== null) return;
+  const exited = new Promise((r) => child.once('exit', r));
+  child.kill('SIGTERM'); // SPEC §5: exits 0 within 5 s
+  const t = setTimeout(() => child.kill('SIGKILL'), 6_000);
+  await exited;
+  clearTimeout(t);
+}
+
+/** The server's JSON log events named `event`. */
+function logEvents(event) {
+  return server.stderr.flatMap((l) => {
+    try {
+      const e = JSON.parse(l);
+      return e.event === event ? [e] : [];
+    } catch {
+      return [];
+    }
+  });
+}
+
+async function until(what, check, ms = WAIT) {
+  const end = Date.now() + ms;
+  for (;;) {
+    const v = await check();
+    if (v) return v;
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+// ---- plain HTTP and a raw upgrade, from Node ----
+
+function get(pathname, headers = {}) {
+  return new Promise((resolve, reject) => {
+    const req = http.get(`${server.base}${pathname}`, { headers, timeout: WAIT }, (res) => {
+      const chunks = [];
+      res.on('data', (c) => chunks.push(c));
+      res.on('end', () => resolve({ status: res.statusCode, headers: res.headers, body: Buffer.concat(chunks) }));
+    });
+    req.on('timeout', () => req.destroy(new Error('GET timed out')));
+    req.on('error', reject);
+  });
+}
+
+function post(pathname, headers = {}) {
+  return new Promise((resolve, reject) => {
+    const req = http.request(
+      `${server.base}${pathname}`,
+      { method: 'POST', headers: { 'Content-Length': '0', ...headers }, timeout: WAIT },
+      (res) => {
+        res.resume();
+        res.on('end', () => resolve({ status: res.statusCode, headers: res.headers }));
+      },
+    );
+    req.on('timeout', () => req.destroy(new Error('POST timed out')));
+    req.on('error', reject);
+    req.end();
+  });
+}
+
+/** A WebSocket upgrade request by hand; resolves with the status line's code and the body. */
+function rawUpgrade(extraHeaders) {
+  return new Promise((resolve, reject) => {
+    const sock = net.connect(server.port, '127.0.0.1');
+    let data = Buffer.alloc(0);
+    const finish = () => {
+      sock.destroy();
+      const text = data.toString('utf8');
+      const status = Number(/^HTTP\/1\.1 (\d{3})/.exec(text)?.[1]);
+      const body = text.split('\r\n\r\n').slice(1).join('\r\n\r\n');
+      resolve({ status, body });
+    };
+    sock.setTimeout(WAIT, () => {
+      sock.destroy();
+      reject(new Error('upgrade timed out'));
+    });
+    sock.on('error', reject);
+    sock.on('data', (c) => {
+      data = Buffer.concat([data, c]);
+      const text = data.toString('utf8');
+      const end = text.indexOf('\r\n\r\n');
+      if (end < 0) return;
+      if (text.startsWith('HTTP/1.1 101')) return finish();
+      const len = Number(/content-length: *(\d+)/i.exec(text.slice(0, end))?.[1] ?? 0);
+      if (data.length >= Buffer.byteLength(text.slice(0, end + 4)) + len) finish();
+    });
+    sock.on('end', finish);
+    sock.write(
+      'GET /ws HTTP/1.1\r\n' +
+        `Host: 127.0.0.1:${server.port}\r\n` +
+        'Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n' +
+        'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n' +
+        extraHeaders.map((h) => h + '\r\n').join('') +
+        '\r\n',
+    );
+  });
+}
+
+// ---- a second origin, for the cross-origin attempt ----
+
+function startEvil() {
+  const page = (target) => `<!doctype html><meta charset="utf-8"><title>some other site</title>
+<body style="font:15px system-ui;margin:2rem"><h1>A page on another origin</h1><pre id="out">trying…</pre>
+<script>
+const r = (window.result = { events: [] });
+const ws = new WebSocket(${JSON.stringify(target)});
+ws.onopen = () => r.events.push('open');
+ws.onmessage = (e) => r.events.push('message ' + e.data);
+ws.onerror = () => r.events.push('error');
+ws.onclose = (e) => {
+  r.events.push('close ' + e.code);
+  r.done = true;
+  document.getElementById('out').textContent =
+    location.origin + ' tried new WebSocket(' + ${JSON.stringify(target)} + '):\\n' + r.events.join('\\n');
+};
+</script>`;
+  return new Promise((resolve) => {
+    const srv = http.createServer((req, res) => {
+      res.writeHead(200, { 'Content-Type': 'text/html; charset=utf-8' });
+      res.end(req.url === '/' ? page(`ws://127.0.0.1:${server.port}/ws`) : '');
+    });
+    srv.listen(0, '127.0.0.1', () => resolve({ srv, port: srv.address().port }));
+  });
+}
+
+// ---- browser helpers ----
+
+async function consolePage(name) {
+  const ctx = await browser.newContext({ viewport: { width: 1280, height: 880 } });
+  const page = await ctx.newPage();
+  page.setDefaultTimeout(WAIT);
+  page.on('console', (m) => {
+    if (m.type() === 'error' && /Content Security Policy/i.test(m.text())) problems.push(`${name}: ${m.text()}`);
+  });
+  page.on('pageerror', (e) => problems.push(`${name}: ${e.message}`));
+  await page.goto(server.base + '/');
+  pages.push(page);
+  return page;
+}
+
+async function shot(page, name) {
+  await page.screenshot({ path: path.join(SHOTS, `${name}.png`) });
+}
+
+async function waitStatus(page, text) {
+  await page.waitForFunction((t) => document.getElementById('status').textContent.includes(t), text);
+}
+
+async function login(page, user) {
+  await page.fill('#login-form input[name=username]', user);
+  await page.fill('#login-form input[name=password]', server.passwords[user]);
+  await page.click('#login-form button');
+  await waitStatus(page, `connected as ${user}`);
+}
+
+const updates = (page, text) => page.locator('#updates li:not(.event)', { hasText: text });
+
+// ---- the tests ----
+
+describe('console page in headless Chromium', { timeout: 170_000 }, () => {
+  let agent; // agent-007's page
+  let hq; // hq's page, in its own browser context (its own cookie jar)
+
+  before(async () => {
+    fs.mkdirSync(SHOTS, { recursive: true });
+    server = await startServer();
+    evil = await startEvil();
+    browser = await chromium.launch({
+      executablePath: CHROMIUM,
+      // launch() gives every run a fresh temporary user-data dir of its own.
+      args: [
+        '--headless',
+        '--no-sandbox',
+        '--disable-gpu',
+        '--disable-background-networking',
+        '--disable-component-update',
+        '--no-first-run',
+        '--disable-quic',
+        '--disable-sync',
+      ],
+      timeout: 30_000,
+    });
+  });
+
+  after(async () => {
+    await browser?.close().catch(() => {});
+    evil?.srv.close();
+    await stopServer();
+    clearTimeout(watchdog);
+  });
+
+  it('serves the page with a strict CSP and nosniff, gzipped only when asked', async () => {
+    const plain = await get('/');
+    assert.equal(plain.status, 200);
+    assert.equal(plain.headers['content-encoding'], undefined);
+    assert.equal(plain.headers['x-content-type-options'], 'nosniff');
+    const csp = plain.headers['content-security-policy'];
+    assert.match(csp, /^default-src 'none';/);
+    assert.match(csp, /script-src 'sha256-[A-Za-z0-9+/]{43}=';/);
+    assert.doesNotMatch(csp, /unsafe/);
+    const zipped = await get('/', { 'Accept-Encoding': 'gzip, deflate, br' });
+    assert.equal(zipped.headers['content-encoding'], 'gzip');
+    assert.equal(zipped.headers.vary, 'Accept-Encoding');
+    assert.ok(zlib.gunzipSync(zipped.body).equals(plain.body), 'the gzip copy is the same page');
+    const refused = await get('/', { 'Accept-Encoding': 'gzip;q=0, identity' });
+    assert.equal(refused.headers['content-encoding'], undefined);
+    const raw = ['html', 'css', 'js'].map((x) => fs.statSync(path.join(ROOT, `assets/console.${x}`)).size);
+    console.log(
+      `console page: sources ${raw.join(' + ')} = ${raw.reduce((a, b) => a + b)} bytes, ` +
+        `minified ${plain.body.length}, gzip ${zipped.body.length}`,
+    );
+  });
+
+  it('agent-007 logs in, connects, subscribes to ops and gets a ticker update', async () => {
+    agent = await consolePage('agent-007');
+    await loginFormShown(agent);
+    await shot(agent, '01-login');
+    await agent.fill('#login-form input[name=username]', 'agent-007');
+    await agent.fill('#login-form input[name=password]', 'not-the-password');
+    await agent.click('#login-form button');
+    await agent.waitForFunction(() => /wrong username or password/.test(document.getElementById('login-note').textContent));
+    await shot(agent, '02-login-refused');
+    await login(agent, 'agent-007');
+    assert.equal(await agent.textContent('#who'), 'agent-007');
+    assert.equal(await agent.textContent('#clearance'), '2');
+    assert.match(await agent.textContent('#expires'), /\d\d:\d\d:\d\d \(in \d+ min\)/);
+    await agent.fill('#sub-form input[name=channel]', 'ops');
+    await agent.click('#sub-form button');
+    await agent.locator('#subs li', { hasText: 'ops' }).waitFor();
+    await updates(agent, 'mission update').first().waitFor({ timeout: TICK });
+    assert.match(await updates(agent, 'mission update').first().textContent(), /ops\s+#\d+\s+from hq/);
+    await shot(agent, '03-agent-ticker');
+  });
+
+  it('keeps the tokens away from the page script (HttpOnly cookies)', async () => {
+    const visible = await agent.evaluate(() => document.cookie);
+    assert.doesNotMatch(visible, /tessera_|eyJ/);
+    const jar = await agent.context().cookies(server.base + '/auth/refresh');
+    for (const name of ['tessera_access', 'tessera_refresh']) {
+      const c = jar.find((x) => x.name === name);
+      assert.ok(c, `${name} is set`);
+      assert.equal(c.httpOnly, true, `${name} is HttpOnly`);
+      assert.equal(c.sameSite, 'Strict', `${name} is SameSite=Strict`);
+    }
+    const storage = await agent.evaluate(() => JSON.stringify({ ...localStorage, ...sessionStorage }));
+    assert.doesNotMatch(storage, /eyJ/, 'no token in web storage');
+  });
+
+  it('hq publishes from a second page and agent-007 sees it arrive', async () => {
+    hq = await consolePage('hq');
+    await login(hq, 'hq');
+    const words = 'rendezvous at dawn'; // nobody else publishes it on this server
+    await hq.fill('#pub-form input[name=channel]', 'ops');
+    await hq.fill('#pub-form textarea', JSON.stringify({ text: words, grid: 'B4' }));
+    await hq.click('#pub-form button');
+    await hq.waitForFunction(() => /published to ops as #\d+/.test(document.getElementById('pub-note').textContent));
+    await shot(hq, '04-hq-published');
+    await updates(agent, words).waitFor();
+    assert.match(await updates(agent, words).textContent(), /ops\s+#\d+\s+from hq/);
+    await shot(agent, '05-agent-sees-hq');
+  });
+
+  it('refreshes over HTTP, reconnects and keeps the subscriptions', async () => {
+    const before = logEvents('refresh_ok').length;
+    await agent.click('#refresh');
+    await agent.locator('#updates li.event', { hasText: 'token refreshed' }).waitFor();
+    await waitStatus(agent, 'connected as agent-007');
+    await until('refresh_ok in the log', () => logEvents('refresh_ok').length > before);
+    const seen = await agent.locator('#updates li:not(.event)').count();
+    await agent.waitForFunction((n) => document.querySelectorAll('#updates li:not(.event)').length > n, seen, {
+      timeout: TICK,
+    });
+    assert.ok(await agent.locator('#subs li', { hasText: 'ops' }).count(), 'still subscribed to ops');
+    // The replaced socket was closed by the page, normally.
+    await until('the old socket closed with 1000', () =>
+      logEvents('ws_close').some((e) => e.sub === 'agent-007' && e.code === 1000),
+    );
+    await until('three ticker updates', async () => (await updates(agent, 'mission update').count()) >= 3, TICK * 2);
+    await shot(agent, 'console'); // logged in, a few updates: the README picture
+  });
+
+  it('a reload reconnects with the cookies and keeps the channels', async () => {
+    await agent.reload();
+    await waitStatus(agent, 'connected as agent-007');
+    await agent.locator('#subs li', { hasText: /^ops/ }).waitFor();
+    await updates(agent, 'mission update').first().waitFor({ timeout: TICK });
+  });
+
+  it('refuses a subscription or publish without the right, in plain words', async () => {
+    await agent.fill('#sub-form input[name=channel]', 'briefing'); // needs clearance 3
+    await agent.click('#sub-form button');
+    await agent.waitForFunction(() =>
+      /not subscribed to briefing: not allowed/.test(document.getElementById('sub-note').textContent),
+    );
+    await agent.fill('#pub-form textarea', 'hello from the field');
+    await agent.click('#pub-form button');
+    await agent.waitForFunction(() => /not published to ops: not allowed/.test(document.getElementById('pub-note').textContent));
+    await shot(agent, '06-agent-publish-refused');
+  });
+
+  it('a page on another origin cannot open an authenticated socket', async () => {
+    // Same site (127.0.0.1, another port): the browser sends the cookie, and
+    // the Origin check refuses. Another site (localhost): SameSite=Strict
+    // keeps the cookie home, so there is no token at all.
+    const cases = [
+      [`http://127.0.0.1:${evil.port}/`, 'origin_not_allowed'],
+      [`http://localhost:${evil.port}/`, 'missing_token'],
+    ];
+    for (const [url, reason] of cases) {
+      const rejects = logEvents('ws_reject').length;
+      const page = await agent.context().newPage();
+      page.setDefaultTimeout(WAIT);
+      await page.goto(url);
+      const result = await page.waitForFunction(() => window.result?.done && window.result).then((h) => h.jsonValue());
+      assert.ok(!result.events.includes('open'), `${url}: the socket never opened`);
+      assert.ok(!result.events.some((e) => e.startsWith('message')), `${url}: no welcome`);
+      const reject = await until(`ws_reject for ${url}`, () => logEvents('ws_reject').slice(rejects)[0]);
+      assert.equal(reject.reason, reason, url);
+      await shot(page, url.includes('localhost') ? '07-cross-site-refused' : '08-cross-origin-refused');
+      await page.close();
+    }
+    // By hand: a valid cookie with a foreign Origin gets 403 origin_not_allowed;
+    // the same request from the page's own origin is let through.
+    const access = (await agent.context().cookies(server.base)).find((c) => c.name === 'tessera_access');
+    const cookie = `Cookie: tessera_access=${access.value}`;
+    const foreign = await rawUpgrade([cookie, 'Origin: http://evil.example']);
+    assert.equal(foreign.status, 403);
+    assert.equal(JSON.parse(foreign.body).error, 'origin_not_allowed');
+    const none = await rawUpgrade([cookie]);
+    assert.equal(none.status, 403, 'a cookie without Origin is refused too');
+    const own = await rawUpgrade([cookie, `Origin: http://127.0.0.1:${server.port}`]);
+    assert.equal(own.status, 101, 'the same cookie from the own origin is accepted');
+  });
+
+  it('logs out: the socket closes, the cookies go, the login form returns', async () => {
+    await hq.click('#logout');
+    await hq.locator('#login').waitFor({ state: 'visible' });
+    await waitStatus(hq, 'logged out');
+    const jar = await hq.context().cookies(server.base + '/auth/refresh');
+    assert.deepEqual(jar.filter((c) => c.name.startsWith('tessera_')), [], 'cookies cleared');
+    await shot(hq, '09-hq-logged-out');
+  });
+
+  it('shows a revoked session (4003) in plain words', async () => {
+    // Log agent-007 out from elsewhere, with its refresh cookie.
+    const refresh = (await agent.context().cookies(server.base + '/auth/refresh')).find(
+      (c) => c.name === 'tessera_refresh',
+    );
+    const r = await post('/auth/logout', { Cookie: `tessera_refresh=${refresh.value}` });
+    assert.equal(r.status, 204);
+    await agent.waitForFunction(() =>
+      /session revoked \(logged out elsewhere or token reuse\)/.test(document.getElementById('login-note').textContent),
+    );
+    await agent.locator('#updates li.event', { hasText: '[4003]' }).waitFor({ state: 'attached' });
+    await shot(agent, '10-agent-revoked');
+  });
+
+  it('had no CSP violation or script error, and logged no secret', () => {
+    assert.deepEqual(problems, []);
+    const log = server.stderr.join('\n');
+    for (const [user, pw] of Object.entries(server.passwords)) {
+      assert.ok(!log.includes(pw), `${user}'s password is not in the log`);
+    }
+    assert.doesNotMatch(log, /eyJ[A-Za-z0-9_-]{10,}\./, 'no token in the log');
+  });
+});
+
+async function loginFormShown(page) {
+  await page.locator('#login-form').waitFor({ state: 'visible' });
+  assert.equal(await page.title(), 'tessera console');
+}
