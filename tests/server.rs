@@ -498,3 +498,121 @@ fn spec7_logs_are_json_lines_without_tokens() {
         assert!(v["ts"].as_str().unwrap().ends_with('Z') && v["event"].is_string() && v["level"].is_string());
     }
 }
+
+#[test]
+fn spec2_sighup_reloads_keys_and_users_without_dropping_sockets() {
+    use tessera::auth::users::{PasswordHash, User, UsersFile};
+    let dir = std::env::temp_dir().join(format!("tessera-hup-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let key_file = dir.join("key");
+    let users_file = dir.join("users");
+    std::fs::write(&key_file, format!("old:{KEY}\n")).unwrap();
+    std::fs::write(&users_file, "").unwrap();
+    let s = Server::start_with_env(
+        &[
+            "--secret-file",
+            key_file.to_str().unwrap(),
+            "--users",
+            users_file.to_str().unwrap(),
+        ],
+        &[],
+    );
+    let keys_old = tessera::keys::KeySet::parse(&format!("old:{KEY}")).unwrap();
+    let mint = |keys: &tessera::keys::KeySet, sub: &str| {
+        let c = tessera::jwt::Claims {
+            sub: sub.into(),
+            exp: (now() + 600) as f64,
+            ..Default::default()
+        };
+        tessera::jwt::sign(&c, keys, None).unwrap()
+    };
+    block_on(async {
+        let (mut ws, _) = ws_bearer(s.addr, &mint(&keys_old, "before")).await;
+        let new_key = "new-key-ZYXWVUTSRQPONMLKJIHGFEDCBA-0123456789";
+        std::fs::write(&key_file, format!("new:{new_key}\n")).unwrap();
+        let mut users = UsersFile::default();
+        users.upsert(User {
+            name: "late".into(),
+            clearance: 0,
+            publish: false,
+            channels: vec![],
+            hash: PasswordHash::new(b"pw", 1000, [3; 16]),
+        });
+        std::fs::write(&users_file, users.render()).unwrap();
+        s.signal("HUP");
+        s.wait_log(&["reload", "\"keys\":1"]);
+        // The open socket lives on.
+        send(&mut ws, json!({"type":"ping"})).await;
+        assert_eq!(recv(&mut ws).await["type"], "pong");
+        // New handshakes use the new key file.
+        let keys_new = tessera::keys::KeySet::parse(&format!("new:{new_key}")).unwrap();
+        let r = raw(
+            s.addr,
+            &upgrade("/ws", &format!("Authorization: Bearer {}\r\n", mint(&keys_old, "old"))),
+        );
+        assert_eq!(body(&r)["error"], "unknown_kid", "{r}");
+        let r = raw(
+            s.addr,
+            &upgrade("/ws", &format!("Authorization: Bearer {}\r\n", mint(&keys_new, "new"))),
+        );
+        assert_eq!(status(&r), 101, "{r}");
+        // And the new users file.
+        let r = http(
+            s.addr,
+            "POST",
+            "/auth/login",
+            &[("Content-Type", "application/json")],
+            r#"{"username":"late","password":"pw"}"#,
+        );
+        assert_eq!(status(&r), 200, "{r}");
+        // A broken key file keeps the current keys.
+        std::fs::write(&key_file, "short\n").unwrap();
+        s.signal("HUP");
+        s.wait_log(&["reload_failed"]);
+        let r = raw(
+            s.addr,
+            &upgrade(
+                "/ws",
+                &format!("Authorization: Bearer {}\r\n", mint(&keys_new, "still")),
+            ),
+        );
+        assert_eq!(status(&r), 101, "{r}");
+    });
+    assert!(!s.logs().contains(KEY));
+}
+
+#[test]
+fn spec4_3_silent_peer_closed_after_a_ping_interval() {
+    use std::io::Read;
+    let s = Server::start(&["--ping-interval", "1"]);
+    let mut c = std::net::TcpStream::connect(s.addr).unwrap();
+    std::io::Write::write_all(
+        &mut c,
+        &upgrade(
+            "/ws",
+            &format!("Authorization: Bearer {}\r\n", token("mute", 0, 600, |_| {})),
+        ),
+    )
+    .unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(8))).unwrap();
+    // Read (and never answer) until the server hangs up.
+    let started = std::time::Instant::now();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    loop {
+        match c.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) => panic!("server did not hang up: {e}"),
+        }
+    }
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 101"), "{text}");
+    assert!(got.windows(2).any(|w| w == [0x89, 0x00]), "no ping frame seen");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(1500) && took < Duration::from_secs(6),
+        "{took:?}"
+    );
+    s.wait_log(&["ws_close", "no pong"]);
+}
