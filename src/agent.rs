@@ -25,14 +25,45 @@ pub struct Target {
     pub host: String,
     pub port: u16,
     pub path: String,
+    /// `wss://` (and https for login).
+    pub tls: bool,
+    /// Extra CA certificates to trust (`--ca-file`).
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
-/// Parses a `ws://` URL (`wss://` needs the `tls` feature).
+/// The agent's connection: plain TCP, or TLS over it.
+#[cfg(feature = "tls")]
+type Conn = crate::tls::MaybeTls<smol::net::TcpStream, futures_rustls::client::TlsStream<smol::net::TcpStream>>;
+#[cfg(not(feature = "tls"))]
+type Conn = crate::tls::MaybeTls<smol::net::TcpStream, smol::net::TcpStream>;
+
+/// Connects to the hub, with TLS for `wss://`.
+async fn connect(t: &Target) -> std::io::Result<Conn> {
+    let tcp = smol::net::TcpStream::connect((t.host.as_str(), t.port)).await?;
+    if !t.tls {
+        return Ok(crate::tls::MaybeTls::Plain(tcp));
+    }
+    #[cfg(feature = "tls")]
+    {
+        let other = |e: String| std::io::Error::other(e);
+        let connector = crate::tls::connector(t.ca_file.as_deref()).map_err(other)?;
+        let name = crate::tls::server_name(&t.host).map_err(other)?;
+        let s = connector.connect(name, tcp).await?;
+        Ok(crate::tls::MaybeTls::Tls(Box::new(s)))
+    }
+    #[cfg(not(feature = "tls"))]
+    Err(std::io::Error::other(
+        "wss:// needs a tessera built with --features tls",
+    ))
+}
+
+/// Parses a `ws://` or `wss://` URL (`wss://` needs the `tls` feature).
 pub fn parse_url(url: &str) -> Result<Target, String> {
-    let rest = match url.split_once("://") {
-        Some(("ws", r)) => r,
+    let (tls, rest) = match url.split_once("://") {
+        Some(("ws", r)) => (false, r),
+        Some(("wss", r)) if cfg!(feature = "tls") => (true, r),
         Some(("wss", _)) => return Err("wss:// needs a tessera built with --features tls".into()),
-        _ => return Err("expected ws://HOST:PORT/PATH".into()),
+        _ => return Err("expected ws://HOST:PORT/PATH or wss://…".into()),
     };
     let (authority, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
@@ -42,7 +73,7 @@ pub fn parse_url(url: &str) -> Result<Target, String> {
         Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => {
             (h, p.parse::<u16>().map_err(|_| format!("bad port {p:?}"))?)
         }
-        _ => (authority, 80),
+        _ => (authority, if tls { 443 } else { 80 }),
     };
     if host.is_empty() {
         return Err("no host".into());
@@ -51,6 +82,8 @@ pub fn parse_url(url: &str) -> Result<Target, String> {
         host: host.trim_matches(['[', ']']).to_string(),
         port,
         path: path.to_string(),
+        tls,
+        ca_file: None,
     })
 }
 
@@ -84,7 +117,7 @@ fn say(msg: &str) {
 
 /// One HTTP/1.1 request with a JSON body; returns status and JSON body.
 async fn post_json(t: &Target, path: &str, body: &Value) -> std::io::Result<(u16, Value)> {
-    let mut s = smol::net::TcpStream::connect((t.host.as_str(), t.port)).await?;
+    let mut s = connect(t).await?;
     let body = body.to_string();
     let req = format!(
         "POST {path} HTTP/1.1\r\nHost: {}:{}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -94,7 +127,13 @@ async fn post_json(t: &Target, path: &str, body: &Value) -> std::io::Result<(u16
     );
     s.write_all(req.as_bytes()).await?;
     let mut buf = Vec::new();
-    s.take(64 * 1024).read_to_end(&mut buf).await?;
+    // A peer that ends TLS without close_notify still delivered a whole
+    // response when the head parses and the body is complete.
+    if let Err(e) = s.take(64 * 1024).read_to_end(&mut buf).await
+        && (e.kind() != std::io::ErrorKind::UnexpectedEof || buf.is_empty())
+    {
+        return Err(e);
+    }
     let mut headers = [httparse::EMPTY_HEADER; 32];
     let mut resp = httparse::Response::new(&mut headers);
     let bad = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, m.to_string());
@@ -210,7 +249,8 @@ enum End {
 
 /// Entry point of `tessera agent`.
 pub fn run(args: &cli::Agent) -> Result<(), Failure> {
-    let target = parse_url(&args.url).map_err(|e| Failure::usage(format!("--url {:?}: {e}", args.url)))?;
+    let mut target = parse_url(&args.url).map_err(|e| Failure::usage(format!("--url {:?}: {e}", args.url)))?;
+    target.ca_file = args.ca_file.clone();
     for c in args.subscribe.iter().chain(args.publish.iter()) {
         if !crate::hub::channel_name_ok(c) {
             return Err(Failure::usage(format!("{c:?} is not a channel name")));
@@ -328,7 +368,7 @@ async fn session(
     mut stdin: Option<&mut Lines>,
     attempt: &mut u32,
 ) -> End {
-    let url = format!("ws://{}:{}{}", t.host, t.port, t.path);
+    let url = format!("{}://{}:{}{}", if t.tls { "wss" } else { "ws" }, t.host, t.port, t.path);
     let mut req = match url.as_str().into_client_request() {
         Ok(r) => r,
         Err(e) => return End::Exit(Err(Failure::usage(format!("--url: {e}")))),
@@ -344,7 +384,7 @@ async fn session(
             }));
         }
     }
-    let stream = match smol::net::TcpStream::connect((t.host.as_str(), t.port)).await {
+    let stream = match connect(t).await {
         Ok(s) => s,
         Err(e) => {
             say(&format!("cannot connect: {e}"));
@@ -534,7 +574,9 @@ mod tests {
             Target {
                 host: "127.0.0.1".into(),
                 port: 8080,
-                path: "/ws".into()
+                path: "/ws".into(),
+                tls: false,
+                ca_file: None
             }
         );
         assert_eq!(
@@ -542,12 +584,14 @@ mod tests {
             Target {
                 host: "hub".into(),
                 port: 80,
-                path: "/ws".into()
+                path: "/ws".into(),
+                tls: false,
+                ca_file: None
             }
         );
         assert_eq!(parse_url("ws://[::1]:9/x").unwrap().host, "::1");
         assert!(parse_url("http://h/ws").is_err());
-        assert!(parse_url("wss://h/ws").is_err());
+        assert_eq!(parse_url("wss://h/ws").is_ok(), cfg!(feature = "tls"));
         assert!(parse_url("ws://h:99999/ws").is_err());
     }
 

@@ -168,6 +168,13 @@ pub struct Serve {
     /// log lines on stderr: json or text [json]
     #[argh(option, default = "\"json\".into()")]
     pub log_format: String,
+    /// serve https/wss with this PEM certificate chain (cargo feature `tls`);
+    /// reloaded on SIGHUP
+    #[argh(option)]
+    pub tls_cert: Option<PathBuf>,
+    /// the PEM private key (PKCS#8, RSA or EC) for --tls-cert
+    #[argh(option)]
+    pub tls_key: Option<PathBuf>,
     /// demo mode: ephemeral key, channels ops=1 and briefing=3, a ticker on
     /// ops every 5 s, ready-made tokens printed on stdout
     #[argh(switch)]
@@ -240,4 +247,8 @@ pub struct Agent {
     /// publish each JSON line read from stdin to this channel instead
     #[argh(option)]
     pub publish: Option<String>,
+    /// also trust the CA certificates in this PEM file for wss:// (besides
+    /// the system roots; cargo feature `tls`)
+    #[argh(option)]
+    pub ca_file: Option<PathBuf>,
 }

@@ -29,6 +29,7 @@ pub mod metrics;
 pub mod protocol;
 pub mod server;
 pub mod throttle;
+pub mod tls;
 
 /// `tessera 0.1.0 (commit abcdef123456, release)`: what `--version` prints.
 pub fn version_line() -> String {

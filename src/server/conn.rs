@@ -17,11 +17,18 @@ use std::rc::Rc;
 use std::task::{Context as TaskCx, Poll};
 use std::time::Instant;
 
+/// A client connection: plain TCP, or TLS over it (feature `tls`).
+#[cfg(feature = "tls")]
+pub type Stream = crate::tls::MaybeTls<Async<TcpStream>, futures_rustls::server::TlsStream<Async<TcpStream>>>;
+/// A client connection: plain TCP (built without the `tls` feature).
+#[cfg(not(feature = "tls"))]
+pub type Stream = crate::tls::MaybeTls<Async<TcpStream>, Async<TcpStream>>;
+
 /// Serves one accepted connection until it closes or upgrades.
 pub async fn serve_connection(
     shared: Rc<Shared>,
     _ex: Rc<LocalExecutor<'static>>,
-    mut stream: Async<TcpStream>,
+    mut stream: Stream,
     peer: SocketAddr,
 ) {
     let mut buf: Vec<u8> = Vec::new();
@@ -31,9 +38,9 @@ pub async fn serve_connection(
             ReadHead::Request(r) => r,
             ReadHead::Refused(e) => {
                 let _ = stream.write_all(&e.response().to_bytes(false)).await;
-                return;
+                break;
             }
-            ReadHead::Closed => return,
+            ReadHead::Closed => break,
         };
         let keep_alive = req.keep_alive() && !shared.shutting_down.get();
         let route = http::route(&req.method, &req.path);
@@ -42,10 +49,10 @@ pub async fn serve_connection(
                 let r = Response::error(426, "upgrade_required", "GET /ws is a WebSocket endpoint")
                     .header("Upgrade", "websocket");
                 let _ = stream.write_all(&r.to_bytes(false)).await;
-                return;
+                break;
             }
-            upgrade(shared, stream, buf, req, peer, deadline).await;
-            return;
+            // The WebSocket task owns the stream from here.
+            return upgrade(shared, stream, buf, req, peer, deadline).await;
         }
         // Read the body, if any (SPEC §4: ≤ 16 KiB, POST needs Content-Length).
         let body_len = match (req.method.as_str(), req.body_length()) {
@@ -66,12 +73,12 @@ pub async fn serve_connection(
             Ok(n) => n,
             Err(r) => {
                 let _ = stream.write_all(&r.to_bytes(false)).await;
-                return;
+                break;
             }
         };
         buf.drain(..req.head_len);
         if !read_exact_by(&mut stream, &mut buf, body_len, deadline).await {
-            return;
+            break;
         }
         let body: Vec<u8> = buf.drain(..body_len).collect();
         let response = match route {
@@ -87,12 +94,20 @@ pub async fn serve_connection(
             bytes.truncate(cut);
         }
         if stream.write_all(&bytes).await.is_err() || !keep_alive {
-            return;
+            break;
         }
         if buf.capacity() > 2 * http::MAX_HEAD_BYTES {
             buf.shrink_to(http::MAX_HEAD_BYTES);
         }
     }
+    // End the connection politely (TLS close_notify, TCP FIN), bounded.
+    let close = async {
+        let _ = stream.close().await;
+    };
+    smol::future::or(close, async {
+        smol::Timer::after(std::time::Duration::from_secs(1)).await;
+    })
+    .await;
 }
 
 enum ReadHead {
@@ -102,7 +117,7 @@ enum ReadHead {
 }
 
 /// Reads until a full head is in `buf` (bytes after it stay in `buf`).
-async fn read_head(stream: &mut Async<TcpStream>, buf: &mut Vec<u8>, deadline: Instant) -> ReadHead {
+async fn read_head(stream: &mut Stream, buf: &mut Vec<u8>, deadline: Instant) -> ReadHead {
     loop {
         if !buf.is_empty() {
             match http::parse_head(buf) {
@@ -120,7 +135,7 @@ async fn read_head(stream: &mut Async<TcpStream>, buf: &mut Vec<u8>, deadline: I
 
 /// One read into `buf` before `deadline`; `None` on timeout or error.
 /// Reads straight into `buf` so no buffer lives in the task's future.
-async fn read_more(stream: &mut Async<TcpStream>, buf: &mut Vec<u8>, deadline: Instant) -> Option<usize> {
+async fn read_more(stream: &mut Stream, buf: &mut Vec<u8>, deadline: Instant) -> Option<usize> {
     let len = buf.len();
     buf.resize(len + 2048, 0);
     let read = async { stream.read(&mut buf[len..]).await.ok() };
@@ -133,7 +148,7 @@ async fn read_more(stream: &mut Async<TcpStream>, buf: &mut Vec<u8>, deadline: I
     (n > 0).then_some(n)
 }
 
-async fn read_exact_by(stream: &mut Async<TcpStream>, buf: &mut Vec<u8>, want: usize, deadline: Instant) -> bool {
+async fn read_exact_by(stream: &mut Stream, buf: &mut Vec<u8>, want: usize, deadline: Instant) -> bool {
     while buf.len() < want {
         match read_more(stream, buf, deadline).await {
             Some(n) if n > 0 => {}
@@ -286,14 +301,7 @@ fn to_ws_error(r: &Response) -> ErrorResponse {
 }
 
 /// `GET /ws`: the WebSocket handshake with authentication in its callback.
-async fn upgrade(
-    shared: Rc<Shared>,
-    stream: Async<TcpStream>,
-    buf: Vec<u8>,
-    req: Request,
-    peer: SocketAddr,
-    deadline: Instant,
-) {
+async fn upgrade(shared: Rc<Shared>, stream: Stream, buf: Vec<u8>, req: Request, peer: SocketAddr, deadline: Instant) {
     let head: Vec<u8> = buf.get(..req.head_len).map(<[u8]>::to_vec).unwrap_or_default();
     drop(req);
     drop(buf);
@@ -339,7 +347,11 @@ async fn upgrade(
     config.accept_unmasked_frames = false;
     // Boxed so the handshake's state is freed once it is done instead of
     // sizing the connection task for the socket's whole life.
-    let handshake = Box::pin(async_tungstenite::accept_hdr_async_with_config(prefixed, callback, Some(config)));
+    let handshake = Box::pin(async_tungstenite::accept_hdr_async_with_config(
+        prefixed,
+        callback,
+        Some(config),
+    ));
     let timeout = async {
         smol::Timer::at(deadline).await;
         Err(async_tungstenite::tungstenite::Error::Io(

@@ -52,6 +52,8 @@ pub struct Config {
     pub handshake_timeout: Duration,
     pub log_format: Format,
     pub demo: bool,
+    /// `--tls-cert` and `--tls-key`.
+    pub tls: Option<(PathBuf, PathBuf)>,
 }
 
 impl Config {
@@ -95,6 +97,21 @@ impl Config {
             levels.0.entry("ops".into()).or_insert(1);
             levels.0.entry("briefing".into()).or_insert(3);
         }
+        let tls = match (&a.tls_cert, &a.tls_key) {
+            (None, None) => None,
+            (Some(c), Some(k)) => Some((c.clone(), k.clone())),
+            _ => return Err(Failure::usage("--tls-cert and --tls-key go together")),
+        };
+        if tls.is_some() && !cfg!(feature = "tls") {
+            return Err(Failure::usage(
+                "--tls-cert: this tessera was built without TLS (cargo build --features tls)",
+            ));
+        }
+        if tls.is_some() && a.insecure_cookies {
+            return Err(Failure::usage(
+                "--insecure-cookies: cookies are always Secure when serving TLS",
+            ));
+        }
         Ok(Config {
             listen,
             secret_file: a.secret_file.clone(),
@@ -112,7 +129,7 @@ impl Config {
                 min_clearance: a.min_clearance,
                 allowed_origins: a.allowed_origin.clone(),
                 allow_query_token: a.allow_query_token,
-                tls: false,
+                tls: tls.is_some(),
             },
             levels,
             max_connections: a.max_connections,
@@ -122,6 +139,7 @@ impl Config {
             handshake_timeout: Duration::from_secs(a.handshake_timeout),
             log_format,
             demo: a.demo,
+            tls,
         })
     }
 }
@@ -145,6 +163,9 @@ pub struct Shared {
     pub persist: auth::Persist,
     pub hash_slots: smol::lock::Semaphore,
     pub hash_waiting: Cell<usize>,
+    /// The TLS server config; replaced on SIGHUP.
+    #[cfg(feature = "tls")]
+    pub tls: RefCell<Option<futures_rustls::TlsAcceptor>>,
 }
 
 impl Shared {
@@ -179,6 +200,13 @@ pub fn serve(args: &cli::Serve) -> Result<(), Failure> {
         (crate::commands::load_keys(cfg.secret_file.as_deref())?, false)
     };
     let (users, demo_passwords) = load_users(&cfg)?;
+    #[cfg(feature = "tls")]
+    let tls_acceptor = match &cfg.tls {
+        Some((c, k)) => {
+            Some(crate::tls::acceptor(c, k).map_err(|e| Failure::usage(format!("--tls-cert/--tls-key: {e}")))?)
+        }
+        None => None,
+    };
     let sessions = match &cfg.state_file {
         Some(p) => crate::auth::state_file::load(p)
             .map_err(|e| Failure::usage(format!("--state {}: {e}", p.display())))?
@@ -200,6 +228,8 @@ pub fn serve(args: &cli::Serve) -> Result<(), Failure> {
         persist: auth::Persist::new(cfg.state_file.clone()),
         hash_slots: smol::lock::Semaphore::new(auth::HASH_WORKERS),
         hash_waiting: Cell::new(0),
+        #[cfg(feature = "tls")]
+        tls: RefCell::new(tls_acceptor),
         cfg,
         keys: RefCell::new(Rc::new(keys)),
         throttle: RefCell::default(),
@@ -221,6 +251,14 @@ async fn run(
     demo_key: bool,
     demo_passwords: Vec<(String, String)>,
 ) -> Result<(), Failure> {
+    // Signal handlers first: a SIGHUP right after `listening` must not kill us.
+    let mut signals = async_signal::Signals::new([
+        async_signal::Signal::Term,
+        async_signal::Signal::Int,
+        async_signal::Signal::Hup,
+    ])
+    .map_err(|e| Failure::usage(format!("cannot install signal handlers: {e}")))?;
+
     let log = shared.log;
     log.info(
         "listening",
@@ -230,7 +268,7 @@ async fn run(
             ("demo", shared.cfg.demo.into()),
         ],
     );
-    if !addr.ip().is_loopback() {
+    if !addr.ip().is_loopback() && shared.cfg.tls.is_none() {
         log.warn(
             "plaintext",
             &[("message", "not loopback and no TLS: tokens travel in clear text".into())],
@@ -251,13 +289,6 @@ async fn run(
         ex.spawn(demo_ticker(shared.clone())).detach();
     }
 
-    let mut signals = async_signal::Signals::new([
-        async_signal::Signal::Term,
-        async_signal::Signal::Int,
-        async_signal::Signal::Hup,
-    ])
-    .map_err(|e| Failure::usage(format!("cannot install signal handlers: {e}")))?;
-
     enum Ev {
         Conn(std::io::Result<(smol::Async<std::net::TcpStream>, SocketAddr)>),
         Signal(Option<std::io::Result<async_signal::Signal>>),
@@ -270,8 +301,7 @@ async fn run(
         match ev {
             Ev::Conn(Ok((stream, peer))) => {
                 let _ = stream.get_ref().set_nodelay(true);
-                ex.spawn(conn::serve_connection(shared.clone(), ex.clone(), stream, peer))
-                    .detach();
+                ex.spawn(accept(shared.clone(), ex.clone(), stream, peer)).detach();
             }
             Ev::Conn(Err(e)) => {
                 log.warn("accept_failed", &[("error", (&e.to_string()).into())]);
@@ -300,9 +330,51 @@ async fn run(
     Ok(())
 }
 
-/// SIGHUP: reload the key file and the users file; a bad file keeps the
-/// old contents and logs why.
+/// Starts serving an accepted TCP connection, after the TLS handshake when
+/// TLS is on (bounded by `--handshake-timeout`).
+async fn accept(
+    shared: Rc<Shared>,
+    ex: Rc<LocalExecutor<'static>>,
+    stream: smol::Async<std::net::TcpStream>,
+    peer: SocketAddr,
+) {
+    #[cfg(feature = "tls")]
+    {
+        let acceptor = shared.tls.borrow().clone();
+        if let Some(acceptor) = acceptor {
+            let handshake = async { acceptor.accept(stream).await.ok() };
+            let timeout = async {
+                Timer::after(shared.cfg.handshake_timeout).await;
+                None
+            };
+            match smol::future::or(Box::pin(handshake), timeout).await {
+                Some(tls) => {
+                    let s = crate::tls::MaybeTls::Tls(Box::new(tls));
+                    return conn::serve_connection(shared, ex, s, peer).await;
+                }
+                None => {
+                    shared.log.info("tls_failed", &[("peer", (&peer.to_string()).into())]);
+                    return;
+                }
+            }
+        }
+    }
+    conn::serve_connection(shared, ex, crate::tls::MaybeTls::Plain(stream), peer).await
+}
+
+/// SIGHUP: reload the key file, the users file and the TLS certificate; a
+/// bad file keeps the old contents and logs why.
 fn reload(shared: &Shared) {
+    #[cfg(feature = "tls")]
+    if let Some((c, k)) = &shared.cfg.tls {
+        match crate::tls::acceptor(c, k) {
+            Ok(a) => {
+                *shared.tls.borrow_mut() = Some(a);
+                shared.log.info("reload", &[("tls", "certificate reloaded".into())]);
+            }
+            Err(e) => shared.log.warn("reload_failed", &[("tls", (&e).into())]),
+        }
+    }
     if let Some(path) = shared.cfg.users_file.as_deref() {
         match read_users(path) {
             Ok(u) => {
@@ -395,7 +467,12 @@ fn print_demo(shared: &Shared, addr: SocketAddr, ephemeral: bool, passwords: &[(
     };
     let publisher = mint("hq", 5, true);
     let agent = mint("agent-007", 2, false);
-    println!("tessera demo on http://{addr}/ (ws://{addr}/ws)");
+    let (http, ws) = if shared.cfg.tls.is_some() {
+        ("https", "wss")
+    } else {
+        ("http", "ws")
+    };
+    println!("tessera demo on {http}://{addr}/ ({ws}://{addr}/ws)");
     if ephemeral {
         println!("signing key: ephemeral (tokens die with this process)");
     }
@@ -404,24 +481,24 @@ fn print_demo(shared: &Shared, addr: SocketAddr, ephemeral: bool, passwords: &[(
         println!("demo user {name} password: {pw}");
     }
     if let Some((name, pw)) = passwords.first() {
-        println!("log in (console): open http://{addr}/ and use {name} / {pw}");
+        println!("log in (console): open {http}://{addr}/ and use {name} / {pw}");
         let secure = if shared.cfg.insecure_cookies {
             ""
         } else {
             "  (cookies are Secure: browsers keep them only over https or on localhost)"
         };
         println!(
-            "log in (curl): curl -s -X POST http://{addr}/auth/login -H 'Content-Type: application/json' -d '{{\"username\":\"{name}\",\"password\":\"{pw}\"}}'{secure}"
+            "log in (curl): curl -s -X POST {http}://{addr}/auth/login -H 'Content-Type: application/json' -d '{{\"username\":\"{name}\",\"password\":\"{pw}\"}}'{secure}"
         );
     }
     println!("demo publisher token (hq, clearance 5, publish):\n  {publisher}");
     println!("demo agent token (agent-007, clearance 2):\n  {agent}");
     println!("try:");
     println!(
-        "  curl -s -X POST http://{addr}/publish -H 'Authorization: Bearer {publisher}' -H 'Content-Type: application/json' -d '{{\"channel\":\"ops\",\"data\":{{\"text\":\"hello\"}}}}'"
+        "  curl -s -X POST {http}://{addr}/publish -H 'Authorization: Bearer {publisher}' -H 'Content-Type: application/json' -d '{{\"channel\":\"ops\",\"data\":{{\"text\":\"hello\"}}}}'"
     );
     println!(
-        "  websocat -H 'Authorization: Bearer {agent}' ws://{addr}/ws   # then send {{\"type\":\"subscribe\",\"channel\":\"ops\"}}"
+        "  websocat -H 'Authorization: Bearer {agent}' {ws}://{addr}/ws   # then send {{\"type\":\"subscribe\",\"channel\":\"ops\"}}"
     );
 }
 

@@ -284,7 +284,10 @@ where
             if client_closed {
                 let _ = tx.flush().await;
             } else {
-                let frame = CloseFrame { code: CloseCode::from(code.0), reason: code.1.into() };
+                let frame = CloseFrame {
+                    code: CloseCode::from(code.0),
+                    reason: code.1.into(),
+                };
                 let _ = tx.close(Some(frame)).await;
             }
             while let Some(Ok(_)) = rx.next().await {}

@@ -5,6 +5,7 @@
 use async_tungstenite::WebSocketStream;
 use async_tungstenite::tungstenite::client::IntoClientRequest;
 use async_tungstenite::tungstenite::{Error as WsError, Message};
+#[allow(unused_imports)]
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
 use smol::Async;
