@@ -46,6 +46,7 @@ const ERROR_WORDS = {
 const state = {
   ws: null, // the current socket
   me: null, // the welcome message: sub, clearance, expires_at, server
+  welcomedAt: 0, // Date.now() at that welcome
   subs: new Set(savedSubs()), // channels this page wants, kept across reconnects
   lastId: new Map(), // channel -> last update id shown
   refreshTimer: 0,
@@ -246,11 +247,12 @@ function scheduleRefresh() {
   clearTimeout(state.refreshTimer);
   // Two minutes before expiry (less a little jitter, so that several tabs
   // do not all refresh at once), or after 60% of a short remaining life.
-  // The server's `expiring` notice (60 s before) is the backstop when the
-  // clocks disagree.
+  // A clock far ahead of the server's sees no life left: every 30 s then.
+  // The server's `expiring` notice (60 s before) is the backstop for a
+  // clock that runs behind.
   const left = state.me.expires_at - Date.now() / 1000;
-  const wait = left > 240 ? left - 120 - Math.random() * 20 : left * 0.6;
-  state.refreshTimer = setTimeout(refreshNow, Math.max(5, wait) * 1000);
+  const wait = left > 240 ? left - 120 - Math.random() * 20 : left > 0 ? left * 0.6 : 30;
+  state.refreshTimer = setTimeout(refreshNow, wait * 1000);
 }
 
 async function logout() {
@@ -311,6 +313,7 @@ function connect() {
       welcomed = true;
       state.retried = false;
       state.me = m;
+      state.welcomedAt = Date.now();
       $('who').textContent = m.sub;
       $('clearance').textContent = String(m.clearance);
       $('server').textContent = m.server;
@@ -397,7 +400,10 @@ function onMessage(m) {
     case 'published':
       return note('pub-note', 'published to ' + m.channel + ' as #' + m.id, 'ok');
     case 'expiring':
-      return refreshNow();
+      // Right after the welcome it only says that the token is short-lived,
+      // which the timer has in hand; later it means our clock runs behind.
+      if (Date.now() - state.welcomedAt > 2000) refreshNow();
+      return;
     case 'error':
       return onError(m, what);
   }

@@ -29,24 +29,28 @@ const WAIT = 15_000; // any single step
 const TICK = 12_000; // the demo ticker publishes to ops every 5 s
 
 let server; // { child, addr, port, base, passwords, stderr }
+let shortLived; // another, whose access tokens live 20 s
 let browser;
 let evil; // a second local origin
-const pages = []; // console pages, watched for CSP violations and script errors
-const problems = [];
+const problems = []; // CSP violations and script errors on the console pages
 
 const watchdog = setTimeout(() => {
   console.error('browser tests: watchdog fired after 180 s; stopping');
   server?.child.kill('SIGKILL');
+  shortLived?.child.kill('SIGKILL');
   process.exit(1);
 }, 180_000);
 watchdog.unref();
-process.on('exit', () => server?.child.kill('SIGKILL'));
+process.on('exit', () => {
+  server?.child.kill('SIGKILL');
+  shortLived?.child.kill('SIGKILL');
+});
 
 // ---- the server ----
 
-function startServer() {
+function startServer(extra = []) {
   return new Promise((resolve, reject) => {
-    const args = ['serve', '--demo', '--insecure-cookies', '--listen', '127.0.0.1:0', '--log-format', 'json'];
+    const args = ['serve', '--demo', '--insecure-cookies', '--listen', '127.0.0.1:0', '--log-format', 'json', ...extra];
     const child = spawn(BIN, args, { stdio: ['ignore', 'pipe', 'pipe'] });
     const s = { child, addr: null, passwords: {}, stderr: [], stdout: '' };
     const timer = setTimeout(() => {
@@ -101,9 +105,9 @@ function lines(stream, onLine) {
   });
 }
 
-async function stopServer() {
-  if (!server) return;
-  const { child } = server;
+async function stopServer(s) {
+  if (!s) return;
+  const { child } = s;
   if (child.exitCode !== null) return;
   const exited = new Promise((r) => child.once('exit', r));
   child.kill('SIGTERM'); // SPEC §5: exits 0 within 5 s
@@ -112,9 +116,9 @@ async function stopServer() {
   clearTimeout(t);
 }
 
-/** The server's JSON log events named `event`. */
-function logEvents(event) {
-  return server.stderr.flatMap((l) => {
+/** A server's JSON log events named `event`. */
+function logEvents(event, s = server) {
+  return s.stderr.flatMap((l) => {
     try {
       const e = JSON.parse(l);
       return e.event === event ? [e] : [];
@@ -231,7 +235,7 @@ ws.onclose = (e) => {
 
 // ---- browser helpers ----
 
-async function consolePage(name) {
+async function consolePage(name, s = server) {
   const ctx = await browser.newContext({ viewport: { width: 1280, height: 880 } });
   const page = await ctx.newPage();
   page.setDefaultTimeout(WAIT);
@@ -239,8 +243,7 @@ async function consolePage(name) {
     if (m.type() === 'error' && /Content Security Policy/i.test(m.text())) problems.push(`${name}: ${m.text()}`);
   });
   page.on('pageerror', (e) => problems.push(`${name}: ${e.message}`));
-  await page.goto(server.base + '/');
-  pages.push(page);
+  await page.goto(s.base + '/');
   return page;
 }
 
@@ -252,9 +255,9 @@ async function waitStatus(page, text) {
   await page.waitForFunction((t) => document.getElementById('status').textContent.includes(t), text);
 }
 
-async function login(page, user) {
+async function login(page, user, s = server) {
   await page.fill('#login-form input[name=username]', user);
-  await page.fill('#login-form input[name=password]', server.passwords[user]);
+  await page.fill('#login-form input[name=password]', s.passwords[user]);
   await page.click('#login-form button');
   await waitStatus(page, `connected as ${user}`);
 }
@@ -291,7 +294,8 @@ describe('console page in headless Chromium', { timeout: 170_000 }, () => {
   after(async () => {
     await browser?.close().catch(() => {});
     evil?.srv.close();
-    await stopServer();
+    await stopServer(server);
+    await stopServer(shortLived);
     clearTimeout(watchdog);
   });
 
@@ -383,6 +387,21 @@ describe('console page in headless Chromium', { timeout: 170_000 }, () => {
     );
     await until('three ticker updates', async () => (await updates(agent, 'mission update').count()) >= 3, TICK * 2);
     await shot(agent, 'console'); // logged in, a few updates: the README picture
+  });
+
+  it('refreshes by itself before a short-lived token expires', async () => {
+    shortLived = await startServer(['--access-ttl', '20']);
+    const page = await consolePage('agent-007 (20 s tokens)', shortLived);
+    await login(page, 'agent-007', shortLived);
+    // Refreshed after 60% of the 20 s, then again on the new token.
+    await until('two refreshes', () => logEvents('refresh_ok', shortLived).length >= 2, 40_000);
+    await waitStatus(page, 'connected as agent-007');
+    const closes = logEvents('ws_close', shortLived).map((e) => e.code);
+    assert.ok(!closes.includes(4001), `no socket expired: ${closes}`);
+    assert.equal(logEvents('refresh_reused', shortLived).length, 0);
+    await shot(page, '06-short-token-refreshed');
+    await page.context().close();
+    await stopServer(shortLived);
   });
 
   it('a reload reconnects with the cookies and keeps the channels', async () => {
