@@ -15,9 +15,9 @@
 //! [`cli`] declares the command line; `main.rs` dispatches it.
 #![forbid(unsafe_code)]
 
-pub mod cli;
 pub mod agent;
 pub mod auth;
+pub mod cli;
 pub mod commands;
 pub mod gate;
 pub mod http;

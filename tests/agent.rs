@@ -78,7 +78,12 @@ impl Agent {
                 s.push('\n');
             }
         });
-        Agent { child, lines, stderr, stderr_reader: Some(stderr_reader) }
+        Agent {
+            child,
+            lines,
+            stderr,
+            stderr_reader: Some(stderr_reader),
+        }
     }
 
     /// The next stdout line whose `type` is `kind`.
