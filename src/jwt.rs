@@ -292,12 +292,21 @@ pub fn verify(token: &str, keys: &KeySet, opts: &VerifyOptions, now: u64) -> Res
     // Only now is anything in the claims trusted enough to parse.
     let raw: RawClaims = match serde_json::from_slice(&claims_json) {
         Ok(r) => r,
-        Err(e) if e.to_string().starts_with("number out of range") => return Err(Reject::InvalidClaims),
+        // A number too large for f64 inside a well-formed object is a bad
+        // claim value; anything else that fails to parse is malformed.
+        Err(e) if e.to_string().starts_with("number out of range") && is_json_object(&claims_json) => {
+            return Err(Reject::InvalidClaims);
+        }
         Err(_) => return Err(Reject::MalformedToken),
     };
     let claims = raw.into_claims()?;
     check_claims(&claims, opts, now)?;
     Ok(VerifiedClaims(claims))
+}
+
+/// Whether `json` is one JSON object (numbers are checked for syntax only).
+fn is_json_object(json: &[u8]) -> bool {
+    serde_json::from_slice::<&serde_json::value::RawValue>(json).is_ok_and(|r| r.get().starts_with('{'))
 }
 
 /// Time, issuer and audience rules (SPEC §3), after types are known good.
