@@ -156,7 +156,9 @@ impl UsersFile {
         for (i, raw) in text.lines().enumerate() {
             let t = raw.trim();
             if t.is_empty() || t.starts_with('#') {
-                lines.push(Line::Other(raw.to_string()));
+                // A lone trailing `\r` is a line ending, not content: keep
+                // rewrites stable (found by the users_file fuzz target).
+                lines.push(Line::Other(raw.trim_end_matches('\r').to_string()));
                 continue;
             }
             let user = parse_user(t).map_err(|e| format!("line {}: {e}", i + 1))?;
@@ -312,6 +314,14 @@ mod tests {
         assert!(out.starts_with("# ops team\n\nhq:5:1::"));
         assert!(out.contains("\nagent-7:3:0:ops,team.*:"));
         assert!(out.ends_with(&format!("new:0:0::{}\n", h("c").to_phc())));
+    }
+
+    #[test]
+    fn fuzz_users_file_lone_cr_round_trips() {
+        for text in ["\r", "# c\r", "# a\r\n\r"] {
+            let f = UsersFile::parse(text).unwrap();
+            assert_eq!(UsersFile::parse(&f.render()).unwrap(), f, "{text:?}");
+        }
     }
 
     #[test]
