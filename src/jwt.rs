@@ -20,8 +20,8 @@
 use crate::keys::KeySet;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
-use serde::{Deserialize, Serialize};
+use json::{Number, Reader};
+use serde::Serialize;
 use std::fmt;
 
 /// Longest token accepted, in bytes, checked before any decoding.
@@ -259,25 +259,27 @@ pub fn verify(token: &str, keys: &KeySet, opts: &VerifyOptions, now: u64) -> Res
     if token.len() > MAX_TOKEN_BYTES {
         return Err(Reject::MalformedToken);
     }
-    let mut parts = token.splitn(3, |&b| b == b'.');
-    let (h64, c64, s64) = match (parts.next(), parts.next(), parts.next()) {
-        (Some(h), Some(c), Some(s)) => (h, c, s),
-        _ => return Err(Reject::MalformedToken),
-    };
-    if s64.contains(&b'.') {
-        return Err(Reject::MalformedToken);
-    }
-    let signing_input = &token[..h64.len() + 1 + c64.len()];
+    let (h64, c64, s64) = split_segments(token)?;
+    let signing_input = token.get(..h64.len() + 1 + c64.len()).ok_or(Reject::MalformedToken)?;
 
     // Decode every segment strictly before looking at any of them: this
-    // rejects padding, `+`, `/`, whitespace and non-canonical trailing bits.
-    let claims_json = URL_SAFE_NO_PAD.decode(c64).map_err(|_| Reject::MalformedToken)?;
-    let sig = URL_SAFE_NO_PAD.decode(s64).map_err(|_| Reject::MalformedToken)?;
+    // rejects padding, `+`, `/`, whitespace, stray dots and non-canonical
+    // trailing bits. Claims of usual size decode onto the stack.
+    let mut small = [0u8; CLAIMS_ON_STACK];
+    let mut large = Vec::new();
+    let claims_json = decode_segment(c64, &mut small, &mut large)?;
+    let mut sig = [0u8; 32];
+    let sig_is_32_bytes = match base64url::decode_into(s64, &mut sig) {
+        Ok(()) => true,
+        Err(_) if base64url::is_valid(s64) => false,
+        Err(_) => return Err(Reject::MalformedToken),
+    };
     let kid = if h64 == CANONICAL_HEADER_B64 {
         None
     } else {
-        let header = URL_SAFE_NO_PAD.decode(h64).map_err(|_| Reject::MalformedToken)?;
-        parse_header(&header)?
+        let mut small = [0u8; 256];
+        let mut large = Vec::new();
+        parse_header(decode_segment(h64, &mut small, &mut large)?)?
     };
 
     // SPEC §2: a token without `kid` is checked against the first key only.
@@ -285,28 +287,57 @@ pub fn verify(token: &str, keys: &KeySet, opts: &VerifyOptions, now: u64) -> Res
         Some(k) => keys.by_kid(k).ok_or(Reject::UnknownKid)?,
         None => keys.first(),
     };
-    if sig.len() != 32 || !key.verify(signing_input, &sig) {
+    if !sig_is_32_bytes || !key.verify(signing_input, &sig) {
         return Err(Reject::BadSignature);
     }
 
-    // Only now is anything in the claims trusted enough to parse.
-    let raw: RawClaims = match serde_json::from_slice(&claims_json) {
-        Ok(r) => r,
-        // A number too large for f64 inside a well-formed object is a bad
-        // claim value; anything else that fails to parse is malformed.
-        Err(e) if e.to_string().starts_with("number out of range") && is_json_object(&claims_json) => {
-            return Err(Reject::InvalidClaims);
-        }
-        Err(_) => return Err(Reject::MalformedToken),
-    };
-    let claims = raw.into_claims()?;
+    // Only now is anything in the claims trusted enough to parse. (Filled
+    // in place: a `Claims` is 200 bytes, not worth copying around.)
+    let mut claims = VerifiedClaims(Claims::default());
+    parse_claims(claims_json, &mut claims.0)?;
     check_claims(&claims, opts, now)?;
-    Ok(VerifiedClaims(claims))
+    Ok(claims)
 }
 
-/// Whether `json` is one JSON object (numbers are checked for syntax only).
-fn is_json_object(json: &[u8]) -> bool {
-    serde_json::from_slice::<&serde_json::value::RawValue>(json).is_ok_and(|r| r.get().starts_with('{'))
+/// Claims segments up to this many decoded bytes (about 430 characters)
+/// are decoded into a stack buffer; longer ones into a heap buffer.
+const CLAIMS_ON_STACK: usize = 320;
+
+/// The header, claims and signature segments of a token, still encoded.
+type Segments<'a> = (&'a [u8], &'a [u8], &'a [u8]);
+
+/// Splits `header.claims.signature` at the first and the last dot. A dot
+/// anywhere else lands inside the claims segment, where base64url decoding
+/// refuses it.
+fn split_segments(token: &[u8]) -> Result<Segments<'_>, Reject> {
+    // The canonical header is almost always there: skip the search.
+    let first = match token.get(CANONICAL_HEADER_B64.len()) {
+        Some(b'.') if token.starts_with(CANONICAL_HEADER_B64) => CANONICAL_HEADER_B64.len(),
+        _ => token.iter().position(|&b| b == b'.').ok_or(Reject::MalformedToken)?,
+    };
+    // So is a 43-character signature (32 bytes).
+    let last = match token.len().checked_sub(44) {
+        Some(i) if token.get(i) == Some(&b'.') => i,
+        _ => token.iter().rposition(|&b| b == b'.').ok_or(Reject::MalformedToken)?,
+    };
+    match (token.get(..first), token.get(first + 1..last), token.get(last + 1..)) {
+        (Some(h), Some(c), Some(s)) if first < last => Ok((h, c, s)),
+        _ => Err(Reject::MalformedToken),
+    }
+}
+
+/// Decodes one segment into `small` when it fits, else into `large`.
+fn decode_segment<'a>(src: &[u8], small: &'a mut [u8], large: &'a mut Vec<u8>) -> Result<&'a [u8], Reject> {
+    let n = base64url::decoded_len(src.len()).ok_or(Reject::MalformedToken)?;
+    let out = match small.get_mut(..n) {
+        Some(s) => s,
+        None => {
+            large.resize(n, 0);
+            large.as_mut_slice()
+        }
+    };
+    base64url::decode_into(src, out).map_err(|_| Reject::MalformedToken)?;
+    Ok(out)
 }
 
 /// Time, issuer and audience rules (SPEC §3), after types are known good.
@@ -339,287 +370,198 @@ fn check_claims(c: &Claims, opts: &VerifyOptions, now: u64) -> Result<(), Reject
     Ok(())
 }
 
-/// Parses a non-canonical header. Returns the `kid`, if any.
+/// The JOSE header members [`parse_header`] reads (RFC 7515 §4.1).
+#[derive(Clone, Copy)]
+enum HeaderMember {
+    Alg,
+    Typ,
+    Kid,
+    Crit,
+}
+
+impl HeaderMember {
+    fn named(name: &str) -> Option<HeaderMember> {
+        Some(match name {
+            "alg" => HeaderMember::Alg,
+            "typ" => HeaderMember::Typ,
+            "kid" => HeaderMember::Kid,
+            "crit" => HeaderMember::Crit,
+            _ => return None,
+        })
+    }
+}
+
+/// Parses a non-canonical header (RFC 7515 §4.1). Returns the `kid`, if any.
 fn parse_header(json: &[u8]) -> Result<Option<String>, Reject> {
-    let h: RawHeader = serde_json::from_slice(json).map_err(|_| Reject::MalformedToken)?;
-    match h.alg {
-        Some(Loose::Str(a)) if a == "HS256" => {}
-        Some(Loose::Str(_)) => return Err(Reject::UnsupportedAlg),
+    let mut r = Reader::new(json)?;
+    // Each: absent, or present with `Some(text)` when it is a string.
+    let (mut alg, mut typ, mut kid) = (None, None, None);
+    let mut crit = false;
+    while let Some(member) = r.next_member(HeaderMember::named)? {
+        let slot = match member {
+            Some(HeaderMember::Alg) => &mut alg,
+            Some(HeaderMember::Typ) => &mut typ,
+            Some(HeaderMember::Kid) => &mut kid,
+            Some(HeaderMember::Crit) if crit => return Err(Reject::MalformedToken),
+            Some(HeaderMember::Crit) => {
+                crit = true;
+                r.skip_value()?;
+                continue;
+            }
+            None => {
+                r.skip_value()?;
+                continue;
+            }
+        };
+        if slot.is_some() {
+            return Err(Reject::MalformedToken);
+        }
+        let mut text = String::new();
+        *slot = Some(r.string_into(&mut text)?.then_some(text));
+    }
+    r.finish()?;
+    match alg {
+        Some(Some(a)) if a == "HS256" => {}
+        Some(Some(_)) => return Err(Reject::UnsupportedAlg),
         _ => return Err(Reject::MalformedToken),
     }
-    if h.crit {
+    if crit {
         return Err(Reject::UnsupportedAlg);
     }
-    match h.typ {
+    match typ {
         None => {}
-        Some(Loose::Str(t)) if typ_ok(&t) => {}
+        Some(Some(t)) if typ_ok(&t) => {}
         Some(_) => return Err(Reject::MalformedToken),
     }
-    match h.kid {
+    match kid {
         None => Ok(None),
-        Some(Loose::Str(k)) => Ok(Some(k)),
-        Some(_) => Err(Reject::MalformedToken),
+        Some(Some(k)) => Ok(Some(k)),
+        Some(None) => Err(Reject::MalformedToken),
     }
 }
 
 /// `JWT` or `at+jwt`, optionally `application/`-prefixed, any case.
 fn typ_ok(t: &str) -> bool {
-    let t = match t.get(..12) {
-        Some(p) if p.eq_ignore_ascii_case("application/") => &t[12..],
+    let t = match (t.get(..12), t.get(12..)) {
+        (Some(p), Some(rest)) if p.eq_ignore_ascii_case("application/") => rest,
         _ => t,
     };
     t.eq_ignore_ascii_case("JWT") || t.eq_ignore_ascii_case("at+jwt")
 }
 
-/// A JSON value seen only as far as type checks need. Parsing into this
-/// never fails on a wrong type, so wrong types become `invalid_claims`
-/// while broken JSON stays `malformed_token`.
-#[derive(Debug)]
-enum Loose {
-    Str(String),
-    Num(f64),
-    /// An integer that fits u64 (clearance must be one).
-    UInt(u64),
-    Bool(bool),
-    Strs(Vec<String>),
-    Other,
-}
-
-impl<'de> Deserialize<'de> for Loose {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Loose;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("any JSON value")
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Loose, E> {
-                Ok(Loose::Str(v.to_owned()))
-            }
-            fn visit_string<E: de::Error>(self, v: String) -> Result<Loose, E> {
-                Ok(Loose::Str(v))
-            }
-            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Loose, E> {
-                Ok(Loose::UInt(v))
-            }
-            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Loose, E> {
-                Ok(Loose::Num(v as f64))
-            }
-            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Loose, E> {
-                Ok(Loose::Num(v))
-            }
-            fn visit_bool<E: de::Error>(self, v: bool) -> Result<Loose, E> {
-                Ok(Loose::Bool(v))
-            }
-            fn visit_unit<E: de::Error>(self) -> Result<Loose, E> {
-                Ok(Loose::Other)
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Loose, A::Error> {
-                let mut out = Vec::new();
-                let mut all_strings = true;
-                while let Some(item) = seq.next_element::<Loose>()? {
-                    match item {
-                        Loose::Str(s) if all_strings => out.push(s),
-                        _ => all_strings = false,
-                    }
-                }
-                Ok(if all_strings { Loose::Strs(out) } else { Loose::Other })
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Loose, A::Error> {
-                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-                Ok(Loose::Other)
-            }
-        }
-        d.deserialize_any(V)
+impl From<json::Malformed> for Reject {
+    fn from(_: json::Malformed) -> Reject {
+        Reject::MalformedToken
     }
 }
 
-/// Stores a member once; a second occurrence is a parse error
-/// (duplicate known members are `malformed_token`).
-fn once<'de, A: MapAccess<'de>>(slot: &mut Option<Loose>, map: &mut A) -> Result<(), A::Error> {
-    if slot.is_some() {
-        return Err(de::Error::custom("duplicate member"));
-    }
-    *slot = Some(map.next_value::<Loose>()?);
-    Ok(())
+/// The claims [`parse_claims`] reads (RFC 7519 §4.1 and SPEC §3).
+#[derive(Clone, Copy)]
+enum Claim {
+    Sub,
+    Exp,
+    Nbf,
+    Iat,
+    Iss,
+    Aud,
+    Clearance,
+    Channels,
+    Publish,
+    Sid,
+    Jti,
 }
 
-/// Object keys, borrowed when the JSON has no escapes in them.
-struct Key<'a>(std::borrow::Cow<'a, str>);
-
-impl<'de> Deserialize<'de> for Key<'de> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Key<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a member name")
-            }
-            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Key<'de>, E> {
-                Ok(Key(std::borrow::Cow::Borrowed(v)))
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Key<'de>, E> {
-                Ok(Key(std::borrow::Cow::Owned(v.to_owned())))
-            }
-        }
-        d.deserialize_str(V)
-    }
-}
-
-#[derive(Default)]
-struct RawHeader {
-    alg: Option<Loose>,
-    typ: Option<Loose>,
-    kid: Option<Loose>,
-    crit: bool,
-}
-
-impl<'de> Deserialize<'de> for RawHeader {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = RawHeader;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a JOSE header object")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawHeader, A::Error> {
-                let mut h = RawHeader::default();
-                let mut crit = None;
-                while let Some(Key(k)) = map.next_key::<Key<'de>>()? {
-                    match &*k {
-                        "alg" => once(&mut h.alg, &mut map)?,
-                        "typ" => once(&mut h.typ, &mut map)?,
-                        "kid" => once(&mut h.kid, &mut map)?,
-                        "crit" => once(&mut crit, &mut map)?,
-                        _ => {
-                            map.next_value::<IgnoredAny>()?;
-                        }
-                    }
-                }
-                h.crit = crit.is_some();
-                Ok(h)
-            }
-        }
-        d.deserialize_map(V)
-    }
-}
-
-#[derive(Default)]
-struct RawClaims {
-    sub: Option<Loose>,
-    exp: Option<Loose>,
-    nbf: Option<Loose>,
-    iat: Option<Loose>,
-    iss: Option<Loose>,
-    aud: Option<Loose>,
-    clearance: Option<Loose>,
-    channels: Option<Loose>,
-    publish: Option<Loose>,
-    sid: Option<Loose>,
-    jti: Option<Loose>,
-}
-
-impl<'de> Deserialize<'de> for RawClaims {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = RawClaims;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a JWT claims object")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawClaims, A::Error> {
-                let mut c = RawClaims::default();
-                while let Some(Key(k)) = map.next_key::<Key<'de>>()? {
-                    let slot = match &*k {
-                        "sub" => &mut c.sub,
-                        "exp" => &mut c.exp,
-                        "nbf" => &mut c.nbf,
-                        "iat" => &mut c.iat,
-                        "iss" => &mut c.iss,
-                        "aud" => &mut c.aud,
-                        "clearance" => &mut c.clearance,
-                        "channels" => &mut c.channels,
-                        "publish" => &mut c.publish,
-                        "sid" => &mut c.sid,
-                        "jti" => &mut c.jti,
-                        _ => {
-                            map.next_value::<IgnoredAny>()?;
-                            continue;
-                        }
-                    };
-                    once(slot, &mut map)?;
-                }
-                Ok(c)
-            }
-        }
-        d.deserialize_map(V)
-    }
-}
-
-fn date(v: Option<Loose>) -> Result<Option<f64>, Reject> {
-    let d = match v {
-        None => return Ok(None),
-        Some(Loose::UInt(u)) if u <= 1 << 53 => u as f64,
-        Some(Loose::Num(n)) => n,
-        Some(_) => return Err(Reject::InvalidClaims),
-    };
-    if !d.is_finite() || !(0.0..=MAX_NUMERIC_DATE).contains(&d) {
-        return Err(Reject::InvalidClaims);
-    }
-    Ok(Some(d))
-}
-
-fn opt_string(v: Option<Loose>) -> Result<Option<String>, Reject> {
-    match v {
-        None => Ok(None),
-        Some(Loose::Str(s)) => Ok(Some(s)),
-        Some(_) => Err(Reject::InvalidClaims),
-    }
-}
-
-impl RawClaims {
-    fn into_claims(self) -> Result<Claims, Reject> {
-        let sub = match self.sub {
-            Some(Loose::Str(s)) if !s.is_empty() && s.len() <= 128 => s,
-            _ => return Err(Reject::InvalidClaims),
-        };
-        let exp = date(self.exp)?.ok_or(Reject::InvalidClaims)?;
-        let aud = match self.aud {
-            None => Vec::new(),
-            Some(Loose::Str(s)) => vec![s],
-            Some(Loose::Strs(v)) => v,
-            Some(_) => return Err(Reject::InvalidClaims),
-        };
-        let clearance = match self.clearance {
-            None => 0,
-            Some(Loose::UInt(u)) => u32::try_from(u).map_err(|_| Reject::InvalidClaims)?,
-            Some(_) => return Err(Reject::InvalidClaims),
-        };
-        let channels = match self.channels {
-            None => None,
-            Some(Loose::Strs(v)) => Some(v),
-            Some(_) => return Err(Reject::InvalidClaims),
-        };
-        let publish = match self.publish {
-            None => false,
-            Some(Loose::Bool(b)) => b,
-            Some(_) => return Err(Reject::InvalidClaims),
-        };
-        Ok(Claims {
-            sub,
-            exp,
-            nbf: date(self.nbf)?,
-            iat: date(self.iat)?,
-            iss: opt_string(self.iss)?,
-            aud,
-            clearance,
-            channels,
-            publish,
-            sid: opt_string(self.sid)?,
-            jti: opt_string(self.jti)?,
+impl Claim {
+    fn named(name: &str) -> Option<Claim> {
+        Some(match name {
+            "sub" => Claim::Sub,
+            "exp" => Claim::Exp,
+            "nbf" => Claim::Nbf,
+            "iat" => Claim::Iat,
+            "iss" => Claim::Iss,
+            "aud" => Claim::Aud,
+            "clearance" => Claim::Clearance,
+            "channels" => Claim::Channels,
+            "publish" => Claim::Publish,
+            "sid" => Claim::Sid,
+            "jti" => Claim::Jti,
+            _ => return None,
         })
     }
 }
+
+/// Parses the claims JSON (RFC 7519 §4.1) into `c`, which starts as
+/// `Claims::default()`. The whole text must be one well-formed object
+/// without a repeated known member (else `malformed_token`) before a wrong
+/// type, a value out of range or a missing `sub`/`exp` is reported
+/// (`invalid_claims`).
+fn parse_claims(json: &[u8], c: &mut Claims) -> Result<(), Reject> {
+    let mut r = Reader::new(json)?;
+    // One bit per claim seen, to refuse repeats.
+    let mut seen = 0u16;
+    let mut types_ok = true;
+    while let Some(member) = r.next_member(Claim::named)? {
+        let Some(claim) = member else {
+            r.skip_value()?;
+            continue;
+        };
+        let bit = 1 << claim as u16;
+        if seen & bit != 0 {
+            return Err(Reject::MalformedToken);
+        }
+        seen |= bit;
+        types_ok &= match claim {
+            Claim::Sub => r.string_into(&mut c.sub)? && (1..=128).contains(&c.sub.len()),
+            Claim::Exp => put(&mut c.exp, r.number()?.and_then(date)),
+            Claim::Nbf => put(&mut c.nbf, r.number()?.and_then(date).map(Some)),
+            Claim::Iat => put(&mut c.iat, r.number()?.and_then(date).map(Some)),
+            Claim::Iss => r.string_into(c.iss.insert(String::new()))?,
+            Claim::Aud => r.strings_into(&mut c.aud, true)?,
+            Claim::Clearance => {
+                let v = match r.number()? {
+                    Some(Number::UInt(u)) => u32::try_from(u).ok(),
+                    _ => None,
+                };
+                put(&mut c.clearance, v)
+            }
+            Claim::Channels => r.strings_into(c.channels.insert(Vec::new()), false)?,
+            Claim::Publish => put(&mut c.publish, r.bool()?),
+            Claim::Sid => r.string_into(c.sid.insert(String::new()))?,
+            Claim::Jti => r.string_into(c.jti.insert(String::new()))?,
+        };
+    }
+    r.finish()?;
+    // `sub` and `exp` are required.
+    let required = 1 << Claim::Sub as u16 | 1 << Claim::Exp as u16;
+    if !types_ok || seen & required != required {
+        return Err(Reject::InvalidClaims);
+    }
+    Ok(())
+}
+
+/// Stores `v` when the value had the right type; says whether it had.
+fn put<T>(slot: &mut T, v: Option<T>) -> bool {
+    match v {
+        Some(v) => {
+            *slot = v;
+            true
+        }
+        None => false,
+    }
+}
+
+/// A NumericDate (RFC 7519 §2): a non-negative finite number up to 2^53.
+fn date(n: Number) -> Option<f64> {
+    let d = match n {
+        Number::UInt(u) if u <= 1 << 53 => u as f64,
+        Number::UInt(_) => return None,
+        Number::Float(f) => f,
+    };
+    (d.is_finite() && (0.0..=MAX_NUMERIC_DATE).contains(&d)).then_some(d)
+}
+
+mod base64url;
+mod json;
 
 #[cfg(test)]
 mod tests;

@@ -453,3 +453,187 @@ fn property_any_single_byte_change_is_rejected() {
         b[i] = orig;
     }
 }
+
+/// SPEC §3's claim rules written a second time, over serde_json's reading
+/// of the text: the reference `parse_claims` is checked against.
+fn reference_claims(json: &[u8]) -> Option<Result<Claims, Reject>> {
+    use serde_json::Value;
+    /// The members in order, repeats kept (serde_json's map drops them).
+    struct Members(Vec<(String, Value)>);
+    impl<'de> serde::Deserialize<'de> for Members {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl<'de> serde::de::Visitor<'de> for V {
+                type Value = Members;
+                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                    f.write_str("an object")
+                }
+                fn visit_map<A: serde::de::MapAccess<'de>>(self, mut m: A) -> Result<Members, A::Error> {
+                    let mut v = Vec::new();
+                    while let Some(e) = m.next_entry()? {
+                        v.push(e);
+                    }
+                    Ok(Members(v))
+                }
+            }
+            d.deserialize_map(V)
+        }
+    }
+    let members = match serde_json::from_slice::<Members>(json) {
+        Ok(m) => m.0,
+        // Numbers beyond f64 are refused by serde_json, left to the type
+        // checks by tessera: not comparable.
+        Err(e) if e.to_string().starts_with("number out of range") => return None,
+        Err(_) => return Some(Err(Reject::MalformedToken)),
+    };
+    let known = [
+        "sub",
+        "exp",
+        "nbf",
+        "iat",
+        "iss",
+        "aud",
+        "clearance",
+        "channels",
+        "publish",
+        "sid",
+        "jti",
+    ];
+    let mut by_name = std::collections::HashMap::new();
+    for (k, v) in members {
+        if known.contains(&k.as_str()) && by_name.insert(k, v).is_some() {
+            return Some(Err(Reject::MalformedToken));
+        }
+    }
+    let bad = Some(Err(Reject::InvalidClaims));
+    let date = |v: Option<&Value>| -> Result<Option<f64>, ()> {
+        let Some(v) = v else { return Ok(None) };
+        let d = match (v.as_u64(), v.as_f64()) {
+            (Some(u), _) if u > 1 << 53 => return Err(()),
+            (Some(u), _) => u as f64,
+            (None, Some(f)) => f,
+            _ => return Err(()),
+        };
+        if d.is_finite() && (0.0..=MAX_NUMERIC_DATE).contains(&d) {
+            Ok(Some(d))
+        } else {
+            Err(())
+        }
+    };
+    let string = |v: Option<&Value>| -> Result<Option<String>, ()> {
+        match v {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(_) => Err(()),
+        }
+    };
+    let strings =
+        |v: &Value| -> Option<Vec<String>> { v.as_array()?.iter().map(|s| s.as_str().map(String::from)).collect() };
+    let c = (|| -> Result<Claims, ()> {
+        let sub = string(by_name.get("sub"))?
+            .filter(|s| (1..=128).contains(&s.len()))
+            .ok_or(())?;
+        let aud = match by_name.get("aud") {
+            None => Vec::new(),
+            Some(Value::String(s)) => vec![s.clone()],
+            Some(v) => strings(v).ok_or(())?,
+        };
+        let clearance = match by_name.get("clearance") {
+            None => 0,
+            Some(v) => v.as_u64().and_then(|u| u32::try_from(u).ok()).ok_or(())?,
+        };
+        let channels = match by_name.get("channels") {
+            None => None,
+            Some(v) => Some(strings(v).ok_or(())?),
+        };
+        let publish = match by_name.get("publish") {
+            None => false,
+            Some(v) => v.as_bool().ok_or(())?,
+        };
+        Ok(Claims {
+            sub,
+            exp: date(by_name.get("exp"))?.ok_or(())?,
+            nbf: date(by_name.get("nbf"))?,
+            iat: date(by_name.get("iat"))?,
+            iss: string(by_name.get("iss"))?,
+            aud,
+            clearance,
+            channels,
+            publish,
+            sid: string(by_name.get("sid"))?,
+            jti: string(by_name.get("jti"))?,
+        })
+    })();
+    match c {
+        Ok(c) => Some(Ok(c)),
+        Err(()) => bad,
+    }
+}
+
+/// The hand-written claims reader agrees with the reference on texts near
+/// valid claims: same claims, or the same reason code.
+#[test]
+fn property_claims_parse_agrees_with_serde_json_reference() {
+    let seeds = [
+        r#"{"sub":"agent-7","exp":1700000600,"nbf":1699999000.5,"iat":1700000000,"iss":"hq","aud":["hub","x"],"clearance":3,"channels":["ops","team.*"],"publish":true,"sid":"s\u00e9","jti":"j","x":{"y":[1,null]}}"#,
+        r#" { "sub" : "a" , "exp" : 17e8 , "aud" : "hub" , "publish" : false , "clearance" : 0 } "#,
+    ];
+    let noise = br#"{}[]",:0123456789.eE+-\ tfnul"subexpiatclearancepublish"#;
+    let mut r = XorShift(0x5851f42d4c957f2d);
+    let (mut ok, mut compared) = (0, 0);
+    for i in 0..30_000 {
+        let mut t = seeds[i % seeds.len()].as_bytes().to_vec();
+        for _ in 0..1 + r.next() % 3 {
+            let at = (r.next() % (t.len() as u64 + 1)) as usize;
+            let b = noise[(r.next() % noise.len() as u64) as usize];
+            match r.next() % 3 {
+                0 if at < t.len() => t[at] = b,
+                1 if at < t.len() => drop(t.remove(at)),
+                _ => t.insert(at, b),
+            }
+        }
+        let Some(want) = reference_claims(&t) else { continue };
+        let mut c = Claims::default();
+        let got = parse_claims(&t, &mut c).map(|()| c);
+        assert_eq!(got, want, "{}", String::from_utf8_lossy(&t));
+        compared += 1;
+        ok += usize::from(want.is_ok());
+    }
+    // The mutations must leave enough of each outcome to compare.
+    assert!(ok > 2_000 && compared - ok > 10_000, "{ok} of {compared}");
+}
+
+/// Signed tokens whose header is mutated JSON: whatever the header says,
+/// verification answers with a reason code or claims, never a panic, and
+/// accepts only headers that name HS256.
+#[test]
+fn property_mutated_headers_never_panic() {
+    let seeds = [
+        r#"{"alg":"HS256","typ":"JWT","kid":"a"}"#,
+        r#"{"typ":"application/at+jwt","alg":"HS256","x":[{"y":null}]}"#,
+    ];
+    let noise = br#"{}[]",:0123456789.eE+-\ tfnul"algtypkidcritHS256JWT"#;
+    let ks = KeySet::parse(&format!("a:{K}\n")).unwrap();
+    let mut r = XorShift(0x2545f4914f6cdd1d);
+    let mut accepted = 0;
+    for i in 0..20_000 {
+        let mut h = seeds[i % seeds.len()].as_bytes().to_vec();
+        for _ in 0..1 + r.next() % 3 {
+            let at = (r.next() % (h.len() as u64 + 1)) as usize;
+            let b = noise[(r.next() % noise.len() as u64) as usize];
+            match r.next() % 3 {
+                0 if at < h.len() => h[at] = b,
+                1 if at < h.len() => drop(h.remove(at)),
+                _ => h.insert(at, b),
+            }
+        }
+        let input = format!("{}.{}", B64.encode(&h), B64.encode(std_claims("")));
+        let token = format!("{input}.{}", B64.encode(ks.first().mac(input.as_bytes())));
+        if verify(&token, &ks, &opts(), NOW).is_ok() {
+            let v: serde_json::Value = serde_json::from_slice(&h).unwrap();
+            assert_eq!(v["alg"], "HS256", "{}", String::from_utf8_lossy(&h));
+            accepted += 1;
+        }
+    }
+    assert!(accepted > 1_000, "{accepted}");
+}
