@@ -225,8 +225,6 @@ fn spec4_3_welcome_subscribe_levels_channels_and_personal_privacy() {
     });
 }
 
-use futures_util::SinkExt;
-
 #[test]
 fn spec4_3_fan_out_over_socket_and_http_and_personal_channel() {
     let s = Server::start(&["--channel", "ops=1"]);
