@@ -317,7 +317,7 @@ fn split_segments(token: &[u8]) -> Result<Segments<'_>, Reject> {
     };
     // So is a 43-character signature (32 bytes).
     let last = match token.len().checked_sub(44) {
-        Some(i) if token.get(i) == Some(&b'.') => i,
+        Some(i) if i > first && token.get(i) == Some(&b'.') => i,
         _ => token.iter().rposition(|&b| b == b'.').ok_or(Reject::MalformedToken)?,
     };
     match (token.get(..first), token.get(first + 1..last), token.get(last + 1..)) {
