@@ -17,6 +17,10 @@ use std::rc::Rc;
 use std::task::{Context as TaskCx, Poll};
 use std::time::Instant;
 
+/// Bytes of queued frames tungstenite buffers before writing mid-batch: up
+/// to about 25 fan-out messages of 256 B per `send`.
+const WRITE_BATCH_BYTES: usize = 8 * 1024;
+
 /// A client connection: plain TCP, or TLS over it (feature `tls`).
 #[cfg(feature = "tls")]
 pub type Stream = crate::tls::MaybeTls<Async<TcpStream>, futures_rustls::server::TlsStream<Async<TcpStream>>>;
@@ -340,7 +344,12 @@ async fn upgrade(shared: Rc<Shared>, stream: Stream, buf: Vec<u8>, req: Request,
     // Client messages are small commands: a small eagerly-allocated read
     // buffer keeps idle sockets cheap (larger frames grow it as needed).
     config.read_buffer_size = 256;
-    config.write_buffer_size = 0;
+    // Frames queued while the socket task waits are written together: the
+    // task feeds its whole backlog and flushes once, and tungstenite only
+    // writes early past this many bytes. One send per batch instead of one
+    // per frame is what fan-out throughput hinges on (BENCHMARKS.md); the
+    // buffer grows only as far as a real backlog takes it.
+    config.write_buffer_size = WRITE_BATCH_BYTES;
     config.max_write_buffer_size = shared.cfg.max_message_bytes.max(64 * 1024) * 4;
     config.max_message_size = Some(shared.cfg.max_message_bytes);
     config.max_frame_size = Some(shared.cfg.max_message_bytes);

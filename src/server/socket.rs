@@ -58,9 +58,14 @@ impl Outbox for Rc<ConnHandle> {
         if q.len() >= self.cap {
             return false;
         }
+        let was_empty = q.is_empty();
         q.push_back(msg.clone());
         drop(q);
-        self.wake.notify(1);
+        // The task drains the whole queue and checks it again before it
+        // sleeps, so only the first frame of a backlog needs to wake it.
+        if was_empty {
+            self.wake.notify(1);
+        }
         true
     }
 }
@@ -149,6 +154,11 @@ where
     let leeway = cfg.gate.verify.leeway;
     let mut timers = Timers::new(&claims, leeway, cfg.ping_interval);
     let mut awaiting_pong = false;
+    // One timer for the socket's life, moved only when the next deadline is
+    // earlier than the one set (or after it fired): re-arming it on every
+    // wake-up would cost two reactor operations per delivered frame.
+    let mut alarm_at = timers.next_deadline(now_unix(), Instant::now());
+    let mut alarm = smol::Timer::at(alarm_at);
 
     while code.0 == 1000 {
         if let Some(order) = handle.close.get() {
@@ -177,7 +187,12 @@ where
                 code = (1006, "write failed");
             }
             msgs_out += n;
-            continue;
+            if code.0 != 1000 {
+                break;
+            }
+            // No `continue`: under a steady stream the queue may never be
+            // empty here, and the timers and the client's input (a refresh,
+            // a pong) must still get their turn after every batch.
         }
 
         let now = now_unix();
@@ -222,21 +237,31 @@ where
         }
 
         let next = timers.next_deadline(now, mono);
-        let listener = handle.wake.listen();
-        if handle.close.get().is_some() || !handle.queue.borrow().is_empty() {
-            continue;
+        if next < alarm_at || mono >= alarm_at {
+            alarm_at = next;
+            alarm.set_at(next);
         }
-        let ev = smol::future::or(
-            smol::future::or(async { Ev::In(rx.next().await) }, async {
-                listener.await;
-                Ev::Wake
-            }),
-            async {
-                smol::Timer::at(next).await;
-                Ev::Tick
-            },
-        )
-        .await;
+        let busy = || handle.close.get().is_some() || !handle.queue.borrow().is_empty();
+        let ev = if busy() {
+            // More to send: take input that is already there, don't wait.
+            smol::future::or(async { Ev::In(rx.next().await) }, async { Ev::Wake }).await
+        } else {
+            let listener = handle.wake.listen();
+            if busy() {
+                continue;
+            }
+            smol::future::or(
+                smol::future::or(async { Ev::In(rx.next().await) }, async {
+                    listener.await;
+                    Ev::Wake
+                }),
+                async {
+                    (&mut alarm).await;
+                    Ev::Tick
+                },
+            )
+            .await
+        };
         match ev {
             Ev::Wake | Ev::Tick => {}
             Ev::In(None) => code = (1006, "closed"),
