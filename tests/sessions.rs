@@ -541,3 +541,51 @@ fn demo_prints_users_whose_passwords_log_in() {
     assert_eq!(status(&r), 200, "{r}");
     assert!(!s.logs().contains(&pw));
 }
+
+/// The nice value of each thread of a process, by thread id.
+#[cfg(target_os = "linux")]
+fn thread_nices(pid: u32) -> Vec<(u32, i64)> {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| {
+        let tid: u32 = e.ok()?.file_name().to_str()?.parse().ok()?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).ok()?;
+        // Field 19 (nice), counted after the parenthesised command name.
+        let after = &stat[stat.rfind(')')? + 2..];
+        let nice = after.split(' ').nth(16)?.parse().ok()?;
+        Some((tid, nice))
+    })
+    .collect()
+}
+
+/// Password hashing drops its thread to nice 19 while the event loop keeps
+/// the process's priority (`benches/login-burst.sh` shows why it matters).
+#[cfg(target_os = "linux")]
+#[test]
+fn login_hashing_runs_at_nice_19_and_the_event_loop_does_not() {
+    let d = tempdir("nice");
+    let s = start(&d, &[]);
+    let pid = s.child.id();
+    let own = thread_nices(std::process::id())
+        .into_iter()
+        .find(|&(t, _)| t == std::process::id())
+        .map(|(_, n)| n)
+        .unwrap();
+    // Idle blocking-pool threads exit after a while: look right after a
+    // login, and try a few logins on a slow machine.
+    let mut seen = Vec::new();
+    for _ in 0..5 {
+        assert_eq!(status(&login(&s, "hq", "hq-pass")), 200);
+        seen = thread_nices(pid);
+        if seen.iter().any(|&(_, n)| n == 19) {
+            break;
+        }
+    }
+    assert!(seen.iter().any(|&(_, n)| n == 19), "no thread at nice 19: {seen:?}");
+    assert_eq!(
+        seen.iter().find(|&&(t, _)| t == pid).map(|&(_, n)| n),
+        Some(own),
+        "{seen:?}"
+    );
+}

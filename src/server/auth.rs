@@ -1,9 +1,10 @@
 //! `/auth/login`, `/auth/refresh`, `/auth/logout` (SPEC §4.1), and the
 //! durable-state writer behind them.
 //!
-//! Password hashing runs in `smol::unblock`, at most [`HASH_WORKERS`] at a
-//! time with at most [`HASH_QUEUE`] waiting (beyond: 503 `busy`), so the
-//! event loop keeps serving sockets during a burst of logins. A response
+//! Password hashing runs in `smol::unblock` at nice 19, at most
+//! [`HASH_WORKERS`] at a time with at most [`HASH_QUEUE`] waiting (beyond:
+//! 503 `busy`), so the event loop keeps serving sockets during a burst of
+//! logins. A response
 //! that hands out a refresh token is sent only once the state holding it is
 //! on disk (with `--state`): [`Persist`] groups concurrent changes into one
 //! atomic write.
@@ -26,6 +27,20 @@ use std::rc::Rc;
 pub const HASH_WORKERS: usize = 2;
 /// Logins waiting for a hashing slot before new ones get 503 `busy`.
 pub const HASH_QUEUE: usize = 32;
+
+/// Drops the calling thread to nice 19 (Linux nice values are per thread).
+/// Hashing then takes only the CPU the event loop leaves: on a one-core
+/// device a burst of logins slows the logins, not the deliveries. It cannot
+/// be raised again without privileges, so a blocking-pool thread that once
+/// hashed stays low: that pool also runs the state-file writes, which spend
+/// their time waiting for the disk, not on the CPU. Elsewhere: no change.
+fn lower_thread_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        // Best effort: a failure only means hashing competes at the same priority.
+        let _ = rustix::process::setpriority_process(None, 19);
+    }
+}
 
 /// Group-committing writer of the state file.
 pub struct Persist {
@@ -225,7 +240,11 @@ pub async fn login(shared: &Shared, req: &Request, body: &[u8], peer: SocketAddr
     let slot = shared.hash_slots.acquire().await;
     drop(place);
     let password = b.password;
-    let ok = smol::unblock(move || hash.verify(password.as_bytes())).await;
+    let ok = smol::unblock(move || {
+        lower_thread_priority();
+        hash.verify(password.as_bytes())
+    })
+    .await;
     drop(slot);
     let user = match (ok, user) {
         (true, Some(u)) => u,
