@@ -324,6 +324,20 @@ mod tests {
         }
     }
 
+    /// users_file `name-spells-its-hash` (the oracle was wrong, nothing
+    /// leaked): a name may spell a PHC string, even its own hash; `Debug`
+    /// prints the name as written and still redacts the hash itself.
+    #[test]
+    fn fuzz_users_file_name_spelling_its_hash() {
+        let phc = h("a").to_phc();
+        let f = UsersFile::parse(&format!("{phc}x:2:0:ops:{phc}")).unwrap();
+        let u = f.users().next().unwrap();
+        assert_eq!(u.name, format!("{phc}x"));
+        let digest = phc.rsplit('$').next().unwrap();
+        assert!(!format!("{:?}", u.hash).contains(digest));
+        assert_eq!(UsersFile::parse(&f.render()).unwrap(), f);
+    }
+
     #[test]
     fn spec6_bad_lines_named() {
         let e = UsersFile::parse("# c\nhq:5:1:").unwrap_err();
