@@ -27,10 +27,24 @@ fn json_object(s: &str) {
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else { return };
-    let levels = Levels([("ops".to_string(), 1), ("briefing".to_string(), 3)].into_iter().collect());
+    let levels = Levels(
+        [("ops".to_string(), 1), ("briefing".to_string(), 3)]
+            .into_iter()
+            .collect(),
+    );
     let mut hub: Hub<Sink> = Hub::new(levels);
-    let agent = Rights { sub: "agent-7".into(), clearance: 2, channels: Some(vec!["ops".into(), "team.*".into()]), publish: false };
-    let hq = Rights { sub: "hq".into(), clearance: 5, channels: None, publish: true };
+    let agent = Rights {
+        sub: "agent-7".into(),
+        clearance: 2,
+        channels: Some(vec!["ops".into(), "team.*".into()]),
+        publish: false,
+    };
+    let hq = Rights {
+        sub: "hq".into(),
+        clearance: 5,
+        channels: None,
+        publish: true,
+    };
     hub.join(1, agent.clone(), Sink);
     hub.join(2, hq.clone(), Sink);
     match protocol::parse_client(text) {
@@ -57,7 +71,10 @@ fuzz_target!(|data: &[u8]| {
                 }
                 Command::Publish { channel, data } => {
                     json(data.get());
-                    assert!(hub.publish(&agent, &channel, &data, 0).is_err(), "agent-7 may not publish");
+                    assert!(
+                        hub.publish(&agent, &channel, &data, 0).is_err(),
+                        "agent-7 may not publish"
+                    );
                     if let Ok(p) = hub.publish(&hq, &channel, &data, 0) {
                         assert!(p.id >= 1);
                     }
@@ -65,7 +82,14 @@ fuzz_target!(|data: &[u8]| {
                 }
                 Command::Refresh(_) | Command::Ping => {}
             }
-            json_object(&protocol::Reply { kind: "pong", reference: r, ..protocol::Reply::default() }.to_json());
+            json_object(
+                &protocol::Reply {
+                    kind: "pong",
+                    reference: r,
+                    ..protocol::Reply::default()
+                }
+                .to_json(),
+            );
         }
     }
 });

@@ -13,7 +13,10 @@ fuzz_target!(|data: &[u8]| {
     let req = match http::parse_head(data) {
         Ok(Head::Complete(r)) => r,
         Ok(Head::Partial) => {
-            assert!(data.len() < http::MAX_HEAD_BYTES, "a partial head past the limit must be refused");
+            assert!(
+                data.len() < http::MAX_HEAD_BYTES,
+                "a partial head past the limit must be refused"
+            );
             return;
         }
         Err(e) => {
@@ -22,17 +25,33 @@ fuzz_target!(|data: &[u8]| {
         }
     };
     assert!(req.head_len <= data.len() && req.head_len <= http::MAX_HEAD_BYTES);
-    assert!(req.headers.iter().all(|(n, _)| !n.bytes().any(|b| b.is_ascii_uppercase())));
+    assert!(
+        req.headers
+            .iter()
+            .all(|(n, _)| !n.bytes().any(|b| b.is_ascii_uppercase()))
+    );
     let _ = http::route(&req.method, &req.path);
-    let _ = (req.body_length(), req.keep_alive(), req.is_websocket_upgrade(), req.bearer());
-    let _ = (req.cookie("tessera_access"), req.cookie("tessera_refresh"), req.query_param("access_token"));
+    let _ = (
+        req.body_length(),
+        req.keep_alive(),
+        req.is_websocket_upgrade(),
+        req.bearer(),
+    );
+    let _ = (
+        req.cookie("tessera_access"),
+        req.cookie("tessera_refresh"),
+        req.query_param("access_token"),
+    );
     for allow_query in [false, true] {
         if let Some((token, source)) = gate::find_token(&req, allow_query) {
             assert!(!token.is_empty());
             assert!(allow_query || source != TokenSource::Query);
             for cfg in [
                 GateConfig::default(),
-                GateConfig { allowed_origins: vec!["https://console.example".into()], ..GateConfig::default() },
+                GateConfig {
+                    allowed_origins: vec!["https://console.example".into()],
+                    ..GateConfig::default()
+                },
             ] {
                 let _ = gate::origin_allowed(&req, source, &cfg);
             }

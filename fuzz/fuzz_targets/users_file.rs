@@ -23,7 +23,10 @@ fuzz_target!(|data: &[u8]| {
             ..u.clone()
         };
         let shown = format!("{rest:?}");
-        assert!(!shown.contains(&phc) && !shown.contains(digest), "hash in Debug output: {shown}");
+        assert!(
+            !shown.contains(&phc) && !shown.contains(digest),
+            "hash in Debug output: {shown}"
+        );
         assert!(tessera::auth::users::name_ok(&u.name));
     }
 });
