@@ -393,6 +393,38 @@ fn spec4_3_slow_consumer_closed_4008_others_unaffected() {
     });
 }
 
+/// A close order reaches a socket stuck writing to a peer that stopped
+/// reading, even when a ping came due meanwhile (the ping must not be
+/// queued behind the stuck write and hold the task there).
+#[test]
+fn spec5_shutdown_reaches_a_socket_stuck_in_a_write() {
+    let mut s = Server::start(&["--queue-depth", "100000", "--ping-interval", "1"]);
+    block_on(async {
+        let (mut slow, _) = ws_bearer(s.addr, &token("stuck", 0, 600, |_| {})).await;
+        send(&mut slow, json!({"type":"subscribe","channel":"firehose"})).await;
+        recv(&mut slow).await;
+        // `stuck` stops reading; fill its socket buffers.
+        let auth = format!("Bearer {}", token("hq", 0, 600, |c| c.publish = true));
+        let big = "x".repeat(12_000);
+        for _ in 0..600 {
+            let r = http(
+                s.addr,
+                "POST",
+                "/publish",
+                &[("Authorization", &auth), ("Content-Type", "application/json")],
+                &format!(r#"{{"channel":"firehose","data":"{big}"}}"#),
+            );
+            assert_eq!(status(&r), 202);
+        }
+        // A ping comes due while the write is stuck.
+        smol::Timer::after(Duration::from_millis(2500)).await;
+        s.signal("TERM");
+        s.wait_log(&["ws_close", "\"sub\":\"stuck\"", "\"code\":1001"]);
+        drop(slow);
+    });
+    assert_eq!(s.wait_exit(Duration::from_secs(5)), Some(0));
+}
+
 #[test]
 fn spec4_3_oversize_message_closed_1009() {
     let s = Server::start(&["--max-message-bytes", "1024"]);

@@ -14,7 +14,7 @@ use async_tungstenite::tungstenite::protocol::CloseFrame;
 use async_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use async_tungstenite::tungstenite::{Error as WsError, Message};
 use event_listener::Event;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{Sink, SinkExt, StreamExt};
 use smol::io::{AsyncRead, AsyncWrite};
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -112,6 +112,49 @@ enum Ev {
     Tick,
 }
 
+/// How a write ended.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Wrote {
+    Done,
+    /// The hub ordered the socket closed before the write finished.
+    Closed,
+    Failed,
+}
+
+/// Writes `msgs` in order with one flush, and counts the text frames sent.
+/// A close order interrupts it: a peer that stopped reading must not keep
+/// the task in a write that 4008, 4003 or 1001 cannot cut short.
+async fn write_all<T>(tx: &mut T, handle: &ConnHandle, msgs: Vec<Message>, sent: &mut u64) -> Wrote
+where
+    T: Sink<Message> + Unpin,
+{
+    let texts = msgs.iter().filter(|m| m.is_text()).count() as u64;
+    let write = async {
+        for m in msgs {
+            if tx.feed(m).await.is_err() {
+                return Wrote::Failed;
+            }
+        }
+        if tx.flush().await.is_err() {
+            return Wrote::Failed;
+        }
+        Wrote::Done
+    };
+    let killed = async {
+        loop {
+            if handle.close.get().is_some() {
+                return Wrote::Closed;
+            }
+            handle.wake.listen().await;
+        }
+    };
+    let wrote = smol::future::or(write, killed).await;
+    if wrote == Wrote::Done {
+        *sent += texts;
+    }
+    wrote
+}
+
 /// Runs an accepted socket until it closes.
 pub async fn run<S>(shared: Rc<Shared>, ws: WebSocketStream<S>, claims: VerifiedClaims, peer: SocketAddr)
 where
@@ -145,11 +188,9 @@ where
         claims.exp_secs(),
         concat!("tessera/", env!("TESSERA_VERSION")),
     );
-    let mut code: (u16, &'static str) = (1000, "");
-    if tx.send(Message::text(welcome)).await.is_err() {
-        code = (1006, "write failed");
-    }
-    msgs_out += 1;
+    const OPEN: (u16, &str) = (1000, "");
+    let mut code: (u16, &'static str) = OPEN;
+    let mut wrote = write_all(&mut tx, &handle, vec![Message::text(welcome)], &mut msgs_out).await;
 
     let leeway = cfg.gate.verify.leeway;
     let mut timers = Timers::new(&claims, leeway, cfg.ping_interval);
@@ -160,80 +201,55 @@ where
     let mut alarm_at = timers.next_deadline(now_unix(), Instant::now());
     let mut alarm = smol::Timer::at(alarm_at);
 
-    while code.0 == 1000 {
+    loop {
+        // A close order wins over everything, also one that cut a write short.
         if let Some(order) = handle.close.get() {
             code = order;
             break;
         }
-        // Drain the queue: feed everything waiting, flush once.
-        let batch: Vec<Frame> = handle.queue.borrow_mut().drain(..).collect();
-        if !batch.is_empty() {
-            let n = batch.len() as u64;
-            let write = async {
-                for f in batch {
-                    tx.feed(Message::Text(f)).await?;
-                }
-                tx.flush().await
-            };
-            let killed = async {
-                loop {
-                    if handle.close.get().is_some() {
-                        return Ok(());
-                    }
-                    handle.wake.listen().await;
-                }
-            };
-            if smol::future::or(write, killed).await.is_err() {
-                code = (1006, "write failed");
-            }
-            msgs_out += n;
-            if code.0 != 1000 {
-                break;
-            }
-            // No `continue`: under a steady stream the queue may never be
-            // empty here, and the timers and the client's input (a refresh,
-            // a pong) must still get their turn after every batch.
+        if wrote == Wrote::Failed {
+            code = (1006, "write failed");
+            break;
         }
 
+        // Queued frames and what the timers add go out in one write.
+        let mut out: Vec<Message> = handle.queue.borrow_mut().drain(..).map(Message::Text).collect();
         let now = now_unix();
-        let mut outgoing: Vec<String> = Vec::new();
-        // Timers: expiry notice, expiry close, pings.
         if now >= timers.close_at {
             code = (4001, "token expired");
             break;
         }
         if !timers.notice_sent && now >= timers.notice_at {
             timers.notice_sent = true;
-            outgoing.push(
-                Reply {
-                    kind: "expiring",
-                    expires_at: Some(claims.exp_secs()),
-                    ..Reply::default()
-                }
-                .to_json(),
-            );
+            let notice = Reply {
+                kind: "expiring",
+                expires_at: Some(claims.exp_secs()),
+                ..Reply::default()
+            };
+            out.push(Message::text(notice.to_json()));
         }
         let mono = Instant::now();
+        // A ping unanswered by the next one closes the socket, but only
+        // after a look at input already waiting: a long write may have kept
+        // the pong unread.
+        let mut pong_overdue = false;
         if mono >= timers.ping_at {
             if awaiting_pong {
-                code = (1006, "no pong");
-                break;
-            }
-            awaiting_pong = true;
-            timers.ping_at = mono + cfg.ping_interval;
-            if tx.send(Message::Ping(Default::default())).await.is_err() {
-                code = (1006, "write failed");
-                break;
+                pong_overdue = true;
+            } else {
+                awaiting_pong = true;
+                timers.ping_at = mono + cfg.ping_interval;
+                out.push(Message::Ping(Default::default()));
             }
         }
-        for o in outgoing.drain(..) {
-            msgs_out += 1;
-            if tx.send(Message::text(o)).await.is_err() {
-                code = (1006, "write failed");
+        if !out.is_empty() {
+            wrote = write_all(&mut tx, &handle, out, &mut msgs_out).await;
+            if wrote != Wrote::Done {
+                continue;
             }
-        }
-        if code.0 != 1000 {
-            break;
+            // No `continue` otherwise: under a steady stream the queue may
+            // never be empty here, and the client's input (a refresh, a
+            // pong) must still get its turn after every batch.
         }
 
         let next = timers.next_deadline(now, mono);
@@ -242,8 +258,8 @@ where
             alarm.set_at(next);
         }
         let busy = || handle.close.get().is_some() || !handle.queue.borrow().is_empty();
-        let ev = if busy() {
-            // More to send: take input that is already there, don't wait.
+        let ev = if pong_overdue || busy() {
+            // Take input that is already there, don't wait.
             smol::future::or(async { Ev::In(rx.next().await) }, async { Ev::Wake }).await
         } else {
             let listener = handle.wake.listen();
@@ -269,34 +285,45 @@ where
             Ev::In(Some(Err(_))) => code = (1006, "read failed"),
             Ev::In(Some(Ok(msg))) => {
                 awaiting_pong = false;
-                match msg {
+                let replies = match msg {
                     Message::Text(t) => {
                         msgs_in += 1;
                         add(&shared.metrics.messages_in, 1);
-                        let replies = command(&shared, id, &mut rights, &mut claims, &mut timers, t.as_str());
+                        let r = command(&shared, id, &mut rights, &mut claims, &mut timers, t.as_str());
                         *handle.sid.borrow_mut() = claims.sid.clone();
-                        for r in replies {
-                            msgs_out += 1;
-                            if tx.send(Message::text(r)).await.is_err() {
-                                code = (1006, "write failed");
-                            }
-                        }
+                        r
                     }
                     Message::Binary(_) => {
                         msgs_in += 1;
                         add(&shared.metrics.messages_in, 1);
-                        let e = protocol::error("bad_message", "binary frames are not accepted; send JSON text", None);
-                        if tx.send(Message::text(e)).await.is_err() {
-                            code = (1006, "write failed");
-                        }
+                        vec![protocol::error(
+                            "bad_message",
+                            "binary frames are not accepted; send JSON text",
+                            None,
+                        )]
                     }
-                    Message::Close(_) => code = (1000, "client closed"),
-                    Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
-                }
-                if matches!(code, (1000, "client closed")) {
-                    break;
+                    Message::Close(_) => {
+                        code = (1000, "client closed");
+                        Vec::new()
+                    }
+                    Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => Vec::new(),
+                };
+                if !replies.is_empty() {
+                    // Frames queued before the command go out before its
+                    // replies: no `message` from a channel after its
+                    // `unsubscribed`.
+                    let mut out: Vec<Message> = handle.queue.borrow_mut().drain(..).map(Message::Text).collect();
+                    out.extend(replies.into_iter().map(Message::text));
+                    wrote = write_all(&mut tx, &handle, out, &mut msgs_out).await;
                 }
             }
+        }
+        if code != OPEN {
+            break;
+        }
+        if pong_overdue && awaiting_pong {
+            code = (1006, "no pong");
+            break;
         }
     }
 
