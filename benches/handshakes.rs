@@ -5,6 +5,9 @@
 //! connection: (TLS handshake,) upgrade with a Bearer token, welcome, close.
 //! Prints one line per scheme and the wss/ws ratio.
 
+#[cfg(feature = "tls")]
+mod support;
+
 #[cfg(not(feature = "tls"))]
 fn main() {
     eprintln!("handshakes bench: build with --features tls to compare ws and wss");
@@ -19,8 +22,6 @@ fn main() {
 mod tls_bench {
     use async_tungstenite::tungstenite::client::IntoClientRequest;
     use futures_util::StreamExt;
-    use std::io::BufRead;
-    use std::process::{Command, Stdio};
     use std::time::{Duration, Instant};
     use tessera::jwt::{self, Claims};
     use tessera::keys::KeySet;
@@ -36,7 +37,7 @@ mod tls_bench {
         let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
         std::fs::write(&cert, ck.cert.pem()).unwrap();
         std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
-        let pin = Command::new("taskset").arg("--version").output().is_ok();
+        let pin = crate::support::can_pin();
         let results: Vec<(&str, f64)> = [("ws", false), ("wss", true)]
             .into_iter()
             .map(|(name, tls)| (name, bench(tls, &cert, &key, pin)))
@@ -49,46 +50,11 @@ mod tls_bench {
     }
 
     fn bench(tls: bool, cert: &std::path::Path, key: &std::path::Path, pin: bool) -> f64 {
-        let bin = env!("CARGO_BIN_EXE_tessera");
-        let mut cmd = if pin {
-            let mut c = Command::new("taskset");
-            c.args(["-c", "0", bin]);
-            c
-        } else {
-            Command::new(bin)
-        };
-        cmd.args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--max-connections",
-            "10000",
-            "--log-format",
-            "json",
-        ]);
+        let mut args = vec!["--max-connections", "10000", "--log-format", "json"];
         if tls {
-            cmd.args(["--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap()]);
+            args.extend(["--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap()]);
         }
-        let mut child = cmd
-            .env("TESSERA_SECRET", KEY)
-            .stderr(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
-        let addr: std::net::SocketAddr = loop {
-            let l = lines.next().unwrap().unwrap();
-            if l.contains("\"listening\"") {
-                let v: serde_json::Value = serde_json::from_str(&l).unwrap();
-                break v["addr"].as_str().unwrap().parse().unwrap();
-            }
-        };
-        std::thread::spawn(move || for _ in lines {});
-        if pin {
-            let _ = Command::new("taskset")
-                .args(["-p", "-c", "1", &std::process::id().to_string()])
-                .output();
-        }
+        let (mut child, addr) = crate::support::start_server(&args, KEY, pin);
         let claims = Claims {
             sub: "bench".into(),
             exp: 4_102_444_800.0,

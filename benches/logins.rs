@@ -7,12 +7,14 @@
 //! line per iteration count: logins/s, latency percentiles, and any answer
 //! that was not 200 (503 `busy` counts separately).
 
-use std::io::{BufRead, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+mod support;
 
 const KEY: &str = "bench-key-0123456789abcdefghijklmnopqrstuvwxyz";
 const PASSWORD: &str = "correct horse battery staple";
@@ -31,7 +33,7 @@ fn main() {
     } else {
         iterations
     };
-    let pin = Command::new("taskset").arg("--version").output().is_ok();
+    let pin = support::can_pin();
     for n in iterations {
         let r = bench(n, pin);
         println!(
@@ -76,35 +78,8 @@ fn bench(iterations: u32, pin: bool) -> Result {
         .unwrap();
     assert!(add.wait().unwrap().success(), "useradd failed");
 
-    let mut cmd = if pin {
-        let mut c = Command::new("taskset");
-        c.args(["-c", "0", bin]);
-        c
-    } else {
-        Command::new(bin)
-    };
-    cmd.args(["serve", "--listen", "127.0.0.1:0", "--insecure-cookies"])
-        .args(["--users", users.to_str().unwrap()]);
-    let mut child = cmd
-        .env("TESSERA_SECRET", KEY)
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
-    let addr: SocketAddr = loop {
-        let l = lines.next().unwrap().unwrap();
-        if l.contains("\"listening\"") {
-            let v: serde_json::Value = serde_json::from_str(&l).unwrap();
-            break v["addr"].as_str().unwrap().parse().unwrap();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
-    if pin {
-        let _ = Command::new("taskset")
-            .args(["-p", "-c", "1", &std::process::id().to_string()])
-            .output();
-    }
+    let (mut child, addr) =
+        support::start_server(&["--insecure-cookies", "--users", users.to_str().unwrap()], KEY, pin);
 
     // One login to warm up (and to check the credentials work).
     assert_eq!(login(addr), 200, "warm-up login failed");
@@ -138,9 +113,7 @@ fn bench(iterations: u32, pin: bool) -> Result {
     let _ = std::fs::remove_dir_all(&dir);
     if pin {
         // Back to both CPUs for the next server.
-        let _ = Command::new("taskset")
-            .args(["-p", "-c", "0,1", &std::process::id().to_string()])
-            .output();
+        support::pin_self("0,1");
     }
     let mut l = latencies.lock().unwrap().clone();
     l.sort();

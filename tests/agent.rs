@@ -123,14 +123,8 @@ impl Drop for Agent {
 }
 
 fn publish(s: &Server, channel: &str, data: Value) -> String {
-    let auth = format!("Bearer {}", token("hq", 5, 600, |c| c.publish = true));
-    http(
-        s.addr,
-        "POST",
-        "/publish",
-        &[("Authorization", &auth), ("Content-Type", "application/json")],
-        &json!({"channel":channel,"data":data}).to_string(),
-    )
+    let hq = token("hq", 5, 600, |c| c.publish = true);
+    publish_as(s.addr, &hq, &json!({"channel":channel,"data":data}).to_string())
 }
 
 #[test]

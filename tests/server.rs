@@ -259,27 +259,14 @@ fn spec4_3_fan_out_over_socket_and_http_and_personal_channel() {
         assert_eq!(recv(&mut a).await["code"], "forbidden");
         // HTTP publish, Bearer.
         let pt = token("hq", 5, 600, |c| c.publish = true);
-        let auth = format!("Bearer {pt}");
-        let r = http(
-            s.addr,
-            "POST",
-            "/publish",
-            &[("Authorization", &auth), ("Content-Type", "application/json")],
-            r#"{"channel":"ops","data":"two"}"#,
-        );
+        let r = publish_as(s.addr, &pt, r#"{"channel":"ops","data":"two"}"#);
         assert_eq!(status(&r), 202, "{r}");
         assert_eq!(body(&r), json!({"id":2,"delivered":2}));
         for ws in [&mut a, &mut b] {
             assert_eq!(recv(ws).await["data"], "two");
         }
         // Personal channel: only its owner receives.
-        let r = http(
-            s.addr,
-            "POST",
-            "/publish",
-            &[("Authorization", &auth), ("Content-Type", "application/json")],
-            r#"{"channel":"@b","data":"psst"}"#,
-        );
+        let r = publish_as(s.addr, &pt, r#"{"channel":"@b","data":"psst"}"#);
         assert_eq!(body(&r)["delivered"], 1, "{r}");
         assert_eq!(recv(&mut b).await["data"], "psst");
         assert!(matches!(
@@ -287,14 +274,8 @@ fn spec4_3_fan_out_over_socket_and_http_and_personal_channel() {
             Event::Timeout
         ));
         // HTTP publish without the right: 403; without a token: 401.
-        let nt = format!("Bearer {}", token("a", 1, 600, |_| {}));
-        let r = http(
-            s.addr,
-            "POST",
-            "/publish",
-            &[("Authorization", &nt), ("Content-Type", "application/json")],
-            r#"{"channel":"ops","data":1}"#,
-        );
+        let nt = token("a", 1, 600, |_| {});
+        let r = publish_as(s.addr, &nt, r#"{"channel":"ops","data":1}"#);
         assert_eq!((status(&r), body(&r)["error"].as_str()), (403, Some("forbidden")));
         let r = http(
             s.addr,
@@ -368,17 +349,11 @@ fn spec4_3_slow_consumer_closed_4008_others_unaffected() {
             recv(ws).await;
         }
         // `slow` stops reading; publish far more than its socket buffers hold.
-        let auth = format!("Bearer {}", token("hq", 0, 600, |c| c.publish = true));
+        let hq = token("hq", 0, 600, |c| c.publish = true);
         let big = "x".repeat(12_000);
         let mut got = 0;
         for _ in 0..400 {
-            let r = http(
-                s.addr,
-                "POST",
-                "/publish",
-                &[("Authorization", &auth), ("Content-Type", "application/json")],
-                &format!(r#"{{"channel":"firehose","data":"{big}"}}"#),
-            );
+            let r = publish_as(s.addr, &hq, &format!(r#"{{"channel":"firehose","data":"{big}"}}"#));
             assert_eq!(status(&r), 202);
             // `fast` keeps up.
             assert_eq!(recv(&mut fast).await["type"], "message");
@@ -404,16 +379,10 @@ fn spec5_shutdown_reaches_a_socket_stuck_in_a_write() {
         send(&mut slow, json!({"type":"subscribe","channel":"firehose"})).await;
         recv(&mut slow).await;
         // `stuck` stops reading; fill its socket buffers.
-        let auth = format!("Bearer {}", token("hq", 0, 600, |c| c.publish = true));
+        let hq = token("hq", 0, 600, |c| c.publish = true);
         let big = "x".repeat(12_000);
         for _ in 0..600 {
-            let r = http(
-                s.addr,
-                "POST",
-                "/publish",
-                &[("Authorization", &auth), ("Content-Type", "application/json")],
-                &format!(r#"{{"channel":"firehose","data":"{big}"}}"#),
-            );
+            let r = publish_as(s.addr, &hq, &format!(r#"{{"channel":"firehose","data":"{big}"}}"#));
             assert_eq!(status(&r), 202);
         }
         // A ping comes due while the write is stuck.

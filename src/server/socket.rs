@@ -43,6 +43,11 @@ impl ConnHandle {
         }
     }
 
+    /// Everything queued, oldest first, as frames to write.
+    fn take_queued(&self) -> Vec<Message> {
+        self.queue.borrow_mut().drain(..).map(Message::Text).collect()
+    }
+
     /// Orders the socket closed with `code` (the first order wins).
     pub fn close(&self, code: u16, reason: &'static str) {
         if self.close.get().is_none() {
@@ -213,7 +218,7 @@ where
         }
 
         // Queued frames and what the timers add go out in one write.
-        let mut out: Vec<Message> = handle.queue.borrow_mut().drain(..).map(Message::Text).collect();
+        let mut out = handle.take_queued();
         let now = now_unix();
         if now >= timers.close_at {
             code = (4001, "token expired");
@@ -312,7 +317,7 @@ where
                     // Frames queued before the command go out before its
                     // replies: no `message` from a channel after its
                     // `unsubscribed`.
-                    let mut out: Vec<Message> = handle.queue.borrow_mut().drain(..).map(Message::Text).collect();
+                    let mut out = handle.take_queued();
                     out.extend(replies.into_iter().map(Message::text));
                     wrote = write_all(&mut tx, &handle, out, &mut msgs_out).await;
                 }

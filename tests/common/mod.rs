@@ -220,6 +220,18 @@ pub fn http(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)]
     raw(addr, req.as_bytes())
 }
 
+/// `POST /publish` with `Authorization: Bearer TOKEN` and a JSON body.
+pub fn publish_as(addr: SocketAddr, token: &str, body: &str) -> String {
+    let auth = format!("Bearer {token}");
+    http(
+        addr,
+        "POST",
+        "/publish",
+        &[("Authorization", &auth), ("Content-Type", "application/json")],
+        body,
+    )
+}
+
 /// Opens a WebSocket with these extra request headers.
 pub async fn ws_connect(addr: SocketAddr, headers: &[(&str, &str)]) -> Result<Ws, WsError> {
     let mut req = format!("ws://{addr}/ws").into_client_request()?;
