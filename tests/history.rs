@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use futures_util::{SinkExt, StreamExt, future::join_all};
+use futures_util::{StreamExt, future::join_all};
 use serde_json::{Value, json};
 use smol::block_on;
 use std::time::Duration;
@@ -344,7 +344,7 @@ fn spec10_boundary_race_while_publisher_streams() {
             let epoch = r["epoch"].as_str().unwrap().to_string();
             let first = at.saturating_sub(1000) + 1;
             // Half way, drop and resume from the last id seen.
-            let half = (N - first + 1) / 2;
+            let half = (N - first).div_ceil(2);
             let got = ids(&mut ws, "race", half as usize).await;
             assert_eq!(got, (first..first + half).collect::<Vec<_>>());
             drop(ws);
