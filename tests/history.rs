@@ -441,3 +441,51 @@ fn spec10_restart_without_history_dir_changes_the_epoch() {
         assert_eq!(ids(&mut ws, "c", 1).await, [1]);
     });
 }
+
+/// Two WebSocket publishers that also read the channel they both flood:
+/// each keeps taking its own messages while it waits for the other.
+#[test]
+fn spec4_3_publishers_that_subscribe_to_their_own_burst_are_not_closed() {
+    const N: u64 = 1000;
+    let s = Server::start(&["--queue-depth", "16", "--history", "0"]);
+    block_on(async {
+        let mut both = Vec::new();
+        for name in ["p1", "p2"] {
+            let (mut ws, _) = ws_bearer(s.addr, &token(name, 9, 600, |c| c.publish = true)).await;
+            subscribe(&mut ws, "mesh", None).await;
+            both.push(ws);
+        }
+        join_all(both.into_iter().map(|ws| async move {
+            let (mut tx, mut rx) = ws.split();
+            let send_all = async move {
+                for n in 0..N {
+                    let m = json!({"type":"publish","channel":"mesh","data":n});
+                    tx.send(async_tungstenite::tungstenite::Message::text(m.to_string()))
+                        .await
+                        .unwrap();
+                }
+                tx
+            };
+            let read_all = async move {
+                let (mut acks, mut msgs) = (0, 0);
+                while acks < N || msgs < 2 * N {
+                    match rx.next().await {
+                        Some(Ok(async_tungstenite::tungstenite::Message::Text(t))) => {
+                            let v: Value = serde_json::from_str(t.as_str()).unwrap();
+                            match v["type"].as_str() {
+                                Some("published") => acks += 1,
+                                Some("message") => msgs += 1,
+                                _ => panic!("{v}"),
+                            }
+                        }
+                        Some(Ok(_)) => {}
+                        other => panic!("publisher closed: {other:?}"),
+                    }
+                }
+            };
+            futures_util::future::join(send_all, read_all).await;
+        }))
+        .await;
+    });
+    assert!(!s.logs().contains("\"code\":4008"), "{}", s.logs());
+}
