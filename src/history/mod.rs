@@ -1,0 +1,3 @@
+//! Channel history (SPEC §10).
+
+pub mod disk;
