@@ -20,6 +20,7 @@ pub struct TopLevel {
 
 #[derive(FromArgs, Debug)]
 #[argh(subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once per process
 pub enum Command {
     Serve(Serve),
     Keygen(Keygen),
@@ -154,10 +155,25 @@ pub struct Serve {
     /// largest client message in bytes; larger closes with 1009 [65536]
     #[argh(option, default = "65536")]
     pub max_message_bytes: usize,
-    /// messages queued per socket before it is closed as a slow consumer
-    /// (4008) [256]
+    /// messages queued per socket before publishers to its channels wait
+    /// for it; a socket that stays over it without write progress for 3 s,
+    /// or reaches 4x it, is closed as a slow consumer (4008) [256]
     #[argh(option, default = "256")]
     pub queue_depth: usize,
+    /// messages kept per channel for resume (0 = off) [100]
+    #[argh(option, default = "100")]
+    pub history: usize,
+    /// oldest age of a kept message, in seconds [3600]
+    #[argh(option, default = "3600")]
+    pub history_ttl: u64,
+    /// total bytes of kept messages across all channels, oldest dropped
+    /// first [16777216]
+    #[argh(option, default = "16777216")]
+    pub history_max_bytes: u64,
+    /// keep history on disk in this directory so it survives restarts and
+    /// crashes (append-only, checksummed; created if missing)
+    #[argh(option)]
+    pub history_dir: Option<PathBuf>,
     /// seconds between server pings; a socket silent for another interval
     /// is closed [30]
     #[argh(option, default = "30")]

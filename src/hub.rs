@@ -1,19 +1,25 @@
 //! Channels, access rules, subscriptions and fan-out (SPEC §4.3), sans-IO.
 //!
 //! The hub knows which connection may see which channel and who is
-//! subscribed where. A published message is serialised once and the same
-//! [`Frame`] is offered to every subscriber's [`Outbox`]; an outbox that is
-//! full reports it, and the hub returns those connections as slow consumers
-//! for the shell to close with 4008. The hub never blocks and never reads a
-//! clock: publish takes the timestamp.
+//! subscribed where. A published message is serialised once, kept in the
+//! channel's history ([`crate::history`]) and the same [`Frame`] is offered
+//! to every subscriber's [`Outbox`]; an outbox over its depth or at its hard
+//! cap says so, and the hub returns those connections (congested, slow) for
+//! the shell to hold publishers back or close with 4008. A `subscribe` puts
+//! its reply and the replayed history into the outbox in the same step that
+//! subscribes, so no live message can fall between them. The hub never
+//! blocks and never reads a clock: publish and subscribe take the time.
 //!
 //! ```
 //! use std::{cell::RefCell, collections::VecDeque};
-//! use tessera::hub::{Hub, Levels, Outbox, Rights};
+//! use tessera::hub::{Hub, Levels, Offer, Outbox, Rights, splice_resume};
 //! use tessera::hub::Frame;
 //! struct Q(RefCell<VecDeque<Frame>>);
 //! impl Outbox for Q {
-//!     fn offer(&self, m: &Frame) -> bool { self.0.borrow_mut().push_back(m.clone()); true }
+//!     fn offer(&self, m: &Frame) -> Offer { self.0.borrow_mut().push_back(m.clone()); Offer::Queued }
+//!     fn resume(&self, ch: &str, after: u64, rejoined: bool, head: Frame, replay: Vec<(u64, Frame)>) {
+//!         splice_resume(&mut self.0.borrow_mut(), ch, after, rejoined, head, replay)
+//!     }
 //! }
 //! let mut hub = Hub::new(Levels::default());
 //! let rights = Rights { sub: "a".into(), clearance: 0, channels: None, publish: true };
@@ -23,9 +29,10 @@
 //! assert_eq!((p.id, p.delivered), (1, 1));
 //! ```
 
-use crate::protocol;
+use crate::history::{History, Limits, Retained};
+use crate::protocol::{self, Since};
 use serde_json::value::RawValue;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::rc::Rc;
 
@@ -36,10 +43,55 @@ pub type ConnId = u64;
 /// (cloning it is a reference-count increment, not a copy).
 pub type Frame = async_tungstenite::tungstenite::Utf8Bytes;
 
-/// Where a connection's outbound messages wait. `offer` returns false when
-/// the queue is full (the connection is a slow consumer).
+/// What became of a live message offered to an outbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Offer {
+    Queued,
+    /// Queued, and the queue is now at or over its depth: hold publishers
+    /// back until it drains.
+    Congested,
+    /// Not queued: the queue is at its hard cap (close with 4008).
+    Full,
+}
+
+/// Where a connection's outbound messages wait.
 pub trait Outbox {
-    fn offer(&self, msg: &Frame) -> bool;
+    /// Queues a live message.
+    fn offer(&self, msg: &Frame) -> Offer;
+    /// Queues a `subscribe` reply (`head`) and the replayed frames after it,
+    /// none of them counted against the queue depth. `rejoined`: the
+    /// connection was already on `channel`, so live frames of it after
+    /// `after` may be waiting: see [`splice_resume`].
+    fn resume(&self, channel: &str, after: u64, rejoined: bool, head: Frame, replay: Vec<(u64, Frame)>);
+}
+
+/// Appends a subscribe reply and its replay to `queue`. When the connection
+/// was already on the channel, frames of it with an offset after `after`
+/// still waiting in the queue move behind the reply, merged with the replay
+/// by offset without duplicates: the client sees `subscribed`, then every
+/// message after its point exactly once, in order.
+pub fn splice_resume(
+    queue: &mut VecDeque<Frame>,
+    channel: &str,
+    after: u64,
+    rejoined: bool,
+    head: Frame,
+    mut replay: Vec<(u64, Frame)>,
+) {
+    let waiting = |f: &Frame| matches!(protocol::message_position(f), Some((c, id)) if c == channel && id > after);
+    if rejoined && queue.iter().any(waiting) {
+        queue.retain(|f| match protocol::message_position(f) {
+            Some((c, id)) if c == channel && id > after => {
+                replay.push((id, f.clone()));
+                false
+            }
+            _ => true,
+        });
+        replay.sort_by_key(|f| f.0);
+        replay.dedup_by_key(|f| f.0);
+    }
+    queue.push_back(head);
+    queue.extend(replay.into_iter().map(|f| f.1));
 }
 
 /// What a token allows (from its claims).
@@ -201,35 +253,76 @@ struct Conn<O> {
 
 #[derive(Default)]
 struct Channel {
-    last_id: u64,
     subscribers: Vec<ConnId>,
 }
 
 /// The outcome of a publish.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Published {
-    /// The message id in its channel (counts up from 1).
+    /// The message id in its channel (its offset; counts up from 1).
     pub id: u64,
+    /// The channel's epoch (SPEC §10).
+    pub epoch: Rc<str>,
     /// How many subscribers it was queued to.
     pub delivered: usize,
-    /// Subscribers whose queue was full: close them with 4008.
+    /// Subscribers whose queue was at its hard cap: close them with 4008.
     pub slow: Vec<ConnId>,
+    /// Subscribers whose queue is now at or over its depth.
+    pub congested: Vec<ConnId>,
 }
 
-/// The hub: connections, channels, subscriptions.
+/// Why a publish did not happen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PublishError<E> {
+    Denied(Denied),
+    /// The durable history could not take the message (nothing was sent).
+    Store(E),
+}
+
+/// What a `subscribe` answered (the reply and replay are already queued).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subscribed {
+    pub epoch: Rc<str>,
+    pub offset: u64,
+    pub recovered: Option<bool>,
+    /// Messages replayed.
+    pub replayed: usize,
+}
+
+/// The hub: connections, channels, subscriptions, history.
 pub struct Hub<O> {
     levels: Levels,
     conns: HashMap<ConnId, Conn<O>, BuildHasherDefault<IdHasher>>,
     channels: HashMap<Rc<str>, Channel>,
+    history: History,
 }
 
 impl<O: Outbox> Hub<O> {
+    /// A hub with the default history limits and a fixed seed (tests, docs).
     pub fn new(levels: Levels) -> Hub<O> {
+        let limits = Limits {
+            per_channel: 100,
+            ttl_ms: 3_600_000,
+            max_bytes: 16 << 20,
+        };
+        Hub::with_history(levels, History::new(limits, [0; 32]))
+    }
+
+    pub fn with_history(levels: Levels, history: History) -> Hub<O> {
         Hub {
             levels,
             conns: HashMap::default(),
             channels: HashMap::new(),
+            history,
         }
+    }
+
+    pub fn history(&self) -> &History {
+        &self.history
+    }
+
+    pub fn history_mut(&mut self) -> &mut History {
+        &mut self.history
     }
 
     pub fn levels(&self) -> &Levels {
@@ -273,7 +366,7 @@ impl<O: Outbox> Hub<O> {
     fn drop_subscriber(&mut self, channel: &str, id: ConnId) {
         if let Some(c) = self.channels.get_mut(channel) {
             c.subscribers.retain(|&s| s != id);
-            if c.subscribers.is_empty() && c.last_id == 0 {
+            if c.subscribers.is_empty() {
                 self.channels.remove(channel);
             }
         }
@@ -292,12 +385,57 @@ impl<O: Outbox> Hub<O> {
         conn.subs.push(key);
     }
 
-    /// `subscribe`: checks rights, then subscribes (idempotent).
-    pub fn subscribe(&mut self, id: ConnId, channel: &str) -> Result<(), Denied> {
+    /// `subscribe` without `since` and without `ref`.
+    pub fn subscribe(&mut self, id: ConnId, channel: &str) -> Result<Subscribed, Denied> {
+        self.subscribe_since(id, channel, None, None, 0)
+    }
+
+    /// `subscribe` (SPEC §4.3, §10): checks the rights now, subscribes
+    /// (idempotent) and queues the `subscribed` reply followed by the
+    /// replay for `since`, all in this one step.
+    pub fn subscribe_since(
+        &mut self,
+        id: ConnId,
+        channel: &str,
+        since: Option<&Since>,
+        reference: Option<&RawValue>,
+        now_ms: u64,
+    ) -> Result<Subscribed, Denied> {
         let conn = self.conns.get(&id).ok_or(Denied::Forbidden)?;
         may_subscribe(&conn.rights, channel, &self.levels)?;
+        let rejoined = conn.subs.iter().any(|s| &**s == channel);
+        let replay = self.history.replay(channel, since, now_ms);
+        let after = match since {
+            Some(Since::Position { epoch, offset }) if **epoch == *replay.epoch => (*offset).min(replay.offset),
+            Some(Since::Position { .. }) => 0,
+            Some(Since::Last(n)) => replay.offset.saturating_sub(*n),
+            None => replay.offset,
+        };
+        let head = protocol::subscribed(channel, &replay.epoch, replay.offset, replay.recovered, reference);
+        let out = Subscribed {
+            epoch: replay.epoch.clone(),
+            offset: replay.offset,
+            recovered: replay.recovered,
+            replayed: replay.frames.len(),
+        };
         self.add_sub(id, channel);
-        Ok(())
+        if let Some(conn) = self.conns.get(&id) {
+            conn.outbox
+                .resume(channel, after, rejoined, Frame::from(head), replay.frames);
+        }
+        Ok(out)
+    }
+
+    /// Whether the connection is subscribed to `channel`.
+    pub fn is_subscribed(&self, id: ConnId, channel: &str) -> bool {
+        self.conns
+            .get(&id)
+            .is_some_and(|c| c.subs.iter().any(|s| &**s == channel))
+    }
+
+    /// A connection's outbox.
+    pub fn outbox(&self, id: ConnId) -> Option<&O> {
+        self.conns.get(&id).map(|c| &c.outbox)
     }
 
     /// `unsubscribe`: always succeeds for a valid name.
@@ -324,34 +462,63 @@ impl<O: Outbox> Hub<O> {
     }
 
     /// Publishes `data` to `channel` as `from`, at `ts_ms`. The message is
-    /// serialised once; each subscriber gets the same bytes.
+    /// serialised once; the history and each subscriber get the same bytes.
     pub fn publish(&mut self, from: &Rights, channel: &str, data: &RawValue, ts_ms: u64) -> Result<Published, Denied> {
-        may_publish(from, channel, &self.levels)?;
-        let ch = match self.channels.get_mut(channel) {
-            Some(c) => c,
-            None => self.channels.entry(Rc::from(channel)).or_default(),
-        };
-        ch.last_id += 1;
-        let id = ch.last_id;
+        self.publish_with(from, channel, data, ts_ms, |_| Ok::<(), std::convert::Infallible>(()))
+            .map_err(|e| match e {
+                PublishError::Denied(d) => d,
+                PublishError::Store(never) => match never {},
+            })
+    }
+
+    /// [`Hub::publish`], with `store` called on the message before anyone
+    /// sees it (the durable log's append). When `store` fails nothing is
+    /// sent or kept, and the offset is not used.
+    pub fn publish_with<E>(
+        &mut self,
+        from: &Rights,
+        channel: &str,
+        data: &RawValue,
+        ts_ms: u64,
+        store: impl FnOnce(Retained<'_>) -> Result<(), E>,
+    ) -> Result<Published, PublishError<E>> {
+        may_publish(from, channel, &self.levels).map_err(PublishError::Denied)?;
+        let next = self.history.next(channel);
+        let id = next.offset;
         let msg = Frame::from(protocol::message(channel, id, ts_ms, &from.sub, data));
+        store(Retained {
+            channel,
+            epoch: &next.epoch,
+            offset: id,
+            ts_ms,
+            frame: msg.as_str(),
+        })
+        .map_err(PublishError::Store)?;
+        self.history.push(channel, id, ts_ms, msg.clone(), ts_ms);
         let mut delivered = 0;
         let mut slow = Vec::new();
-        for sid in &ch.subscribers {
-            if let Some(conn) = self.conns.get(sid) {
-                if conn.outbox.offer(&msg) {
-                    delivered += 1;
-                } else {
-                    slow.push(*sid);
+        let mut congested = Vec::new();
+        if let Some(ch) = self.channels.get(channel) {
+            for sid in &ch.subscribers {
+                if let Some(conn) = self.conns.get(sid) {
+                    match conn.outbox.offer(&msg) {
+                        Offer::Queued => delivered += 1,
+                        Offer::Congested => {
+                            delivered += 1;
+                            congested.push(*sid);
+                        }
+                        Offer::Full => slow.push(*sid),
+                    }
                 }
             }
         }
-        Ok(Published { id, delivered, slow })
-    }
-
-    /// Offers one message to one connection (replies, notices). False when
-    /// its queue is full or it is gone.
-    pub fn send_to(&self, id: ConnId, msg: &Frame) -> bool {
-        self.conns.get(&id).is_some_and(|c| c.outbox.offer(msg))
+        Ok(Published {
+            id,
+            epoch: next.epoch,
+            delivered,
+            slow,
+            congested,
+        })
     }
 
     /// Replaces a connection's rights after an in-band refresh and drops
@@ -394,16 +561,24 @@ mod tests {
     /// A bounded test outbox.
     struct Q {
         cap: usize,
-        items: RefCell<Vec<Frame>>,
+        items: RefCell<VecDeque<Frame>>,
     }
     impl Outbox for Rc<Q> {
-        fn offer(&self, m: &Frame) -> bool {
+        fn offer(&self, m: &Frame) -> Offer {
             let mut i = self.items.borrow_mut();
             if i.len() >= self.cap {
-                return false;
+                return Offer::Full;
             }
-            i.push(m.clone());
-            true
+            i.push_back(m.clone());
+            Offer::Queued
+        }
+        fn resume(&self, ch: &str, after: u64, rejoined: bool, head: Frame, replay: Vec<(u64, Frame)>) {
+            splice_resume(&mut self.items.borrow_mut(), ch, after, rejoined, head, replay)
+        }
+    }
+    impl Q {
+        fn texts(&self) -> Vec<String> {
+            self.items.borrow_mut().drain(..).map(|f| f.to_string()).collect()
         }
     }
     fn q(cap: usize) -> Rc<Q> {
@@ -480,28 +655,18 @@ mod tests {
         hub.subscribe(2, "ops").unwrap();
         hub.subscribe(2, "ops").unwrap();
         let hq = r("hq", 5, None, true);
+        qa.texts();
+        qb.texts();
         let p = hub.publish(&hq, "ops", &raw("{}"), 5).unwrap();
-        assert_eq!(
-            p,
-            Published {
-                id: 1,
-                delivered: 2,
-                slow: vec![]
-            }
-        );
+        assert_eq!((p.id, p.delivered, p.slow), (1, 2, vec![]));
         assert_eq!(
             qa.items.borrow()[0].as_str().as_ptr(),
             qb.items.borrow()[0].as_str().as_ptr()
         );
         assert_eq!(hub.publish(&hq, "ops", &raw("{}"), 6).unwrap().id, 2);
-        assert_eq!(
-            hub.publish(&hq, "other", &raw("{}"), 6).unwrap(),
-            Published {
-                id: 1,
-                delivered: 0,
-                slow: vec![]
-            }
-        );
+        let other = hub.publish(&hq, "other", &raw("{}"), 6).unwrap();
+        assert_eq!((other.id, other.delivered), (1, 0));
+        assert_ne!(other.epoch, p.epoch);
         // Personal channel subscribed on join.
         assert_eq!(hub.publish(&hq, "@a", &raw("1"), 7).unwrap().delivered, 1);
         hub.unsubscribe(1, "ops").unwrap();
@@ -522,6 +687,8 @@ mod tests {
         hub.join(2, r("f", 0, None, false), fast.clone());
         hub.subscribe(1, "c").unwrap();
         hub.subscribe(2, "c").unwrap();
+        slow.texts();
+        fast.texts();
         let p = r("p", 0, None, true);
         assert!(hub.publish(&p, "c", &raw("1"), 0).unwrap().slow.is_empty());
         let second = hub.publish(&p, "c", &raw("2"), 0).unwrap();
@@ -540,5 +707,109 @@ mod tests {
         assert_eq!(hub.subscriptions(1), vec!["@a".to_string(), "ops".to_string()]);
         let hq = r("hq", 5, None, true);
         assert_eq!(hub.publish(&hq, "briefing", &raw("1"), 0).unwrap().delivered, 0);
+    }
+
+    fn ids(frames: &[String]) -> Vec<String> {
+        frames
+            .iter()
+            .map(|f| {
+                let v: serde_json::Value = serde_json::from_str(f).unwrap();
+                match v["type"].as_str().unwrap() {
+                    "message" => format!("{}#{}", v["channel"].as_str().unwrap(), v["id"]),
+                    t => format!("{t}:{}:{}", v["offset"], v["recovered"]),
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn spec10_subscribe_queues_reply_then_replay_then_live() {
+        let mut hub = Hub::new(Levels::default());
+        let hq = r("hq", 0, None, true);
+        for n in 1..=3 {
+            hub.publish(&hq, "c", &raw(&n.to_string()), n).unwrap();
+        }
+        let qa = q(100);
+        hub.join(1, r("a", 0, None, false), qa.clone());
+        let s = hub.subscribe_since(1, "c", Some(&Since::Last(2)), None, 10).unwrap();
+        assert_eq!((s.offset, s.recovered, s.replayed), (3, Some(true), 2));
+        hub.publish(&hq, "c", &raw("4"), 11).unwrap();
+        assert_eq!(ids(&qa.texts()), ["subscribed:3:true", "c#2", "c#3", "c#4"]);
+        // Forbidden: nothing queued.
+        let lv = Levels([("secret".to_string(), 9)].into_iter().collect());
+        let mut hub2: Hub<Rc<Q>> = Hub::new(lv);
+        hub2.publish(&r("hq", 9, None, true), "secret", &raw("1"), 0).unwrap();
+        let qb = q(100);
+        hub2.join(2, r("b", 0, None, false), qb.clone());
+        assert_eq!(
+            hub2.subscribe_since(2, "secret", Some(&Since::Last(5)), None, 0),
+            Err(Denied::Forbidden)
+        );
+        assert!(qb.texts().is_empty());
+    }
+
+    #[test]
+    fn spec10_resubscribe_moves_waiting_live_frames_behind_the_reply() {
+        let mut hub = Hub::new(Levels::default());
+        let hq = r("hq", 0, None, true);
+        let qa = q(100);
+        hub.join(1, r("a", 0, None, false), qa.clone());
+        hub.subscribe(1, "other").unwrap();
+        qa.texts();
+        for n in 1..=3 {
+            hub.publish(&hq, "@a", &raw("1"), n).unwrap();
+        }
+        hub.publish(&hq, "other", &raw("1"), 4).unwrap();
+        // The client saw @a up to 1 before; 2 and 3 still wait in the queue.
+        let epoch = hub.history().position("@a").epoch.to_string();
+        let since = Since::Position { epoch, offset: 1 };
+        let s = hub.subscribe_since(1, "@a", Some(&since), None, 5).unwrap();
+        assert_eq!((s.recovered, hub.subscriptions(1).len()), (Some(true), 2));
+        hub.publish(&hq, "@a", &raw("1"), 6).unwrap();
+        assert_eq!(
+            ids(&qa.texts()),
+            ["@a#1", "other#1", "subscribed:3:true", "@a#2", "@a#3", "@a#4"]
+        );
+        // With history off the waiting frames still come once, in order.
+        let mut hub = Hub::with_history(
+            Levels::default(),
+            History::new(
+                Limits {
+                    per_channel: 0,
+                    ttl_ms: 1000,
+                    max_bytes: 1000,
+                },
+                [3; 32],
+            ),
+        );
+        let qa = q(100);
+        hub.join(1, r("a", 0, None, false), qa.clone());
+        for n in 1..=2 {
+            hub.publish(&hq, "@a", &raw("1"), n).unwrap();
+        }
+        let s = hub.subscribe_since(1, "@a", Some(&Since::Last(9)), None, 5).unwrap();
+        assert_eq!(s.recovered, Some(false));
+        assert_eq!(ids(&qa.texts()), ["subscribed:2:false", "@a#1", "@a#2"]);
+        assert_eq!(hub.subscriptions(1), ["@a"]);
+    }
+
+    #[test]
+    fn failed_store_sends_nothing_and_keeps_the_offset() {
+        let mut hub = Hub::new(Levels::default());
+        let qa = q(10);
+        hub.join(1, r("a", 0, None, false), qa.clone());
+        let hq = r("hq", 0, None, true);
+        let e = hub.publish_with(&hq, "@a", &raw("1"), 0, |_| Err("disk full"));
+        assert_eq!(e, Err(PublishError::Store("disk full")));
+        assert!(qa.texts().is_empty());
+        let mut seen = None;
+        let p = hub
+            .publish_with(&hq, "@a", &raw("1"), 0, |rec| {
+                seen = Some((rec.offset, rec.frame.to_string()));
+                Ok::<(), ()>(())
+            })
+            .unwrap();
+        assert_eq!(p.id, 1);
+        assert_eq!(seen, Some((1, qa.texts()[0].clone())));
     }
 }

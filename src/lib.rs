@@ -20,6 +20,7 @@ pub mod auth;
 pub mod cli;
 pub mod commands;
 pub mod gate;
+pub mod history;
 pub mod http;
 pub mod hub;
 pub mod jwt;

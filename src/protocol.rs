@@ -17,12 +17,31 @@ use serde_json::value::RawValue;
 /// A client command.
 #[derive(Debug)]
 pub enum Command {
-    Subscribe(String),
+    /// `subscribe`, with an optional resume point (SPEC §10).
+    Subscribe {
+        channel: String,
+        since: Option<Since>,
+    },
     Unsubscribe(String),
-    Publish { channel: String, data: Box<RawValue> },
+    Publish {
+        channel: String,
+        data: Box<RawValue>,
+    },
     Refresh(String),
     Ping,
 }
+
+/// Where a resuming subscriber stands (SPEC §10 `since`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Since {
+    /// `{"epoch":E,"offset":K}`: the last message seen.
+    Position { epoch: String, offset: u64 },
+    /// `{"last":N}`: the last N retained messages.
+    Last(u64),
+}
+
+/// The most `{"last":N}` may ask for.
+pub const MAX_LAST: u64 = 1000;
 
 /// A parsed client message: the command and its optional `ref`.
 #[derive(Debug)]
@@ -49,6 +68,8 @@ struct Wire<'a> {
     data: Option<&'a RawValue>,
     #[serde(borrow, default)]
     token: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    since: Option<&'a RawValue>,
     #[serde(rename = "ref", borrow, default)]
     reference: Option<&'a RawValue>,
 }
@@ -69,7 +90,13 @@ pub fn parse_client(text: &str) -> Result<ClientMessage, BadMessage> {
         message,
     };
     let command = match string(wire.kind).as_deref() {
-        Some("subscribe") => Command::Subscribe(string(wire.channel).ok_or_else(|| bad("channel must be a string"))?),
+        Some("subscribe") => Command::Subscribe {
+            channel: string(wire.channel).ok_or_else(|| bad("channel must be a string"))?,
+            since: match wire.since {
+                None => None,
+                Some(raw) => Some(parse_since(raw).map_err(bad)?),
+            },
+        },
         Some("unsubscribe") => {
             Command::Unsubscribe(string(wire.channel).ok_or_else(|| bad("channel must be a string"))?)
         }
@@ -87,6 +114,25 @@ pub fn parse_client(text: &str) -> Result<ClientMessage, BadMessage> {
     Ok(ClientMessage { command, reference })
 }
 
+/// `since`: `{"epoch":E,"offset":K}` or `{"last":N}` with N ≤ [`MAX_LAST`].
+fn parse_since(raw: &RawValue) -> Result<Since, &'static str> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct W {
+        epoch: Option<String>,
+        offset: Option<u64>,
+        last: Option<u64>,
+    }
+    const SHAPE: &str = "since must be {\"epoch\":E,\"offset\":K} or {\"last\":N}";
+    let w: W = serde_json::from_str(raw.get()).map_err(|_| SHAPE)?;
+    match (w.epoch, w.offset, w.last) {
+        (Some(epoch), Some(offset), None) if (1..=64).contains(&epoch.len()) => Ok(Since::Position { epoch, offset }),
+        (None, None, Some(n)) if n <= MAX_LAST => Ok(Since::Last(n)),
+        (None, None, Some(_)) => Err("since.last must be at most 1000"),
+        _ => Err(SHAPE),
+    }
+}
+
 /// A server reply or notice. Only the fields set are written.
 #[derive(Serialize, Default)]
 pub struct Reply<'a> {
@@ -96,6 +142,12 @@ pub struct Reply<'a> {
     pub channel: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub id: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recovered: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub code: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -148,6 +200,39 @@ pub fn welcome(sub: &str, clearance: u32, expires_at: u64, server: &str) -> Stri
     .unwrap_or_default()
 }
 
+/// `{"type":"subscribed","channel":C,"epoch":E,"offset":N[,"recovered":B][,"ref":R]}`.
+pub fn subscribed(
+    channel: &str,
+    epoch: &str,
+    offset: u64,
+    recovered: Option<bool>,
+    reference: Option<&RawValue>,
+) -> String {
+    Reply {
+        kind: "subscribed",
+        channel: Some(channel),
+        epoch: Some(epoch),
+        offset: Some(offset),
+        recovered,
+        reference,
+        ..Reply::default()
+    }
+    .to_json()
+}
+
+/// The channel and id of a frame made by [`message`] (used to find frames
+/// of a channel still waiting in a queue); `None` for any other frame.
+pub fn message_position(frame: &str) -> Option<(&str, u64)> {
+    let rest = frame.strip_prefix(r#"{"type":"message","channel":""#)?;
+    // Channel names never need escaping (SPEC §4.3), so the first quote ends it.
+    let end = rest.find('"')?;
+    let (channel, rest) = rest.split_at(end);
+    let rest = rest.strip_prefix(r#"","id":"#)?;
+    let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+    let id = rest.get(..digits)?.parse().ok()?;
+    Some((channel, id))
+}
+
 /// A mission update, serialised once and queued to every subscriber.
 pub fn message(channel: &str, id: u64, ts_ms: u64, from: &str, data: &RawValue) -> String {
     #[derive(Serialize)]
@@ -180,6 +265,9 @@ mod tests {
         let p = |s: &str| parse_client(s).map(|m| m.command);
         assert!(matches!(p(r#"{"type":"unsubscribe","channel":"a"}"#), Ok(Command::Unsubscribe(c)) if c == "a"));
         assert!(matches!(p(r#"{"type":"ping"}"#), Ok(Command::Ping)));
+        assert!(
+            matches!(p(r#"{"type":"subscribe","channel":"a"}"#), Ok(Command::Subscribe { channel, since: None }) if channel == "a")
+        );
         assert!(matches!(p(r#"{"type":"refresh","token":"t"}"#), Ok(Command::Refresh(t)) if t == "t"));
         match p(r#"{"type":"publish","channel":"c","data":{"x":[1, 2]}}"#) {
             Ok(Command::Publish { channel, data }) => {
@@ -202,7 +290,57 @@ mod tests {
     }
 
     #[test]
+    fn spec10_since_forms() {
+        let since = |s: &str| match parse_client(&format!(r#"{{"type":"subscribe","channel":"c","since":{s}}}"#)) {
+            Ok(ClientMessage {
+                command: Command::Subscribe { since, .. },
+                ..
+            }) => Ok(since),
+            Ok(other) => panic!("{other:?}"),
+            Err(e) => Err(e.message),
+        };
+        assert_eq!(
+            since(r#"{"epoch":"abcdefgh","offset":7}"#),
+            Ok(Some(Since::Position {
+                epoch: "abcdefgh".into(),
+                offset: 7
+            }))
+        );
+        assert_eq!(since(r#"{"last":1000}"#), Ok(Some(Since::Last(1000))));
+        assert_eq!(since(r#"{"last":0}"#), Ok(Some(Since::Last(0))));
+        // `null` is the same as no `since`.
+        assert_eq!(since("null"), Ok(None));
+        assert_eq!(since(r#"{"last":1001}"#), Err("since.last must be at most 1000"));
+        for bad in [
+            r#"{"last":-1}"#,
+            r#"{"epoch":"e"}"#,
+            r#"{"offset":1}"#,
+            r#"{"epoch":"e","offset":1,"last":2}"#,
+            r#"{"epoch":5,"offset":1}"#,
+            r#"{"epoch":"","offset":1}"#,
+            r#"{"epoch":"e","offset":1.5}"#,
+            r#"{"epoch":"e","offset":1,"x":1}"#,
+            r#""last""#,
+            "[1]",
+        ] {
+            assert!(since(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn message_position_reads_our_frames_only() {
+        let d = RawValue::from_string("{}".into()).unwrap();
+        assert_eq!(message_position(&message("a.b", 42, 1, "x", &d)), Some(("a.b", 42)));
+        assert_eq!(message_position(r#"{"type":"subscribed","channel":"a"}"#), None);
+        assert_eq!(message_position(r#"{"type":"message","channel":"a","id":x"#), None);
+    }
+
+    #[test]
     fn replies_render_only_set_fields() {
+        assert_eq!(
+            subscribed("c", "E", 3, Some(false), None),
+            r#"{"type":"subscribed","channel":"c","epoch":"E","offset":3,"recovered":false}"#
+        );
         let r = RawValue::from_string("42".into()).unwrap();
         assert_eq!(
             Reply {

@@ -2,7 +2,7 @@
 //! route, answer plain HTTP with keep-alive, or hand a `GET /ws` to the
 //! WebSocket handshake whose callback calls [`gate::authorize`].
 
-use super::{Shared, now_millis, socket};
+use super::{Shared, socket};
 use crate::commands::now_unix;
 use crate::gate::{self, Context, Rejection};
 use crate::http::{self, BodyLength, Head, Request, Response, Route};
@@ -89,7 +89,9 @@ pub async fn serve_connection(
             Route::Login => super::auth::login(&shared, &req, &body, peer).await,
             Route::Refresh => super::auth::refresh(&shared, &req, &body, peer).await,
             Route::Logout => super::auth::logout(&shared, &req, &body, peer).await,
-            _ => respond(&shared, &req, route, &body, peer),
+            // Boxed: the wait for room must not size every connection's task.
+            Route::Publish => Box::pin(publish(&shared, &req, &body, peer)).await,
+            _ => respond(&shared, &req, route),
         };
         let head_only = req.method == "HEAD";
         let mut bytes = response.to_bytes(keep_alive);
@@ -163,7 +165,7 @@ async fn read_exact_by(stream: &mut Stream, buf: &mut Vec<u8>, want: usize, dead
 }
 
 /// Plain HTTP endpoints (everything but `/ws`).
-fn respond(shared: &Shared, req: &Request, route: Route, body: &[u8], peer: SocketAddr) -> Response {
+fn respond(shared: &Shared, req: &Request, route: Route) -> Response {
     match route {
         Route::Health => Response::json(
             200,
@@ -178,7 +180,7 @@ fn respond(shared: &Shared, req: &Request, route: Route, body: &[u8], peer: Sock
             shared.metrics.connections.set(shared.hub.borrow().len() as u64);
             Response::with_body(200, "text/plain; version=0.0.4", shared.metrics.render().into_bytes())
         }
-        Route::Publish => publish(shared, req, body, peer),
+        Route::Publish => Response::error(500, "internal", "routed elsewhere"),
         Route::WrongMethod(allow) => {
             Response::error(405, "method_not_allowed", "this path does not take that method").header("Allow", allow)
         }
@@ -195,8 +197,9 @@ fn is_json(req: &Request) -> bool {
         .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
 }
 
-/// `POST /publish` (SPEC §4.1).
-fn publish(shared: &Shared, req: &Request, body: &[u8], peer: SocketAddr) -> Response {
+/// `POST /publish` (SPEC §4.1): waits for room in the channel's
+/// subscribers' queues first, and yields after, like a WebSocket publish.
+async fn publish(shared: &Shared, req: &Request, body: &[u8], peer: SocketAddr) -> Response {
     let Some((token, source)) = gate::find_token(req, false) else {
         return Rejection::MissingToken.response();
     };
@@ -222,13 +225,13 @@ fn publish(shared: &Shared, req: &Request, body: &[u8], peer: SocketAddr) -> Res
         return Response::error(400, "bad_request", "body must be {\"channel\":…,\"data\":…}");
     };
     let rights = Rights::from_claims(&claims);
-    let result = shared
-        .hub
-        .borrow_mut()
-        .publish(&rights, &b.channel, &b.data, now_millis());
+    if crate::hub::may_publish(&rights, &b.channel, shared.hub.borrow().levels()).is_ok() {
+        socket::room_for(shared, &b.channel).await;
+    }
+    let result = socket::publish(shared, &rights, &b.channel, &b.data);
+    smol::future::yield_now().await;
     match result {
         Ok(p) => {
-            socket::after_publish(shared, &p);
             shared.log.info(
                 "publish",
                 &[
@@ -238,9 +241,17 @@ fn publish(shared: &Shared, req: &Request, body: &[u8], peer: SocketAddr) -> Res
                     ("peer", (&peer.to_string()).into()),
                 ],
             );
-            Response::json(202, &serde_json::json!({ "id": p.id, "delivered": p.delivered }))
+            Response::json(
+                202,
+                &serde_json::json!({ "id": p.id, "delivered": p.delivered, "epoch": &*p.epoch }),
+            )
         }
-        Err(d) => Response::error(
+        Err(crate::hub::PublishError::Store(_)) => Response::error(
+            503,
+            "history_unavailable",
+            "the message could not be stored; it was not published",
+        ),
+        Err(crate::hub::PublishError::Denied(d)) => Response::error(
             if d == crate::hub::Denied::BadChannel { 400 } else { 403 },
             d.as_str(),
             d.message(),

@@ -48,6 +48,9 @@ pub struct Config {
     pub max_connections: usize,
     pub max_message_bytes: usize,
     pub queue_depth: usize,
+    /// `--history`, `--history-ttl`, `--history-max-bytes`.
+    pub history: crate::history::Limits,
+    pub history_dir: Option<PathBuf>,
     pub ping_interval: Duration,
     pub handshake_timeout: Duration,
     pub log_format: Format,
@@ -79,11 +82,15 @@ impl Config {
                 return Err(Failure::usage(format!("{name}: must be at least 1")));
             }
         }
+        if a.queue_depth > 1 << 20 {
+            return Err(Failure::usage("--queue-depth: must be at most 1048576"));
+        }
         for (name, v) in [
             ("--ping-interval", a.ping_interval),
             ("--handshake-timeout", a.handshake_timeout),
             ("--access-ttl", a.access_ttl),
             ("--refresh-ttl", a.refresh_ttl),
+            ("--history-ttl", a.history_ttl),
         ] {
             if v == 0 || v > 10 * 365 * 86_400 {
                 return Err(Failure::usage(format!("{name}: must be 1 second to 10 years")));
@@ -135,6 +142,12 @@ impl Config {
             max_connections: a.max_connections,
             max_message_bytes: a.max_message_bytes,
             queue_depth: a.queue_depth,
+            history: crate::history::Limits {
+                per_channel: a.history,
+                ttl_ms: a.history_ttl.saturating_mul(1000),
+                max_bytes: a.history_max_bytes,
+            },
+            history_dir: a.history_dir.clone(),
             ping_interval: Duration::from_secs(a.ping_interval),
             handshake_timeout: Duration::from_secs(a.handshake_timeout),
             log_format,
@@ -156,6 +169,10 @@ pub struct Shared {
     /// Sockets mid-handshake or open, for `--max-connections`.
     pub sockets: Cell<usize>,
     pub shutting_down: Cell<bool>,
+    /// Sockets over their queue depth, which may hold publishers back.
+    pub congested: RefCell<Vec<(crate::hub::ConnId, Rc<ConnHandle>)>>,
+    /// Notified when a congested socket takes its queue.
+    pub room: event_listener::Event,
     pub users: RefCell<Rc<UsersFile>>,
     /// Hashed against when a login names an unknown user.
     pub dummy_hash: PasswordHash,
@@ -220,8 +237,13 @@ pub fn serve(args: &cli::Serve) -> Result<(), Failure> {
         .map_err(|e| Failure::usage(format!("--listen: {e}")))?;
     let listener = smol::Async::new(listener).map_err(|e| Failure::usage(format!("--listen {}: {e}", cfg.listen)))?;
 
+    let mut seed = [0u8; 32];
+    getrandom::fill(&mut seed).map_err(|e| Failure::usage(format!("no randomness from the OS: {e}")))?;
+    let history = crate::history::History::new(cfg.history, seed);
     let shared = Rc::new(Shared {
-        hub: RefCell::new(Hub::new(cfg.levels.clone())),
+        hub: RefCell::new(Hub::with_history(cfg.levels.clone(), history)),
+        congested: RefCell::default(),
+        room: event_listener::Event::new(),
         dummy_hash: auth::dummy_hash(&users),
         users: RefCell::new(Rc::new(users)),
         sessions: RefCell::new(sessions),
@@ -284,6 +306,7 @@ async fn run(
         );
     }
     ex.spawn(auth::persist_task(shared.clone())).detach();
+    ex.spawn(expire_history(shared.clone())).detach();
     if shared.cfg.demo {
         print_demo(&shared, addr, demo_key, &demo_passwords);
         ex.spawn(demo_ticker(shared.clone())).detach();
@@ -521,11 +544,18 @@ async fn demo_ticker(shared: Rc<Shared>) {
             Ok(r) => r,
             Err(_) => continue,
         };
-        let ts = now_millis();
-        let published = shared.hub.borrow_mut().publish(&hq, "ops", &raw, ts);
-        if let Ok(p) = published {
-            socket::after_publish(&shared, &p);
+        let _ = socket::publish(&shared, &hq, "ops", &raw);
+    }
+}
+
+/// Drops history older than `--history-ttl` once a second.
+async fn expire_history(shared: Rc<Shared>) {
+    loop {
+        Timer::after(Duration::from_secs(1)).await;
+        if shared.shutting_down.get() {
+            return;
         }
+        shared.hub.borrow_mut().history_mut().expire(now_millis());
     }
 }
 

@@ -1,11 +1,21 @@
 //! One authenticated WebSocket: the welcome, client commands, the bounded
 //! outbound queue, token expiry (notice, then 4001), pings, and closes
 //! ordered by the hub (4003 revoked, 4008 slow consumer, 1001 shutdown).
+//!
+//! Fairness (SPEC §4.3): the socket task yields to the executor after every
+//! client message, so a publisher streaming commands cannot run ahead of
+//! the subscribers it feeds. Every publish (WebSocket, `POST /publish`, the
+//! demo ticker) goes through [`publish`], and WebSocket and HTTP publishers
+//! first wait in [`room_for`] while a subscriber of the channel is at or
+//! over `--queue-depth` and still making write progress. A socket whose
+//! queue stays at or over the depth with no write progress for
+//! [`STALL`], or whose queue reaches [`HARD_CAP_FACTOR`] × the depth, is
+//! closed with 4008. Replies and replayed history do not count.
 
 use super::{Shared, now_millis};
 use crate::commands::now_unix;
 use crate::gate::Rejection;
-use crate::hub::{ConnId, Frame, Outbox, Published, Rights};
+use crate::hub::{ConnId, Frame, Offer, Outbox, PublishError, Published, Rights};
 use crate::jwt::{self, Reject, VerifiedClaims};
 use crate::metrics::add;
 use crate::protocol::{self, Command, Reply};
@@ -20,12 +30,36 @@ use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
+
+/// How long a socket may sit at or over `--queue-depth` without the writer
+/// taking its queue before it is closed with 4008.
+pub const STALL: Duration = Duration::from_secs(3);
+
+/// A live queue this many times `--queue-depth` long closes the socket at
+/// once (4008), whatever its progress.
+pub const HARD_CAP_FACTOR: usize = 4;
+
+/// Monotonic milliseconds since the first call (cheap enough per batch).
+fn mono_ms() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_millis() as u64
+}
 
 /// A socket's outbound queue and its close order, shared with the hub.
 pub struct ConnHandle {
     queue: RefCell<VecDeque<Frame>>,
-    cap: usize,
+    /// `--queue-depth`.
+    depth: u32,
+    /// Frames at the queue's end that do not count against the depth
+    /// (subscribe replies and replayed history); reset when the queue is taken.
+    uncounted: Cell<u32>,
+    /// When the queue last became non-empty or was taken by the writer
+    /// ([`mono_ms`]): how long the oldest waiting frame has waited.
+    progress_ms: Cell<u64>,
+    /// Listed in [`Shared::congested`].
+    congested: Cell<bool>,
     wake: Event,
     close: Cell<Option<(u16, &'static str)>>,
     /// The session of the token the socket holds now.
@@ -33,19 +67,38 @@ pub struct ConnHandle {
 }
 
 impl ConnHandle {
-    fn new(cap: usize) -> ConnHandle {
+    fn new(depth: usize) -> ConnHandle {
         ConnHandle {
             queue: RefCell::default(),
-            cap,
+            depth: u32::try_from(depth).unwrap_or(u32::MAX),
+            uncounted: Cell::new(0),
+            progress_ms: Cell::new(mono_ms()),
+            congested: Cell::new(false),
             wake: Event::new(),
             close: Cell::new(None),
             sid: RefCell::default(),
         }
     }
 
-    /// Everything queued, oldest first, as frames to write.
-    fn take_queued(&self) -> Vec<Message> {
-        self.queue.borrow_mut().drain(..).map(Message::Text).collect()
+    /// Queued live messages (what the depth limits).
+    fn live_len(&self) -> usize {
+        self.queue.borrow().len().saturating_sub(self.uncounted.get() as usize)
+    }
+
+    /// Everything queued, oldest first, as frames to write. A congested
+    /// socket taking its queue makes room: waiting publishers are woken.
+    fn take_queued(&self, room: &Event) -> Vec<Message> {
+        let mut q = self.queue.borrow_mut();
+        if q.is_empty() {
+            return Vec::new();
+        }
+        self.uncounted.set(0);
+        self.progress_ms.set(mono_ms());
+        let out = q.drain(..).map(Message::Text).collect();
+        if self.congested.get() {
+            room.notify(usize::MAX);
+        }
+        out
     }
 
     /// Orders the socket closed with `code` (the first order wins).
@@ -58,10 +111,12 @@ impl ConnHandle {
 }
 
 impl Outbox for Rc<ConnHandle> {
-    fn offer(&self, msg: &Frame) -> bool {
+    fn offer(&self, msg: &Frame) -> Offer {
         let mut q = self.queue.borrow_mut();
-        if q.len() >= self.cap {
-            return false;
+        let live = q.len().saturating_sub(self.uncounted.get() as usize);
+        let depth = self.depth as usize;
+        if live >= depth.saturating_mul(HARD_CAP_FACTOR) {
+            return Offer::Full;
         }
         let was_empty = q.is_empty();
         q.push_back(msg.clone());
@@ -69,25 +124,130 @@ impl Outbox for Rc<ConnHandle> {
         // The task drains the whole queue and checks it again before it
         // sleeps, so only the first frame of a backlog needs to wake it.
         if was_empty {
+            self.progress_ms.set(mono_ms());
             self.wake.notify(1);
         }
-        true
+        if live + 1 >= depth {
+            Offer::Congested
+        } else {
+            Offer::Queued
+        }
+    }
+
+    fn resume(&self, channel: &str, after: u64, rejoined: bool, head: Frame, replay: Vec<(u64, Frame)>) {
+        let mut q = self.queue.borrow_mut();
+        let before = q.len();
+        crate::hub::splice_resume(&mut q, channel, after, rejoined, head, replay);
+        let added = q.len().saturating_sub(before);
+        self.uncounted.set(
+            self.uncounted
+                .get()
+                .saturating_add(u32::try_from(added).unwrap_or(u32::MAX)),
+        );
+        drop(q);
+        if before == 0 {
+            self.progress_ms.set(mono_ms());
+            self.wake.notify(1);
+        }
     }
 }
 
-/// After a publish: count deliveries and close slow consumers with 4008.
+/// Closes a slow consumer with 4008 (once).
+fn close_slow(shared: &Shared, h: &ConnHandle) {
+    if h.close.get().is_none() {
+        add(&shared.metrics.slow_consumers, 1);
+        h.close(4008, "slow consumer");
+    }
+}
+
+/// After a publish: count deliveries, close sockets at their hard cap with
+/// 4008 and list the congested ones for [`room_for`].
 pub fn after_publish(shared: &Shared, p: &Published) {
     add(&shared.metrics.messages_out, p.delivered as u64);
-    if p.slow.is_empty() {
+    if p.slow.is_empty() && p.congested.is_empty() {
         return;
     }
     let hub = shared.hub.borrow();
-    for (id, h) in hub.outboxes() {
-        if p.slow.contains(&id) && h.close.get().is_none() {
-            add(&shared.metrics.slow_consumers, 1);
-            h.close(4008, "slow consumer");
+    for id in &p.slow {
+        if let Some(h) = hub.outbox(*id) {
+            close_slow(shared, h);
         }
     }
+    let mut list = shared.congested.borrow_mut();
+    for id in &p.congested {
+        if let Some(h) = hub.outbox(*id)
+            && !h.congested.get()
+        {
+            h.congested.set(true);
+            list.push((*id, h.clone()));
+        }
+    }
+}
+
+/// Waits until no subscriber of `channel` is at or over its queue depth
+/// while still making write progress (SPEC §4.3 fairness: publishers go no
+/// faster than their readers). Subscribers over the depth whose queue has
+/// not been taken for [`STALL`] are closed with 4008 instead of waited for,
+/// so the wait is bounded.
+pub async fn room_for(shared: &Shared, channel: &str) {
+    loop {
+        if shared.congested.borrow().is_empty() {
+            return;
+        }
+        let listener = shared.room.listen();
+        let now = mono_ms();
+        let stall = STALL.as_millis() as u64;
+        let mut hold = false;
+        {
+            let hub = shared.hub.borrow();
+            shared.congested.borrow_mut().retain(|(id, h)| {
+                let keep = if h.close.get().is_some() || h.live_len() < h.depth as usize {
+                    false
+                } else if now.saturating_sub(h.progress_ms.get()) >= stall {
+                    close_slow(shared, h);
+                    false
+                } else {
+                    hold |= hub.is_subscribed(*id, channel);
+                    true
+                };
+                if !keep {
+                    h.congested.set(false);
+                }
+                keep
+            });
+        }
+        if !hold {
+            return;
+        }
+        smol::future::or(listener, async {
+            smol::Timer::after(Duration::from_millis(100)).await;
+        })
+        .await;
+    }
+}
+
+/// Publishes through the hub: appends to the durable history first (when
+/// `--history-dir` is set), then fans out. An append failure sends nothing
+/// and is logged; the caller answers `history_unavailable`.
+pub fn publish(
+    shared: &Shared,
+    rights: &Rights,
+    channel: &str,
+    data: &serde_json::value::RawValue,
+) -> Result<Published, PublishError<std::io::Error>> {
+    let result = shared
+        .hub
+        .borrow_mut()
+        .publish_with(rights, channel, data, now_millis(), |_rec| Ok::<(), std::io::Error>(()));
+    match &result {
+        Ok(p) => after_publish(shared, p),
+        Err(PublishError::Store(e)) => shared.log.warn(
+            "history_append_failed",
+            &[("channel", channel.into()), ("error", (&e.to_string()).into())],
+        ),
+        Err(PublishError::Denied(_)) => {}
+    }
+    result
 }
 
 /// Closes every socket of a revoked session with 4003.
@@ -218,7 +378,7 @@ where
         }
 
         // Queued frames and what the timers add go out in one write.
-        let mut out = handle.take_queued();
+        let mut out = handle.take_queued(&shared.room);
         let now = now_unix();
         if now >= timers.close_at {
             code = (4001, "token expired");
@@ -294,7 +454,14 @@ where
                     Message::Text(t) => {
                         msgs_in += 1;
                         add(&shared.metrics.messages_in, 1);
-                        let r = command(&shared, id, &mut rights, &mut claims, &mut timers, t.as_str());
+                        let parsed = protocol::parse_client(t.as_str());
+                        if let Ok(m) = &parsed
+                            && let Command::Publish { channel, .. } = &m.command
+                        {
+                            // Boxed: the wait's state must not size every socket's task.
+                            Box::pin(room_for(&shared, channel)).await;
+                        }
+                        let r = command(&shared, id, &mut rights, &mut claims, &mut timers, parsed);
                         *handle.sid.borrow_mut() = claims.sid.clone();
                         r
                     }
@@ -317,7 +484,7 @@ where
                     // Frames queued before the command go out before its
                     // replies: no `message` from a channel after its
                     // `unsubscribed`.
-                    let mut out = handle.take_queued();
+                    let mut out = handle.take_queued(&shared.room);
                     out.extend(replies.into_iter().map(Message::text));
                     wrote = write_all(&mut tx, &handle, out, &mut msgs_out).await;
                 }
@@ -330,6 +497,9 @@ where
             code = (1006, "no pong");
             break;
         }
+        // One client message per turn: let the others (the subscribers a
+        // publish just fed) run before reading more (SPEC §4.3).
+        smol::future::yield_now().await;
     }
 
     // The closing handshake (RFC 6455 §7.1.2), bounded by a short timeout:
@@ -416,9 +586,9 @@ fn command(
     rights: &mut Rights,
     claims: &mut jwt::Claims,
     timers: &mut Timers,
-    text: &str,
+    parsed: Result<protocol::ClientMessage, protocol::BadMessage>,
 ) -> Vec<String> {
-    let msg = match protocol::parse_client(text) {
+    let msg = match parsed {
         Ok(m) => m,
         Err(bad) => return vec![protocol::error("bad_message", bad.message, bad.reference.as_deref())],
     };
@@ -433,18 +603,18 @@ fn command(
             }
             .to_json(),
         ],
-        Command::Subscribe(ch) => match shared.hub.borrow_mut().subscribe(id, &ch) {
-            Ok(()) => vec![
-                Reply {
-                    kind: "subscribed",
-                    channel: Some(&ch),
-                    reference: r,
-                    ..Reply::default()
-                }
-                .to_json(),
-            ],
-            Err(d) => vec![deny(d)],
-        },
+        // The reply and the replay are queued by the hub, in one step with
+        // the subscription.
+        Command::Subscribe { channel, since } => {
+            match shared
+                .hub
+                .borrow_mut()
+                .subscribe_since(id, &channel, since.as_ref(), r, now_millis())
+            {
+                Ok(_) => Vec::new(),
+                Err(d) => vec![deny(d)],
+            }
+        }
         Command::Unsubscribe(ch) => match shared.hub.borrow_mut().unsubscribe(id, &ch) {
             Ok(()) => vec![
                 Reply {
@@ -457,25 +627,25 @@ fn command(
             ],
             Err(d) => vec![deny(d)],
         },
-        Command::Publish { channel, data } => {
-            let result = shared.hub.borrow_mut().publish(rights, &channel, &data, now_millis());
-            match result {
-                Ok(p) => {
-                    after_publish(shared, &p);
-                    vec![
-                        Reply {
-                            kind: "published",
-                            channel: Some(&channel),
-                            id: Some(p.id),
-                            reference: r,
-                            ..Reply::default()
-                        }
-                        .to_json(),
-                    ]
+        Command::Publish { channel, data } => match publish(shared, rights, &channel, &data) {
+            Ok(p) => vec![
+                Reply {
+                    kind: "published",
+                    channel: Some(&channel),
+                    id: Some(p.id),
+                    epoch: Some(&p.epoch),
+                    reference: r,
+                    ..Reply::default()
                 }
-                Err(d) => vec![deny(d)],
-            }
-        }
+                .to_json(),
+            ],
+            Err(PublishError::Denied(d)) => vec![deny(d)],
+            Err(PublishError::Store(_)) => vec![protocol::error(
+                "history_unavailable",
+                "the message could not be stored; it was not published",
+                r,
+            )],
+        },
         Command::Refresh(token) => {
             let now = now_unix();
             let verified = jwt::verify(&token, &shared.keys(), &shared.cfg.gate.verify, now).and_then(|c| {

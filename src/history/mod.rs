@@ -1,0 +1,582 @@
+//! Per-channel message history (SPEC §10), sans-IO: a bounded ring of recent
+//! messages per channel, offsets and epochs, and what a resuming subscriber
+//! gets (`since` → frames to replay and whether nothing was lost).
+//!
+//! The ring keeps the very [`Frame`]s the hub queued to subscribers (a
+//! reference-count increment, no second copy). Limits: `per_channel`
+//! messages, `ttl_ms` age and `max_bytes` of frames across all channels,
+//! dropped oldest first (by publish order). Nothing here reads a clock: every
+//! call that may expire messages takes `now_ms`.
+//!
+//! A channel that never had a message has no log: its epoch is derived from
+//! the process's random seed and its name (so it is stable while the process
+//! lives and new after a restart), and its offset is 0. The first publish
+//! creates the log with that epoch. Logs restored from disk keep their epoch.
+//!
+//! ```
+//! use tessera::history::{History, Limits};
+//! use tessera::protocol::Since;
+//! let mut h = History::new(Limits { per_channel: 2, ttl_ms: 60_000, max_bytes: 1 << 20 }, [7; 32]);
+//! for n in 1..=3 {
+//!     h.push("ops", n, 0, format!("m{n}").into(), 0);
+//! }
+//! let r = h.replay("ops", Some(&Since::Last(5)), 0);
+//! assert_eq!(r.offset, 3);
+//! assert_eq!(r.recovered, Some(false)); // message 1 is gone
+//! assert_eq!(r.frames.iter().map(|f| f.0).collect::<Vec<_>>(), [2, 3]);
+//! ```
+
+pub use crate::hub::Frame;
+use crate::protocol::Since;
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::rc::Rc;
+
+/// Retention limits (`--history`, `--history-ttl`, `--history-max-bytes`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Messages kept per channel; 0 keeps none (offsets and epochs still count).
+    pub per_channel: usize,
+    /// Oldest age kept, in milliseconds.
+    pub ttl_ms: u64,
+    /// Frame bytes kept across all channels.
+    pub max_bytes: u64,
+}
+
+struct Entry {
+    offset: u64,
+    ts_ms: u64,
+    /// Global publish order, for dropping the oldest across channels.
+    seq: u64,
+    frame: Frame,
+}
+
+struct Log {
+    epoch: Rc<str>,
+    /// The channel's last offset.
+    last: u64,
+    /// Every offset up to here is no longer retained (0: none lost).
+    lost_through: u64,
+    entries: VecDeque<Entry>,
+}
+
+/// A channel's epoch and last offset.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Position {
+    pub epoch: Rc<str>,
+    pub offset: u64,
+}
+
+/// What a `subscribe` gets: the channel's position, whether nothing after
+/// the client's point was lost (`None` without `since`), and the retained
+/// frames after that point, oldest first.
+pub struct Replay {
+    pub epoch: Rc<str>,
+    pub offset: u64,
+    pub recovered: Option<bool>,
+    pub frames: Vec<(u64, Frame)>,
+}
+
+/// One retained message or channel marker, borrowed, in the disk log's
+/// terms (an empty `frame` is a marker: epoch and last offset only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retained<'a> {
+    pub channel: &'a str,
+    pub epoch: &'a str,
+    pub offset: u64,
+    pub ts_ms: u64,
+    pub frame: &'a str,
+}
+
+/// Every channel's history.
+pub struct History {
+    limits: Limits,
+    seed: [u8; 32],
+    logs: HashMap<Rc<str>, Log>,
+    /// Each non-empty log's first entry, by `seq`: the global oldest first.
+    fronts: BTreeMap<u64, Rc<str>>,
+    seq: u64,
+    bytes: u64,
+    retained: usize,
+}
+
+/// Epoch text: 16 characters of `A-Z a-z 0-9 _ -` (96 bits).
+fn derive_epoch(seed: &[u8; 32], channel: &str) -> Rc<str> {
+    use base64::Engine;
+    let mut h = Sha256::new();
+    h.update(seed);
+    h.update(channel.as_bytes());
+    let d = h.finalize();
+    let text = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&d[..12]);
+    Rc::from(text)
+}
+
+/// A valid epoch (SPEC §10): 8–32 characters of `A-Z a-z 0-9 _ -`.
+pub fn epoch_ok(e: &str) -> bool {
+    (8..=32).contains(&e.len()) && e.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// Drops the first entry of `log` (keyed `key` in `fronts`).
+fn pop_front(log: &mut Log, key: &Rc<str>, fronts: &mut BTreeMap<u64, Rc<str>>, bytes: &mut u64, retained: &mut usize) {
+    let Some(e) = log.entries.pop_front() else { return };
+    fronts.remove(&e.seq);
+    *bytes = bytes.saturating_sub(e.frame.len() as u64);
+    *retained = retained.saturating_sub(1);
+    log.lost_through = log.lost_through.max(e.offset);
+    if let Some(next) = log.entries.front() {
+        fronts.insert(next.seq, key.clone());
+    }
+}
+
+impl History {
+    /// `seed`: 32 random bytes, new for every process (epochs of channels
+    /// created in memory derive from it).
+    pub fn new(limits: Limits, seed: [u8; 32]) -> History {
+        History {
+            limits,
+            seed,
+            logs: HashMap::new(),
+            fronts: BTreeMap::new(),
+            seq: 0,
+            bytes: 0,
+            retained: 0,
+        }
+    }
+
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// Frame bytes retained now (what compaction keeps).
+    pub fn retained_bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Messages retained now, across channels.
+    pub fn retained_len(&self) -> usize {
+        self.retained
+    }
+
+    /// The channel's epoch and last offset.
+    pub fn position(&self, channel: &str) -> Position {
+        match self.logs.get(channel) {
+            Some(l) => Position {
+                epoch: l.epoch.clone(),
+                offset: l.last,
+            },
+            None => Position {
+                epoch: derive_epoch(&self.seed, channel),
+                offset: 0,
+            },
+        }
+    }
+
+    /// The epoch and offset the channel's next message gets.
+    pub fn next(&self, channel: &str) -> Position {
+        let p = self.position(channel);
+        Position {
+            offset: p.offset.saturating_add(1),
+            ..p
+        }
+    }
+
+    /// Records message `offset` of `channel` (offsets ascending; an offset
+    /// not above the last is ignored), then applies the limits.
+    pub fn push(&mut self, channel: &str, offset: u64, ts_ms: u64, frame: Frame, now_ms: u64) {
+        let limits = self.limits;
+        self.seq += 1;
+        let seq = self.seq;
+        let key = match self.logs.get_key_value(channel) {
+            Some((k, _)) => k.clone(),
+            None => Rc::from(channel),
+        };
+        let seed = &self.seed;
+        let log = self.logs.entry(key.clone()).or_insert_with(|| Log {
+            epoch: derive_epoch(seed, channel),
+            last: 0,
+            lost_through: 0,
+            entries: VecDeque::new(),
+        });
+        if offset <= log.last {
+            return;
+        }
+        log.last = offset;
+        if limits.per_channel == 0 {
+            log.lost_through = offset;
+            return;
+        }
+        if log.entries.is_empty() {
+            self.fronts.insert(seq, key.clone());
+        }
+        self.bytes += frame.len() as u64;
+        self.retained += 1;
+        log.entries.push_back(Entry {
+            offset,
+            ts_ms,
+            seq,
+            frame,
+        });
+        while log.entries.len() > limits.per_channel {
+            pop_front(log, &key, &mut self.fronts, &mut self.bytes, &mut self.retained);
+        }
+        Self::expire_log(
+            limits,
+            log,
+            &key,
+            &mut self.fronts,
+            &mut self.bytes,
+            &mut self.retained,
+            now_ms,
+        );
+        self.trim_bytes();
+    }
+
+    /// A channel restored from disk: its epoch and last offset, no message
+    /// (a marker record). Replaces whatever was known of the channel.
+    pub fn restore_marker(&mut self, channel: &str, epoch: &str, last: u64) {
+        self.forget(channel);
+        self.logs.insert(
+            Rc::from(channel),
+            Log {
+                epoch: Rc::from(epoch),
+                last,
+                lost_through: last,
+                entries: VecDeque::new(),
+            },
+        );
+    }
+
+    /// A message restored from disk. A new epoch for the channel replaces
+    /// what was known of it; the first restored message of a channel marks
+    /// everything before it as lost.
+    pub fn restore(&mut self, channel: &str, epoch: &str, offset: u64, ts_ms: u64, frame: Frame, now_ms: u64) {
+        let same = self.logs.get(channel).is_some_and(|l| &*l.epoch == epoch);
+        if !same {
+            self.restore_marker(channel, epoch, offset.saturating_sub(1));
+        } else if let Some(l) = self.logs.get_mut(channel)
+            && l.entries.is_empty()
+        {
+            l.lost_through = l.lost_through.max(offset.saturating_sub(1));
+        }
+        self.push(channel, offset, ts_ms, frame, now_ms);
+    }
+
+    fn forget(&mut self, channel: &str) {
+        if let Some(log) = self.logs.remove(channel) {
+            for e in &log.entries {
+                self.fronts.remove(&e.seq);
+                self.bytes = self.bytes.saturating_sub(e.frame.len() as u64);
+                self.retained = self.retained.saturating_sub(1);
+            }
+        }
+    }
+
+    fn expire_log(
+        limits: Limits,
+        log: &mut Log,
+        key: &Rc<str>,
+        fronts: &mut BTreeMap<u64, Rc<str>>,
+        bytes: &mut u64,
+        retained: &mut usize,
+        now_ms: u64,
+    ) {
+        while log
+            .entries
+            .front()
+            .is_some_and(|e| now_ms.saturating_sub(e.ts_ms) > limits.ttl_ms)
+        {
+            pop_front(log, key, fronts, bytes, retained);
+        }
+    }
+
+    fn trim_bytes(&mut self) {
+        while self.bytes > self.limits.max_bytes {
+            let Some((_, key)) = self.fronts.pop_first() else { break };
+            let Some(log) = self.logs.get_mut(&key) else { continue };
+            // pop_front removes the front key again (already gone) and
+            // inserts the next one.
+            pop_front(log, &key, &mut self.fronts, &mut self.bytes, &mut self.retained);
+        }
+    }
+
+    /// Drops messages older than the TTL in every channel, oldest first
+    /// (the shell calls it on a timer).
+    pub fn expire(&mut self, now_ms: u64) {
+        let limits = self.limits;
+        while let Some((_, key)) = self.fronts.first_key_value() {
+            let key = key.clone();
+            let Some(log) = self.logs.get_mut(&key) else {
+                self.fronts.pop_first();
+                continue;
+            };
+            let expired = log
+                .entries
+                .front()
+                .is_some_and(|e| now_ms.saturating_sub(e.ts_ms) > limits.ttl_ms);
+            if !expired {
+                break;
+            }
+            pop_front(log, &key, &mut self.fronts, &mut self.bytes, &mut self.retained);
+        }
+    }
+
+    /// What a `subscribe` to `channel` with `since` gets (SPEC §10).
+    /// `recovered` is true when nothing after the client's point was lost:
+    /// same epoch, and every message after it still retained.
+    pub fn replay(&mut self, channel: &str, since: Option<&Since>, now_ms: u64) -> Replay {
+        let limits = self.limits;
+        if let Some(key) = self.logs.get_key_value(channel).map(|(k, _)| k.clone())
+            && let Some(log) = self.logs.get_mut(&key)
+        {
+            Self::expire_log(
+                limits,
+                log,
+                &key,
+                &mut self.fronts,
+                &mut self.bytes,
+                &mut self.retained,
+                now_ms,
+            );
+        }
+        let pos = self.position(channel);
+        let Some(since) = since else {
+            return Replay {
+                epoch: pos.epoch,
+                offset: pos.offset,
+                recovered: None,
+                frames: Vec::new(),
+            };
+        };
+        let (after, same_epoch) = match since {
+            Since::Position { epoch, offset } => (*offset, **epoch == *pos.epoch),
+            Since::Last(n) => (pos.offset.saturating_sub(*n), true),
+        };
+        let lost_through = self.logs.get(channel).map_or(0, |l| l.lost_through);
+        let (after, recovered) = if !same_epoch {
+            (0, false)
+        } else if after > pos.offset {
+            (pos.offset, false)
+        } else {
+            (after, lost_through <= after)
+        };
+        let frames = self
+            .logs
+            .get(channel)
+            .map(|l| {
+                l.entries
+                    .iter()
+                    .filter(|e| e.offset > after)
+                    .map(|e| (e.offset, e.frame.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Replay {
+            epoch: pos.epoch,
+            offset: pos.offset,
+            recovered: Some(recovered),
+            frames,
+        }
+    }
+
+    /// Everything retained, for compacting the disk log: per channel its
+    /// messages in offset order, or one marker (empty frame) for a channel
+    /// that has offsets but no retained message.
+    pub fn retained(&self) -> impl Iterator<Item = Retained<'_>> {
+        self.logs.iter().flat_map(|(ch, log)| {
+            let marker = (log.entries.is_empty() && log.last > 0).then(|| Retained {
+                channel: ch,
+                epoch: &log.epoch,
+                offset: log.last,
+                ts_ms: 0,
+                frame: "",
+            });
+            marker.into_iter().chain(log.entries.iter().map(move |e| Retained {
+                channel: ch,
+                epoch: &log.epoch,
+                offset: e.offset,
+                ts_ms: e.ts_ms,
+                frame: e.frame.as_str(),
+            }))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h(per_channel: usize, ttl_ms: u64, max_bytes: u64) -> History {
+        History::new(
+            Limits {
+                per_channel,
+                ttl_ms,
+                max_bytes,
+            },
+            [1; 32],
+        )
+    }
+    fn offsets(r: &Replay) -> Vec<u64> {
+        r.frames.iter().map(|f| f.0).collect()
+    }
+    fn pos(epoch: &str, offset: u64) -> Since {
+        Since::Position {
+            epoch: epoch.into(),
+            offset,
+        }
+    }
+    fn fill(h: &mut History, ch: &str, n: u64, ts: u64) {
+        for i in 1..=n {
+            let next = h.next(ch).offset;
+            h.push(ch, next, ts, format!("{ch}{i:05}").into(), ts);
+        }
+    }
+
+    #[test]
+    fn spec10_epochs_are_valid_stable_per_process_and_new_per_seed() {
+        let a = h(10, 1000, 1000);
+        let e = a.position("ops").epoch;
+        assert!(epoch_ok(&e), "{e}");
+        assert_eq!(a.position("ops").epoch, e);
+        assert_ne!(a.position("other").epoch, e);
+        let b = History::new(a.limits(), [2; 32]);
+        assert_ne!(b.position("ops").epoch, e);
+        assert!(!epoch_ok("short"));
+        assert!(!epoch_ok(&"x".repeat(33)));
+        assert!(!epoch_ok("has space!"));
+    }
+
+    #[test]
+    fn spec10_since_position_replays_after_k() {
+        let mut h = h(10, 1000, 1 << 20);
+        fill(&mut h, "c", 5, 0);
+        let e = h.position("c").epoch.to_string();
+        let r = h.replay("c", Some(&pos(&e, 2)), 0);
+        assert_eq!((r.offset, r.recovered, offsets(&r)), (5, Some(true), vec![3, 4, 5]));
+        // Up to date: nothing to send, nothing lost.
+        let r = h.replay("c", Some(&pos(&e, 5)), 0);
+        assert_eq!((r.recovered, offsets(&r)), (Some(true), vec![]));
+        // From the start.
+        assert_eq!(offsets(&h.replay("c", Some(&pos(&e, 0)), 0)), vec![1, 2, 3, 4, 5]);
+        // A point past the end is unknown here.
+        let r = h.replay("c", Some(&pos(&e, 9)), 0);
+        assert_eq!((r.recovered, offsets(&r)), (Some(false), vec![]));
+        // Another epoch: everything retained, not recovered.
+        let r = h.replay("c", Some(&pos("otherepoch", 3)), 0);
+        assert_eq!((r.recovered, offsets(&r)), (Some(false), vec![1, 2, 3, 4, 5]));
+        // No since: position only.
+        let r = h.replay("c", None, 0);
+        assert_eq!((r.offset, r.recovered, r.frames.len()), (5, None, 0));
+    }
+
+    #[test]
+    fn spec10_since_last() {
+        let mut h = h(10, 1000, 1 << 20);
+        fill(&mut h, "c", 5, 0);
+        let r = h.replay("c", Some(&Since::Last(2)), 0);
+        assert_eq!((r.recovered, offsets(&r)), (Some(true), vec![4, 5]));
+        let r = h.replay("c", Some(&Since::Last(0)), 0);
+        assert_eq!((r.recovered, offsets(&r)), (Some(true), vec![]));
+        let r = h.replay("c", Some(&Since::Last(1000)), 0);
+        assert_eq!((r.recovered, offsets(&r)), (Some(true), vec![1, 2, 3, 4, 5]));
+        // An empty channel: nothing lost.
+        let r = h.replay("new", Some(&Since::Last(3)), 0);
+        assert_eq!((r.offset, r.recovered, offsets(&r)), (0, Some(true), vec![]));
+    }
+
+    #[test]
+    fn spec10_count_limit_per_channel() {
+        let mut h = h(3, 1000, 1 << 20);
+        fill(&mut h, "a", 5, 0);
+        fill(&mut h, "b", 2, 0);
+        assert_eq!(h.retained_len(), 5);
+        let e = h.position("a").epoch.to_string();
+        let r = h.replay("a", Some(&pos(&e, 1)), 0);
+        assert_eq!((r.recovered, offsets(&r)), (Some(false), vec![3, 4, 5]));
+        let r = h.replay("a", Some(&pos(&e, 2)), 0);
+        assert_eq!((r.recovered, offsets(&r)), (Some(true), vec![3, 4, 5]));
+        let r = h.replay("a", Some(&Since::Last(4)), 0);
+        assert_eq!((r.recovered, offsets(&r)), (Some(false), vec![3, 4, 5]));
+    }
+
+    #[test]
+    fn spec10_history_off_keeps_offsets_and_epochs() {
+        let mut h = h(0, 1000, 1 << 20);
+        fill(&mut h, "a", 3, 0);
+        assert_eq!(
+            (h.position("a").offset, h.retained_len(), h.retained_bytes()),
+            (3, 0, 0)
+        );
+        let e = h.position("a").epoch.to_string();
+        assert_eq!(h.replay("a", Some(&pos(&e, 3)), 0).recovered, Some(true));
+        assert_eq!(h.replay("a", Some(&pos(&e, 2)), 0).recovered, Some(false));
+    }
+
+    #[test]
+    fn spec10_ttl_lazily_and_by_sweep() {
+        let mut h = h(10, 100, 1 << 20);
+        fill(&mut h, "a", 2, 1000);
+        fill(&mut h, "b", 1, 1050);
+        fill(&mut h, "a", 1, 1080);
+        // Age 100 is kept, 101 is not.
+        let e = h.position("a").epoch.to_string();
+        assert_eq!(offsets(&h.replay("a", Some(&pos(&e, 0)), 1100)), vec![1, 2, 3]);
+        let r = h.replay("a", Some(&pos(&e, 0)), 1101);
+        assert_eq!((r.recovered, offsets(&r)), (Some(false), vec![3]));
+        assert_eq!(h.retained_len(), 2);
+        h.expire(1151);
+        assert_eq!(h.retained_len(), 1);
+        h.expire(1181);
+        assert_eq!((h.retained_len(), h.retained_bytes()), (0, 0));
+        assert_eq!(h.position("a").offset, 3);
+    }
+
+    #[test]
+    fn spec10_max_bytes_across_channels_oldest_first() {
+        // Frames are 6 bytes ("a00001"); room for 4.
+        let mut h = h(10, 1000, 24);
+        fill(&mut h, "a", 2, 0);
+        fill(&mut h, "b", 2, 0);
+        assert_eq!(h.retained_bytes(), 24);
+        fill(&mut h, "b", 1, 0);
+        // a's first message (the oldest anywhere) went.
+        let ea = h.position("a").epoch.to_string();
+        let r = h.replay("a", Some(&pos(&ea, 0)), 0);
+        assert_eq!((r.recovered, offsets(&r)), (Some(false), vec![2]));
+        fill(&mut h, "b", 2, 0);
+        assert_eq!(offsets(&h.replay("a", Some(&pos(&ea, 0)), 0)), Vec::<u64>::new());
+        let eb = h.position("b").epoch.to_string();
+        assert_eq!(offsets(&h.replay("b", Some(&pos(&eb, 0)), 0)), vec![2, 3, 4, 5]);
+        assert_eq!((h.retained_len(), h.retained_bytes()), (4, 24));
+    }
+
+    #[test]
+    fn frames_are_shared_not_copied() {
+        let mut h = h(10, 1000, 1 << 20);
+        let f: Frame = "hello".into();
+        h.push("c", 1, 0, f.clone(), 0);
+        let r = h.replay("c", Some(&Since::Last(1)), 0);
+        assert_eq!(r.frames[0].1.as_str().as_ptr(), f.as_str().as_ptr());
+    }
+
+    #[test]
+    fn restore_keeps_epoch_and_marks_earlier_offsets_lost() {
+        let mut h = h(10, 1000, 1 << 20);
+        h.restore_marker("m", "markerEpoch1", 7);
+        assert_eq!(h.position("m").offset, 7);
+        assert_eq!(&*h.position("m").epoch, "markerEpoch1");
+        assert_eq!(h.next("m").offset, 8);
+        h.restore("c", "diskEpoch123", 4, 0, "x4".into(), 0);
+        h.restore("c", "diskEpoch123", 5, 0, "x5".into(), 0);
+        let r = h.replay("c", Some(&pos("diskEpoch123", 3)), 0);
+        assert_eq!((r.recovered, offsets(&r)), (Some(true), vec![4, 5]));
+        let r = h.replay("c", Some(&pos("diskEpoch123", 2)), 0);
+        assert_eq!(r.recovered, Some(false));
+        // Compaction input: the marker and the messages.
+        let mut all: Vec<_> = h.retained().map(|r| (r.channel, r.offset, r.frame)).collect();
+        all.sort();
+        assert_eq!(all, vec![("c", 4, "x4"), ("c", 5, "x5"), ("m", 7, "")]);
+        // A later epoch for the same channel replaces the old one.
+        h.restore("c", "diskEpoch456", 1, 0, "y1".into(), 0);
+        assert_eq!((h.position("c").offset, h.retained_len()), (1, 1));
+    }
+}
