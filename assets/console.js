@@ -461,25 +461,29 @@ function flushHeld(keep, age) {
 setInterval(() => flushHeld(null, 1000), 1000);
 
 // The answer to a subscribe with `since`: where the channel stands now.
+// Returns words for the channel note when updates were missed.
 function onSubscribed(m) {
   const asked = state.resuming.get(m.channel);
   state.resuming.delete(m.channel);
   const h = state.held.get(m.channel);
   if (h) h.at = Date.now();
-  if (typeof m.epoch !== 'string' || !Number.isSafeInteger(m.offset)) return; // a server without history
+  if (typeof m.epoch !== 'string' || !Number.isSafeInteger(m.offset)) return ''; // a server without history
   const p = state.pos.get(m.channel);
   if (asked && asked.epoch && asked.epoch === m.epoch) {
     if (p) p.offset = Math.min(p.offset, m.offset);
     if (m.recovered === false) {
       logEvent('some updates on ' + m.channel + ' were missed: the server no longer had them (not recovered)', true);
+      return 'resumed ' + m.channel + ', but some updates were missed';
     }
   } else if (asked && asked.epoch) {
     state.pos.set(m.channel, { epoch: m.epoch, offset: 0 });
     logEvent('the history of ' + m.channel + ' started over on the server: updates may be missing (not recovered)', true);
+    return 'resumed ' + m.channel + ', but updates may be missing';
   } else {
     // `last`: the replay starts at the oldest of the last few.
     state.pos.set(m.channel, { epoch: m.epoch, offset: 0 });
   }
+  return '';
 }
 
 function onMessage(m) {
@@ -488,11 +492,12 @@ function onMessage(m) {
   switch (m.type) {
     case 'message':
       return onUpdate(m);
-    case 'subscribed':
-      onSubscribed(m);
+    case 'subscribed': {
+      const missed = onSubscribed(m);
       state.subs.add(m.channel);
       renderSubs();
-      return note('sub-note', 'subscribed to ' + m.channel, 'ok');
+      return note('sub-note', missed || 'subscribed to ' + m.channel, missed ? 'bad' : 'ok');
+    }
     case 'unsubscribed':
       state.subs.delete(m.channel);
       state.pos.delete(m.channel); // subscribing again shows the last updates again

@@ -656,6 +656,7 @@ describe('console history and resume (SPEC §10)', { timeout: 120_000 }, () => {
     proxy.up();
     await updates(page, 'field update 77').waitFor({ timeout: 40_000 });
     await page.locator('#updates li.event', { hasText: 'not recovered' }).waitFor();
+    assert.match(await page.textContent('#sub-note'), /resumed field, but some updates were missed/);
     assert.deepEqual(await shownField(), [...range(6, 37), ...range(48, 77)]);
     await shot(page, '14-history-not-recovered');
   });
