@@ -184,43 +184,87 @@ pub fn after_publish(shared: &Shared, p: &Published) {
     }
 }
 
-/// Waits until no subscriber of `channel` is at or over its queue depth
-/// while still making write progress (SPEC §4.3 fairness: publishers go no
-/// faster than their readers). Subscribers over the depth whose queue has
-/// not been taken for [`STALL`] are closed with 4008 instead of waited for,
-/// so the wait is bounded.
+/// Whether a publish to `channel` must wait (SPEC §4.3 fairness:
+/// publishers go no faster than their readers): some subscriber of it other
+/// than `me` is at or over its queue depth and still making write progress.
+/// Subscribers over the depth whose queue has not been taken for [`STALL`]
+/// are closed with 4008 here instead of waited for, so every wait is bounded.
+fn must_wait(shared: &Shared, channel: &str, me: Option<ConnId>) -> bool {
+    if shared.congested.borrow().is_empty() {
+        return false;
+    }
+    let now = mono_ms();
+    let stall = STALL.as_millis() as u64;
+    let mut hold = false;
+    let hub = shared.hub.borrow();
+    shared.congested.borrow_mut().retain(|(id, h)| {
+        let keep = if h.close.get().is_some() || h.live_len() < h.depth as usize {
+            false
+        } else if now.saturating_sub(h.progress_ms.get()) >= stall {
+            close_slow(shared, h);
+            false
+        } else {
+            hold |= Some(*id) != me && hub.is_subscribed(*id, channel);
+            true
+        };
+        if !keep {
+            h.congested.set(false);
+        }
+        keep
+    });
+    hold
+}
+
+/// How often a waiting publisher looks again without being woken (to
+/// notice a stall).
+const RECHECK: Duration = Duration::from_millis(100);
+
+/// `POST /publish`: waits until [`must_wait`] says go.
 pub async fn room_for(shared: &Shared, channel: &str) {
     loop {
-        if shared.congested.borrow().is_empty() {
-            return;
-        }
         let listener = shared.room.listen();
-        let now = mono_ms();
-        let stall = STALL.as_millis() as u64;
-        let mut hold = false;
-        {
-            let hub = shared.hub.borrow();
-            shared.congested.borrow_mut().retain(|(id, h)| {
-                let keep = if h.close.get().is_some() || h.live_len() < h.depth as usize {
-                    false
-                } else if now.saturating_sub(h.progress_ms.get()) >= stall {
-                    close_slow(shared, h);
-                    false
-                } else {
-                    hold |= hub.is_subscribed(*id, channel);
-                    true
-                };
-                if !keep {
-                    h.congested.set(false);
-                }
-                keep
-            });
-        }
-        if !hold {
+        if !must_wait(shared, channel, None) {
             return;
         }
         smol::future::or(listener, async {
-            smol::Timer::after(Duration::from_millis(100)).await;
+            smol::Timer::after(RECHECK).await;
+        })
+        .await;
+    }
+}
+
+/// A WebSocket publisher waits like [`room_for`], but keeps writing its
+/// own queue meanwhile: it may be a subscriber others wait for.
+async fn room_for_socket<T>(
+    shared: &Shared,
+    handle: &ConnHandle,
+    tx: &mut T,
+    me: ConnId,
+    channel: &str,
+    sent: &mut u64,
+) -> Wrote
+where
+    T: Sink<Message> + Unpin,
+{
+    loop {
+        if handle.close.get().is_some() {
+            return Wrote::Closed;
+        }
+        let room = shared.room.listen();
+        let own = handle.wake.listen();
+        if !must_wait(shared, channel, Some(me)) {
+            return Wrote::Done;
+        }
+        let out = handle.take_queued(&shared.room);
+        if !out.is_empty() {
+            let wrote = write_all(tx, handle, out, sent).await;
+            if wrote != Wrote::Done {
+                return wrote;
+            }
+            continue;
+        }
+        smol::future::or(smol::future::or(room, own), async {
+            smol::Timer::after(RECHECK).await;
         })
         .await;
     }
@@ -457,11 +501,17 @@ where
                         let parsed = protocol::parse_client(t.as_str());
                         if let Ok(m) = &parsed
                             && let Command::Publish { channel, .. } = &m.command
+                            && crate::hub::may_publish(&rights, channel, shared.hub.borrow().levels()).is_ok()
                         {
                             // Boxed: the wait's state must not size every socket's task.
-                            Box::pin(room_for(&shared, channel)).await;
+                            let wait = room_for_socket(&shared, &handle, &mut tx, id, channel, &mut msgs_out);
+                            wrote = Box::pin(wait).await;
                         }
-                        let r = command(&shared, id, &mut rights, &mut claims, &mut timers, parsed);
+                        let r = if wrote == Wrote::Done {
+                            command(&shared, id, &mut rights, &mut claims, &mut timers, parsed)
+                        } else {
+                            Vec::new()
+                        };
                         *handle.sid.borrow_mut() = claims.sid.clone();
                         r
                     }
@@ -480,7 +530,7 @@ where
                     }
                     Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => Vec::new(),
                 };
-                if !replies.is_empty() {
+                if !replies.is_empty() && wrote == Wrote::Done {
                     // Frames queued before the command go out before its
                     // replies: no `message` from a channel after its
                     // `unsubscribed`.
