@@ -266,7 +266,14 @@ impl Resume {
             Some(p) => match std::fs::read_to_string(p) {
                 Ok(text) => resume::Positions::parse(&text)
                     .map_err(|e| Failure::usage(format!("--positions {}: {e}", p.display())))?,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => resume::Positions::default(),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    // Created now, so that an unwritable place shows at once.
+                    let empty = resume::Positions::default();
+                    crate::auth::state_file::write_atomic(p, empty.render().as_bytes()).map_err(|e| {
+                        Failure::usage(format!("--positions {}: cannot be written: {}", p.display(), e.kind()))
+                    })?;
+                    empty
+                }
                 Err(e) => return Err(Failure::usage(format!("--positions {}: {}", p.display(), e.kind()))),
             },
         };

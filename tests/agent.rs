@@ -488,6 +488,15 @@ fn spec10_positions_file_resumes_across_an_agent_restart() {
     assert_eq!(c.wait(Duration::from_secs(10)), Some(2));
     let err = c.stderr.lock().unwrap().clone();
     assert!(err.contains("--positions") && err.contains("line 2"), "{err}");
+    let nowhere = d.join("no-such-dir").join("positions");
+    let mut c = Agent::start(
+        &s.url(),
+        &["--username", "agent-7", "--positions", nowhere.to_str().unwrap()],
+        Some("a7-pass"),
+        false,
+    );
+    assert_eq!(c.wait(Duration::from_secs(10)), Some(2));
+    assert!(c.stderr.lock().unwrap().contains("cannot be written"));
     let mut c = Agent::start(
         &s.url(),
         &["--username", "hq", "--publish", "feed", "--positions", pos_arg],
