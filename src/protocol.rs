@@ -245,15 +245,22 @@ pub fn message(channel: &str, id: u64, ts_ms: u64, from: &str, data: &RawValue) 
         from: &'a str,
         data: &'a RawValue,
     }
-    serde_json::to_string(&Message {
+    // Sized up front: the frame may be kept in the history for an hour, and
+    // `to_string`'s doubling growth would keep up to twice its length.
+    let mut out = Vec::with_capacity(96 + channel.len() + from.len() + data.get().len());
+    let m = Message {
         kind: "message",
         channel,
         id,
         ts: ts_ms,
         from,
         data,
-    })
-    .unwrap_or_default()
+    };
+    if serde_json::to_writer(&mut out, &m).is_err() {
+        return String::new();
+    }
+    out.shrink_to_fit();
+    String::from_utf8(out).unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -279,12 +279,29 @@ pub fn publish(
     channel: &str,
     data: &serde_json::value::RawValue,
 ) -> Result<Published, PublishError<std::io::Error>> {
+    let mut disk = shared.disk.borrow_mut();
     let result = shared
         .hub
         .borrow_mut()
-        .publish_with(rights, channel, data, now_millis(), |_rec| Ok::<(), std::io::Error>(()));
+        .publish_with(rights, channel, data, now_millis(), |rec| match disk.as_mut() {
+            Some(log) => log.append(crate::history::disk::RecordRef {
+                channel: rec.channel,
+                epoch: rec.epoch,
+                offset: rec.offset,
+                ts_ms: rec.ts_ms,
+                frame: rec.frame,
+            }),
+            None => Ok(()),
+        });
+    let appended = disk.is_some();
+    drop(disk);
     match &result {
-        Ok(p) => after_publish(shared, p),
+        Ok(p) => {
+            if appended {
+                shared.disk_dirty.notify(1);
+            }
+            after_publish(shared, p)
+        }
         Err(PublishError::Store(e)) => shared.log.warn(
             "history_append_failed",
             &[("channel", channel.into()), ("error", (&e.to_string()).into())],
