@@ -351,7 +351,6 @@ fn numbers(a: u64, z: u64) -> Vec<Value> {
 }
 
 #[test]
-#[ignore = "needs --history-dir (H11, not merged yet)"]
 fn spec10_agent_across_server_restarts_prints_every_message_once_in_order() {
     const N: u64 = 90;
     let d = tempdir("resume");
