@@ -16,6 +16,11 @@ pub struct Metrics {
     pub messages_in: Cell<u64>,
     pub messages_out: Cell<u64>,
     pub slow_consumers: Cell<u64>,
+    /// Gauges set before rendering: messages and frame bytes the history
+    /// retains, and the bytes of `--history-dir`.
+    pub history_messages: Cell<u64>,
+    pub history_bytes: Cell<u64>,
+    pub history_disk_bytes: Cell<u64>,
 }
 
 /// Adds `n` to a counter.
@@ -68,11 +73,30 @@ impl Metrics {
             ),
             (
                 "tessera_slow_consumers_total",
-                "Sockets closed with 4008 (outbound queue full).",
+                "Sockets closed with 4008 (slow consumer).",
                 &self.slow_consumers,
             ),
         ] {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", v.get());
+        }
+        for (name, help, v) in [
+            (
+                "tessera_history_messages",
+                "Messages retained for resume, all channels.",
+                &self.history_messages,
+            ),
+            (
+                "tessera_history_bytes",
+                "Bytes of retained messages (serialised frames).",
+                &self.history_bytes,
+            ),
+            (
+                "tessera_history_disk_bytes",
+                "Bytes of the --history-dir log (0 without it).",
+                &self.history_disk_bytes,
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {}", v.get());
         }
         out
     }
@@ -96,6 +120,8 @@ mod tests {
             "tessera_messages_in_total 0",
             "tessera_messages_out_total 3",
             "tessera_slow_consumers_total 0",
+            "tessera_history_messages 0",
+            "tessera_history_disk_bytes 0",
         ] {
             assert!(t.contains(name), "{name} missing in\n{t}");
         }

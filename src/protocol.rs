@@ -5,9 +5,9 @@
 //! and never re-encoded.
 //!
 //! ```
-//! use tessera::protocol::{parse_client, Command};
-//! let m = parse_client(r#"{"type":"subscribe","channel":"ops","ref":7}"#).unwrap();
-//! assert!(matches!(m.command, Command::Subscribe(ref c) if c == "ops"));
+//! use tessera::protocol::{parse_client, Command, Since};
+//! let m = parse_client(r#"{"type":"subscribe","channel":"ops","since":{"last":5},"ref":7}"#).unwrap();
+//! assert!(matches!(m.command, Command::Subscribe { ref channel, since: Some(Since::Last(5)) } if channel == "ops"));
 //! assert_eq!(m.reference.unwrap().get(), "7");
 //! ```
 

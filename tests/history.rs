@@ -243,6 +243,9 @@ fn spec10_every_since_form() {
         assert_eq!(r["recovered"], true);
         assert_eq!(ids(&mut ws, "c", 6).await, [1, 2, 3, 4, 5, 6]);
     });
+    let m = http(s.addr, "GET", "/metrics", &[], "");
+    assert!(m.contains("tessera_history_messages 6\n"), "{m}");
+    assert!(m.contains("tessera_history_disk_bytes 0\n"), "{m}");
 }
 
 #[test]

@@ -37,6 +37,9 @@ use std::time::{Duration, Instant};
 /// taking its queue before it is closed with 4008.
 pub const STALL: Duration = Duration::from_secs(3);
 
+/// Bytes written within one batch that count as write progress.
+const PROGRESS_BYTES: usize = 16 * 1024;
+
 /// A live queue this many times `--queue-depth` long closes the socket at
 /// once (4008), whatever its progress.
 pub const HARD_CAP_FACTOR: usize = 4;
@@ -356,9 +359,17 @@ where
 {
     let texts = msgs.iter().filter(|m| m.is_text()).count() as u64;
     let write = async {
+        // Write progress inside a long batch (a big replay on a slow link)
+        // counts too: every PROGRESS_BYTES taken by the socket.
+        let mut fed = 0usize;
         for m in msgs {
+            fed += m.len();
             if tx.feed(m).await.is_err() {
                 return Wrote::Failed;
+            }
+            if fed >= PROGRESS_BYTES {
+                fed = 0;
+                handle.progress_ms.set(mono_ms());
             }
         }
         if tx.flush().await.is_err() {
