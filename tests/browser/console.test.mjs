@@ -16,6 +16,7 @@ import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import http from 'node:http';
 import net from 'node:net';
+import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import zlib from 'node:zlib';
@@ -51,10 +52,10 @@ process.on('exit', () => {
 
 // ---- the server ----
 
-function startServer(extra = []) {
+function startServer(extra = [], { listen = '127.0.0.1:0', env = {} } = {}) {
   return new Promise((resolve, reject) => {
-    const args = ['serve', '--demo', '--insecure-cookies', '--listen', '127.0.0.1:0', '--log-format', 'json', ...extra];
-    const child = spawn(BIN, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    const args = ['serve', '--demo', '--insecure-cookies', '--listen', listen, '--log-format', 'json', ...extra];
+    const child = spawn(BIN, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } });
     const s = { child, addr: null, passwords: {}, stderr: [], stdout: '' };
     const timer = setTimeout(() => {
       child.kill('SIGKILL');
@@ -593,9 +594,15 @@ describe('console history and resume (SPEC §10)', { timeout: 120_000 }, () => {
 
   const range = (a, z) => Array.from({ length: z - a + 1 }, (_, i) => a + i);
 
+  // 30 kept per channel: the drop below fits, the long one does not. On
+  // disk, under a fixed key, so that a restarted server keeps the history
+  // and the page's cookies.
+  const histDir = fs.mkdtempSync(path.join(os.tmpdir(), 'tessera-console-history-'));
+  const histArgs = ['--history', '30', '--history-dir', histDir];
+  const histEnv = { TESSERA_SECRET: 'console-test-key-0123456789abcdefghijklmnop' };
+
   before(async () => {
-    // 30 kept per channel: the drop below fits, the long one does not.
-    hist = await startServer(['--history', '30']);
+    hist = await startServer(histArgs, { env: histEnv });
     proxy = await startProxy(hist.port);
     const hq = await postJson(hist, '/auth/login', { username: 'hq', password: hist.passwords.hq });
     assert.equal(hq.status, 200);
@@ -619,6 +626,7 @@ describe('console history and resume (SPEC §10)', { timeout: 120_000 }, () => {
     await b?.close().catch(() => {});
     proxy?.srv.close();
     await stopServer(hist);
+    fs.rmSync(histDir, { recursive: true, force: true });
     clearTimeout(watchdog);
   });
 
@@ -659,6 +667,26 @@ describe('console history and resume (SPEC §10)', { timeout: 120_000 }, () => {
     assert.match(await page.textContent('#sub-note'), /resumed field, but some updates were missed/);
     assert.deepEqual(await shownField(), [...range(6, 37), ...range(48, 77)]);
     await shot(page, '14-history-not-recovered');
+  });
+
+  it('resumes across a server restart with --history-dir: same epoch, nothing missed', async () => {
+    // Only field is checked: the personal channel never had a message, so
+    // no log of it is on disk, and the restarted server names a new epoch.
+    const fieldNotices = () => page.locator('#updates li.event', { hasText: /field.*not recovered/ }).count();
+    const notices = await fieldNotices();
+    proxy.down();
+    await waitStatus(page, 'reconnecting');
+    await publishField(3); // 78..80, then the server restarts
+    await stopServer(hist);
+    hist = await startServer(histArgs, { listen: `127.0.0.1:${hist.port}`, env: histEnv });
+    proxy.up();
+    await updates(page, 'field update 80').waitFor({ timeout: 40_000 });
+    await waitStatus(page, 'connected as agent-007');
+    await publishField(1); // 81, live from the restarted server
+    await updates(page, 'field update 81').waitFor();
+    assert.deepEqual(await shownField(), [...range(6, 37), ...range(48, 81)]);
+    assert.equal(await fieldNotices(), notices);
+    await shot(page, '15-history-server-restarted');
   });
 
   it('had no CSP violation or script error', () => {
