@@ -258,8 +258,9 @@ struct Resume {
 const SAVE_EVERY: Duration = Duration::from_secs(1);
 
 impl Resume {
-    /// Loads `--positions FILE`: a missing file starts empty (it is created
-    /// on the first write); an unreadable or invalid one is a usage error.
+    /// Loads `--positions FILE`: a missing file starts empty and is created
+    /// at once; an unreadable, invalid or unwritable one is a usage error
+    /// (exit 2), never silently replaced.
     fn load(file: Option<PathBuf>) -> Result<Resume, Failure> {
         let positions = match &file {
             None => resume::Positions::default(),
