@@ -312,8 +312,8 @@ impl Resume {
     }
 
     /// Feeds one server frame through the tracker to stdout and stderr.
-    fn show(&mut self, text: &str) {
-        for out in self.tracker.on_frame(text) {
+    fn show(&mut self, text: &str, v: &Value) {
+        for out in self.tracker.on_parsed(text, v) {
             self.put(out);
         }
     }
@@ -619,9 +619,9 @@ async fn session(
             }
             Ev::Line(_) => stdin_done = true,
             Ev::In(Some(Ok(Message::Text(text)))) => {
-                resume.show(text.as_str());
-                resume.save(false);
                 let v: Value = serde_json::from_str(text.as_str()).unwrap_or(Value::Null);
+                resume.show(text.as_str(), &v);
+                resume.save(false);
                 match v["type"].as_str() {
                     Some("welcome") => {
                         *attempt = 0;

@@ -208,6 +208,11 @@ impl Tracker {
     /// One text frame from the server: the lines to print, in order.
     pub fn on_frame(&mut self, text: &str) -> Vec<Out> {
         let v: Value = serde_json::from_str(text).unwrap_or(Value::Null);
+        self.on_parsed(text, &v)
+    }
+
+    /// [`Tracker::on_frame`] for a frame already parsed into `v`.
+    pub fn on_parsed(&mut self, text: &str, v: &Value) -> Vec<Out> {
         let channel = v["channel"].as_str();
         match (v["type"].as_str(), channel) {
             (Some("message"), Some(ch)) => {
@@ -221,7 +226,7 @@ impl Tracker {
             (Some("subscribed"), Some(ch)) => {
                 let mut out = self.flush_all_but(None);
                 out.push(Out::Print(text.to_string()));
-                out.extend(self.on_subscribed(ch, &v));
+                out.extend(self.on_subscribed(ch, v));
                 out
             }
             (kind, _) => {
@@ -655,6 +660,26 @@ mod tests {
         );
         assert_eq!(printed(&out), (vec![1], 0));
         assert!(t.positions().is_empty());
+    }
+
+    #[test]
+    fn arbitrary_positions_files_never_panic() {
+        // A small xorshift: the same bytes every run.
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        let alphabet = b"ops @a-7 epochOne1 0123456789 \n#\t\xff\xc3";
+        for _ in 0..5000 {
+            let mut bytes = Vec::new();
+            for _ in 0..(x % 64) {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                bytes.push(alphabet[(x % alphabet.len() as u64) as usize]);
+            }
+            let text = String::from_utf8_lossy(&bytes);
+            if let Ok(p) = Positions::parse(&text) {
+                assert_eq!(Positions::parse(&p.render()), Ok(p));
+            }
+        }
     }
 
     #[test]
