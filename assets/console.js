@@ -14,6 +14,15 @@
 // subscribes it to the same channels, and only then closes the old one.
 // Updates seen on both sockets are shown once (ids count up per channel).
 //
+// History (SPEC §10): a channel's updates are numbered by an offset (`id`)
+// within an epoch. Subscribing asks for `since:{last:20}`, so the last 20
+// updates show; after that the page remembers each channel's epoch and last
+// offset, and every new socket (a refresh, or a reconnect after a drop, which
+// happens by itself with backoff) subscribes with `since:{epoch,offset}` and
+// is sent what it missed before anything live. When the server no longer has
+// all of it (`recovered:false`) the page says so. Updates that arrive live
+// on the personal channel ahead of its replay are held and merged in order.
+//
 // Everything shown comes from the server or other agents and is put on the
 // page as text (textContent), never as HTML.
 //
@@ -48,7 +57,12 @@ const state = {
   me: null, // the welcome message: sub, clearance, expires_at, server
   welcomedAt: 0, // Date.now() at that welcome
   subs: new Set(savedSubs()), // channels this page wants, kept across reconnects
-  lastId: new Map(), // channel -> last update id shown
+  pos: new Map(), // channel -> { epoch, offset }: the last update shown
+  posOwner: '', // whose positions those are (the welcome's sub)
+  resuming: new Map(), // channel -> the position asked for, until `subscribed`
+  held: new Map(), // channel -> { at, list }: live updates that came ahead of a replay
+  attempt: 0, // reconnects since the last welcome (backoff)
+  reconnectTimer: 0,
   refreshTimer: 0,
   renewing: null, // the refresh in flight, if any
   loggingOut: false,
@@ -219,7 +233,7 @@ function renew() {
       const res = await post('/auth/refresh');
       return res.ok; // the body holds the tokens: not read
     } catch {
-      return false;
+      return null; // the server cannot be reached
     }
   };
   const locked = navigator.locks ? navigator.locks.request('tessera-refresh', run) : run();
@@ -258,6 +272,7 @@ function scheduleRefresh() {
 async function logout() {
   state.loggingOut = true;
   clearTimeout(state.refreshTimer);
+  clearTimeout(state.reconnectTimer);
   try {
     await post('/auth/logout');
   } catch {
@@ -266,6 +281,7 @@ async function logout() {
   closeSocket();
   state.loggingOut = false;
   state.subs.clear();
+  state.pos.clear();
   renderSubs();
   showLogin('');
   setStatus('logged out', 'off');
@@ -286,17 +302,31 @@ function send(msg) {
 }
 
 function closeSocket() {
+  clearTimeout(state.reconnectTimer);
   const ws = state.ws;
   state.ws = null;
   if (ws) ws.close(1000);
   setConnected(false);
 }
 
+// After a drop: connect again in 1 s, doubling to 30 s, with jitter.
+function reconnectLater(why) {
+  clearTimeout(state.reconnectTimer);
+  const wait = Math.min(30, 2 ** state.attempt) * (0.75 + Math.random() / 2);
+  state.attempt += 1;
+  setStatus(why + '; reconnecting in ' + Math.ceil(wait) + ' s', 'wait');
+  state.reconnectTimer = setTimeout(connect, wait * 1000);
+}
+
 function connect() {
+  clearTimeout(state.reconnectTimer);
   const old = state.ws;
   const url = (location.protocol === 'https:' ? 'wss://' : 'ws://') + location.host + '/ws';
   const ws = new WebSocket(url); // same origin: the browser adds the cookie and Origin
   let welcomed = false;
+  // Resumes asked on an earlier socket will not be answered.
+  state.resuming.clear();
+  state.held.clear();
   state.ws = ws;
   showLive();
   if (!old) setStatus('connecting…', 'wait');
@@ -312,6 +342,9 @@ function connect() {
       if (ws !== state.ws) return ws.close(1000); // superseded before it was ready
       welcomed = true;
       state.retried = false;
+      state.attempt = 0;
+      if (m.sub !== state.posOwner) state.pos.clear(); // another agent's positions
+      state.posOwner = m.sub;
       state.me = m;
       state.welcomedAt = Date.now();
       $('who').textContent = m.sub;
@@ -323,22 +356,25 @@ function connect() {
       setStatus('connected as ' + m.sub, 'on');
       // The server subscribes every agent to its personal channel; the others
       // are asked for again and listed once the server says `subscribed`.
+      // Every one of them, the personal channel too, is resumed (or shows its
+      // last updates) with `since`.
       const wanted = [...state.subs].filter((ch) => ch !== '@' + m.sub);
       state.subs = new Set(['@' + m.sub]);
       renderSubs();
+      subscribe('@' + m.sub);
       for (const ch of wanted) subscribe(ch);
-      // The new socket is ready: retire the one it replaces. A fresh start
-      // (not a replacement) may face a restarted server whose ids start over.
+      // The new socket is ready: retire the one it replaces.
       if (old) {
         old.close(1000);
       } else {
-        state.lastId.clear();
         logEvent('connected as ' + m.sub + ' (clearance ' + m.clearance + ')');
       }
     } else if (ws !== state.ws) {
       // A socket being replaced still delivers updates until it closes.
       if (m.type === 'message') onUpdate(m);
     } else {
+      // A replay is over once something else comes.
+      flushHeld(m.type === 'message' ? m.channel : null, 0);
       onMessage(m);
     }
   };
@@ -356,7 +392,7 @@ function connect() {
       showLogin(words);
       setStatus(words, 'bad');
     } else {
-      setStatus('disconnected: ' + words, 'bad');
+      reconnectLater('disconnected: ' + words);
     }
   };
 }
@@ -368,7 +404,13 @@ async function onRefused(old) {
   if (old) old.close(1000);
   if (localStorage.getItem(SESSION_FLAG) && !state.retried) {
     state.retried = true;
-    if (await renew()) return connect();
+    const renewed = await renew();
+    if (renewed) return connect();
+    if (renewed === null) {
+      // The server is down or out of reach, not refusing: try again later.
+      state.retried = false;
+      return reconnectLater('cannot reach the server');
+    }
   }
   state.retried = false;
   showLogin('could not connect: log in (again)');
@@ -376,10 +418,72 @@ async function onRefused(old) {
 }
 
 function onUpdate(m) {
-  const last = state.lastId.get(m.channel) || 0;
-  if (m.id <= last) return; // already shown (seen on the socket being replaced)
-  state.lastId.set(m.channel, m.id);
+  if (!Number.isSafeInteger(m.id)) return showUpdate(m);
+  if (state.resuming.has(m.channel)) {
+    // Live, ahead of the replay this channel is about to get: hold it.
+    const h = state.held.get(m.channel) || { at: 0, list: [] };
+    h.list.push(m);
+    state.held.set(m.channel, h);
+    return;
+  }
+  const h = state.held.get(m.channel);
+  if (h) {
+    // Merging the replay with what was held: older held ones first.
+    h.list.sort((a, b) => a.id - b.id);
+    while (h.list.length && h.list[0].id <= m.id) {
+      const first = h.list.shift();
+      if (first.id < m.id) showOnce(first);
+    }
+    if (!h.list.length) state.held.delete(m.channel);
+  }
+  showOnce(m);
+}
+
+// Shows an update unless it was shown already: offsets only grow within an
+// epoch, so anything at or below the channel's last offset is a repeat.
+function showOnce(m) {
+  const p = state.pos.get(m.channel);
+  if (p && m.id <= p.offset) return;
+  if (p) p.offset = m.id;
+  else state.pos.set(m.channel, { epoch: null, offset: m.id });
   showUpdate(m);
+}
+
+// Ends held merges whose replay is over (`subscribed` came, and then
+// something else, or `age` ms passed), except `keep`'s.
+function flushHeld(keep, age) {
+  for (const [ch, h] of state.held) {
+    if (ch === keep || state.resuming.has(ch) || Date.now() - h.at < age) continue;
+    state.held.delete(ch);
+    h.list.sort((a, b) => a.id - b.id).forEach(showOnce);
+  }
+}
+setInterval(() => flushHeld(null, 1000), 1000);
+
+// The answer to a subscribe with `since`: where the channel stands now.
+// Returns words for the channel note when updates were missed.
+function onSubscribed(m) {
+  const asked = state.resuming.get(m.channel);
+  state.resuming.delete(m.channel);
+  const h = state.held.get(m.channel);
+  if (h) h.at = Date.now();
+  if (typeof m.epoch !== 'string' || !Number.isSafeInteger(m.offset)) return ''; // a server without history
+  const p = state.pos.get(m.channel);
+  if (asked && asked.epoch && asked.epoch === m.epoch) {
+    if (p) p.offset = Math.min(p.offset, m.offset);
+    if (m.recovered === false) {
+      logEvent('some updates on ' + m.channel + ' were missed: the server no longer had them (not recovered)', true);
+      return 'resumed ' + m.channel + ', but some updates were missed';
+    }
+  } else if (asked && asked.epoch) {
+    state.pos.set(m.channel, { epoch: m.epoch, offset: 0 });
+    logEvent('the history of ' + m.channel + ' started over on the server: updates may be missing (not recovered)', true);
+    return 'resumed ' + m.channel + ', but updates may be missing';
+  } else {
+    // `last`: the replay starts at the oldest of the last few.
+    state.pos.set(m.channel, { epoch: m.epoch, offset: 0 });
+  }
+  return '';
 }
 
 function onMessage(m) {
@@ -388,12 +492,15 @@ function onMessage(m) {
   switch (m.type) {
     case 'message':
       return onUpdate(m);
-    case 'subscribed':
+    case 'subscribed': {
+      const missed = onSubscribed(m);
       state.subs.add(m.channel);
       renderSubs();
-      return note('sub-note', 'subscribed to ' + m.channel, 'ok');
+      return note('sub-note', missed || 'subscribed to ' + m.channel, missed ? 'bad' : 'ok');
+    }
     case 'unsubscribed':
       state.subs.delete(m.channel);
+      state.pos.delete(m.channel); // subscribing again shows the last updates again
       renderSubs();
       if (m.reason === 'forbidden') return logEvent('dropped from ' + m.channel + ': no longer allowed', true);
       return note('sub-note', 'unsubscribed from ' + m.channel, '');
@@ -405,6 +512,7 @@ function onMessage(m) {
       if (Date.now() - state.welcomedAt > 2000) refreshNow();
       return;
     case 'error':
+      if (what && what.kind === 'subscribe' && state.resuming.delete(what.channel)) flushHeld(null, 0);
       return onError(m, what);
   }
 }
@@ -424,9 +532,15 @@ $('login-form').onsubmit = (e) => {
   login(f.username.value.trim(), f.password.value);
 };
 
+// With `since`: from the last update shown, or the last 20 for a channel
+// not seen yet (SPEC §10).
 function subscribe(channel) {
-  const ref = send({ type: 'subscribe', channel });
-  if (ref) state.pending.set(ref, { kind: 'subscribe', channel });
+  const p = state.pos.get(channel);
+  const since = p && p.epoch ? { epoch: p.epoch, offset: p.offset } : { last: 20 };
+  const ref = send({ type: 'subscribe', channel, since });
+  if (!ref) return;
+  state.pending.set(ref, { kind: 'subscribe', channel });
+  state.resuming.set(channel, since);
 }
 
 $('sub-form').onsubmit = (e) => {

@@ -5,9 +5,14 @@
 //! stdout (diagnostics go to stderr). Before the token expires it refreshes
 //! over HTTP and then in-band, so the socket and its subscriptions live on.
 //! After a drop it reconnects with capped exponential backoff and jitter.
+//! Every reconnect resumes each channel from the last offset printed
+//! (SPEC §10, [`resume`]), so stdout holds every message once and in order;
+//! `--positions FILE` keeps those offsets across agent restarts.
 //! Exit codes: 0 on SIGINT/SIGTERM (or end of stdin with `--publish`), 1 on
-//! bad credentials or an unusable token, 2 on bad flags, 3 when the session
-//! is revoked (close 4003).
+//! bad credentials or an unusable token, 2 on bad flags or an unusable
+//! positions file, 3 when the session is revoked (close 4003).
+
+pub mod resume;
 
 use crate::cli;
 use crate::commands::{Failure, now_unix};
@@ -17,7 +22,8 @@ use futures_util::StreamExt;
 use serde_json::{Value, json};
 use smol::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use std::io::Write;
-use std::time::Duration;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 /// Where the hub is, from `--url ws://HOST:PORT/PATH`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -238,6 +244,88 @@ fn print_line(v: &str) {
     let _ = out.flush();
 }
 
+/// The resume state of a run and where it is kept (`--positions`).
+struct Resume {
+    tracker: resume::Tracker,
+    file: Option<PathBuf>,
+    saved_at: Instant,
+    /// The last write failed (said once, until one succeeds).
+    failing: bool,
+}
+
+/// Positions are written at most this often while messages flow (flash
+/// wear), and always when a connection ends and at exit.
+const SAVE_EVERY: Duration = Duration::from_secs(1);
+
+impl Resume {
+    /// Loads `--positions FILE`: a missing file starts empty and is created
+    /// at once; an unreadable, invalid or unwritable one is a usage error
+    /// (exit 2), never silently replaced.
+    fn load(file: Option<PathBuf>) -> Result<Resume, Failure> {
+        let positions = match &file {
+            None => resume::Positions::default(),
+            Some(p) => match std::fs::read_to_string(p) {
+                Ok(text) => resume::Positions::parse(&text)
+                    .map_err(|e| Failure::usage(format!("--positions {}: {e}", p.display())))?,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    // Created now, so that an unwritable place shows at once.
+                    let empty = resume::Positions::default();
+                    crate::auth::state_file::write_atomic(p, empty.render().as_bytes()).map_err(|e| {
+                        Failure::usage(format!("--positions {}: cannot be written: {}", p.display(), e.kind()))
+                    })?;
+                    empty
+                }
+                Err(e) => return Err(Failure::usage(format!("--positions {}: {}", p.display(), e.kind()))),
+            },
+        };
+        Ok(Resume {
+            tracker: resume::Tracker::new(positions),
+            file,
+            saved_at: Instant::now(),
+            failing: false,
+        })
+    }
+
+    /// Writes the positions if they moved (and, unless `now`, if the last
+    /// write is [`SAVE_EVERY`] old), atomically: temp file, fsync, rename.
+    fn save(&mut self, now: bool) {
+        let Some(path) = &self.file else {
+            return;
+        };
+        if !now && self.saved_at.elapsed() < SAVE_EVERY {
+            return;
+        }
+        if !self.tracker.take_dirty() {
+            return;
+        }
+        self.saved_at = Instant::now();
+        let text = self.tracker.positions().render();
+        match crate::auth::state_file::write_atomic(path, text.as_bytes()) {
+            Ok(()) => self.failing = false,
+            Err(e) => {
+                if !self.failing {
+                    say(&format!("cannot write --positions {}: {}", path.display(), e.kind()));
+                }
+                self.failing = true;
+            }
+        }
+    }
+
+    /// Feeds one server frame through the tracker to stdout and stderr.
+    fn show(&mut self, text: &str, v: &Value) {
+        for out in self.tracker.on_parsed(text, v) {
+            self.put(out);
+        }
+    }
+
+    fn put(&mut self, out: resume::Out) {
+        match out {
+            resume::Out::Print(line) => print_line(&line),
+            resume::Out::Warn(line) => say(&line),
+        }
+    }
+}
+
 /// How one connection ended.
 enum End {
     /// Reconnect (after backoff unless `fast`).
@@ -273,6 +361,10 @@ pub fn run(args: &cli::Agent) -> Result<(), Failure> {
     if token.is_none() && args.username.is_none() {
         return Err(Failure::usage("--username is required (or --token-file)"));
     }
+    if args.publish.is_some() && args.positions.is_some() {
+        return Err(Failure::usage("--positions goes with --subscribe, not --publish"));
+    }
+    let mut resume = Resume::load(args.positions.clone())?;
     smol::block_on(async {
         let mut creds = match token {
             Some(t) => Creds {
@@ -309,8 +401,10 @@ pub fn run(args: &cli::Agent) -> Result<(), Failure> {
                 &mut signals,
                 stdin_lines.as_mut(),
                 &mut attempt,
+                &mut resume,
             )
             .await;
+            resume.save(true);
             match end {
                 End::Exit(r) => return r,
                 End::Retry { fast } => {
@@ -367,6 +461,7 @@ async fn session(
     signals: &mut async_signal::Signals,
     mut stdin: Option<&mut Lines>,
     attempt: &mut u32,
+    resume: &mut Resume,
 ) -> End {
     let url = format!("{}://{}:{}{}", if t.tls { "wss" } else { "ws" }, t.host, t.port, t.path);
     let mut req = match url.as_str().into_client_request() {
@@ -425,10 +520,12 @@ async fn session(
     };
 
     let mut ref_counter: u64 = 0;
+    resume.tracker.new_session();
     if args.publish.is_none() {
         for c in &args.subscribe {
             ref_counter += 1;
-            let m = json!({"type":"subscribe","channel":c,"ref":ref_counter}).to_string();
+            // With `since` when the channel's position is known (SPEC §10).
+            let m = resume.tracker.subscribe(c, ref_counter);
             if ws.send(Message::text(m)).await.is_err() {
                 return End::Retry { fast: false };
             }
@@ -466,7 +563,11 @@ async fn session(
                 }
             }
         }
-        let wait = Duration::from_secs(refreshing_at.saturating_sub(now).clamp(1, 3600));
+        let mut wait = Duration::from_secs(refreshing_at.saturating_sub(now).clamp(1, 3600));
+        if resume.tracker.holds() || (resume.file.is_some() && resume.tracker.is_dirty()) {
+            // Positions to write, or a replay merge to finish: look again soon.
+            wait = wait.min(SAVE_EVERY);
+        }
         let lines = async {
             match stdin.as_deref_mut() {
                 Some(l) if !stdin_done => Ev::Line(l.next().await),
@@ -493,7 +594,12 @@ async fn session(
                 say("interrupted");
                 return End::Exit(Ok(()));
             }
-            Ev::Tick => {}
+            Ev::Tick => {
+                for out in resume.tracker.tick() {
+                    resume.put(out);
+                }
+                resume.save(false);
+            }
             Ev::Line(Some(Ok(line))) => {
                 let line = line.trim();
                 if line.is_empty() {
@@ -513,11 +619,25 @@ async fn session(
             }
             Ev::Line(_) => stdin_done = true,
             Ev::In(Some(Ok(Message::Text(text)))) => {
-                print_line(text.as_str());
                 let v: Value = serde_json::from_str(text.as_str()).unwrap_or(Value::Null);
+                resume.show(text.as_str(), &v);
+                resume.save(false);
                 match v["type"].as_str() {
                     Some("welcome") => {
                         *attempt = 0;
+                        // The hub joined us to `@sub` at connect: subscribing
+                        // again learns its epoch, or resumes it (SPEC §10).
+                        let personal = format!("@{}", v["sub"].as_str().unwrap_or_default());
+                        if args.publish.is_none()
+                            && crate::hub::channel_name_ok(&personal)
+                            && !args.subscribe.contains(&personal)
+                        {
+                            ref_counter += 1;
+                            let m = resume.tracker.subscribe(&personal, ref_counter);
+                            if ws.send(Message::text(m)).await.is_err() {
+                                return End::Retry { fast: false };
+                            }
+                        }
                         expires_at = v["expires_at"].as_u64().unwrap_or(u64::MAX);
                         refreshing_at = refresh_time(now_unix(), expires_at);
                     }

@@ -263,6 +263,11 @@ pub struct Agent {
     /// publish each JSON line read from stdin to this channel instead
     #[argh(option)]
     pub publish: Option<String>,
+    /// keep the last position (epoch and offset) of every channel in this
+    /// file, so that a restarted agent resumes where it stopped; written
+    /// atomically at most once a second and at exit; created when missing
+    #[argh(option)]
+    pub positions: Option<PathBuf>,
     /// also trust the CA certificates in this PEM file for wss:// (besides
     /// the system roots; cargo feature `tls`)
     #[argh(option)]

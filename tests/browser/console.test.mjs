@@ -8,7 +8,7 @@
 // (default: target/release/tessera), CHROMIUM_BIN the browser (default:
 // /usr/bin/chromium). Screenshots of each state go to
 // target/browser-screenshots/. Every wait has a timeout, and a watchdog ends
-// the run (server included) if the whole thing takes over three minutes.
+// the run (servers included) if the whole thing takes over five minutes.
 
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
@@ -16,6 +16,7 @@ import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import http from 'node:http';
 import net from 'node:net';
+import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import zlib from 'node:zlib';
@@ -32,26 +33,29 @@ let server; // { child, addr, port, base, passwords, stderr }
 let shortLived; // another, whose access tokens live 20 s
 let browser;
 let evil; // a second local origin
+let hist; // a server for the history tests (SPEC §10), reached through a proxy that can drop
 const problems = []; // CSP violations and script errors on the console pages
 
 const watchdog = setTimeout(() => {
-  console.error('browser tests: watchdog fired after 180 s; stopping');
+  console.error('browser tests: watchdog fired after 300 s; stopping');
   server?.child.kill('SIGKILL');
   shortLived?.child.kill('SIGKILL');
+  hist?.child.kill('SIGKILL');
   process.exit(1);
-}, 180_000);
+}, 300_000);
 watchdog.unref();
 process.on('exit', () => {
   server?.child.kill('SIGKILL');
   shortLived?.child.kill('SIGKILL');
+  hist?.child.kill('SIGKILL');
 });
 
 // ---- the server ----
 
-function startServer(extra = []) {
+function startServer(extra = [], { listen = '127.0.0.1:0', env = {} } = {}) {
   return new Promise((resolve, reject) => {
-    const args = ['serve', '--demo', '--insecure-cookies', '--listen', '127.0.0.1:0', '--log-format', 'json', ...extra];
-    const child = spawn(BIN, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    const args = ['serve', '--demo', '--insecure-cookies', '--listen', listen, '--log-format', 'json', ...extra];
+    const child = spawn(BIN, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } });
     const s = { child, addr: null, passwords: {}, stderr: [], stdout: '' };
     const timer = setTimeout(() => {
       child.kill('SIGKILL');
@@ -296,7 +300,6 @@ describe('console page in headless Chromium', { timeout: 170_000 }, () => {
     evil?.srv.close();
     await stopServer(server);
     await stopServer(shortLived);
-    clearTimeout(watchdog);
   });
 
   it('serves the page with a strict CSP and nosniff, gzipped only when asked', async () => {
@@ -494,3 +497,199 @@ async function loginFormShown(page) {
   await page.locator('#login-form').waitFor({ state: 'visible' });
   assert.equal(await page.title(), 'tessera console');
 }
+
+// ---- history and resume (SPEC §10) ----
+
+/** A TCP proxy to `port` that can drop every connection and refuse new ones, like a lost link. */
+function startProxy(port) {
+  const socks = new Set();
+  let open = true;
+  const srv = net.createServer((c) => {
+    if (!open) return c.destroy();
+    const u = net.connect(port, '127.0.0.1');
+    const end = () => {
+      c.destroy();
+      u.destroy();
+      socks.delete(c);
+      socks.delete(u);
+    };
+    for (const s of [c, u]) {
+      socks.add(s);
+      s.on('error', end);
+      s.on('close', end);
+    }
+    c.pipe(u);
+    u.pipe(c);
+  });
+  return new Promise((resolve) =>
+    srv.listen(0, '127.0.0.1', () => {
+      const p = srv.address().port;
+      resolve({
+        srv,
+        base: `http://127.0.0.1:${p}`,
+        down() {
+          open = false;
+          for (const s of socks) s.destroy();
+          socks.clear();
+        },
+        up() {
+          open = true;
+        },
+      });
+    }),
+  );
+}
+
+/** POST with a JSON body straight to a server (not through the proxy); the status and JSON answer. */
+function postJson(s, pathname, body, headers = {}) {
+  const data = JSON.stringify(body);
+  return new Promise((resolve, reject) => {
+    const req = http.request(
+      `${s.base}${pathname}`,
+      {
+        method: 'POST',
+        headers: { 'Content-Type': 'application/json', 'Content-Length': Buffer.byteLength(data), ...headers },
+        timeout: WAIT,
+      },
+      (res) => {
+        const chunks = [];
+        res.on('data', (c) => chunks.push(c));
+        res.on('end', () => resolve({ status: res.statusCode, body: JSON.parse(Buffer.concat(chunks).toString() || 'null') }));
+      },
+    );
+    req.on('timeout', () => req.destroy(new Error('POST timed out')));
+    req.on('error', reject);
+    req.end(data);
+  });
+}
+
+describe('console history and resume (SPEC §10)', { timeout: 120_000 }, () => {
+  let proxy;
+  let hqToken;
+  let b; // a browser of its own: these pages come from another origin (the proxy)
+  let page;
+  let published = 0;
+
+  /** Publishes `field update N` for the next `n` numbers, in order, each acknowledged. */
+  async function publishField(n) {
+    for (let i = 0; i < n; i++) {
+      published += 1;
+      const r = await postJson(hist, '/publish', { channel: 'field', data: { text: `field update ${published}` } }, {
+        Authorization: `Bearer ${hqToken}`,
+      });
+      assert.equal(r.status, 202, JSON.stringify(r.body));
+      assert.equal(r.body.id, published, 'offsets count up from 1');
+    }
+  }
+
+  /** The numbers of the `field update N` entries shown, oldest first. */
+  async function shownField() {
+    const texts = await page.$$eval('#updates li:not(.event) .text', (els) => els.map((e) => e.textContent));
+    return texts
+      .map((t) => /^field update (\d+)$/.exec(t))
+      .filter(Boolean)
+      .map((m) => Number(m[1]))
+      .reverse();
+  }
+
+  const range = (a, z) => Array.from({ length: z - a + 1 }, (_, i) => a + i);
+
+  // 30 kept per channel: the drop below fits, the long one does not. On
+  // disk, under a fixed key, so that a restarted server keeps the history
+  // and the page's cookies.
+  const histDir = fs.mkdtempSync(path.join(os.tmpdir(), 'tessera-console-history-'));
+  const histArgs = ['--history', '30', '--history-dir', histDir];
+  const histEnv = { TESSERA_SECRET: 'console-test-key-0123456789abcdefghijklmnop' };
+
+  before(async () => {
+    hist = await startServer(histArgs, { env: histEnv });
+    proxy = await startProxy(hist.port);
+    const hq = await postJson(hist, '/auth/login', { username: 'hq', password: hist.passwords.hq });
+    assert.equal(hq.status, 200);
+    hqToken = hq.body.access_token;
+    b = await chromium.launch({
+      executablePath: CHROMIUM,
+      args: ['--headless', '--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-quic'],
+      timeout: 30_000,
+    });
+    page = await (await b.newContext({ viewport: { width: 1280, height: 880 } })).newPage();
+    page.setDefaultTimeout(WAIT);
+    page.on('console', (m) => {
+      if (m.type() === 'error' && /Content Security Policy/i.test(m.text())) problems.push(`history: ${m.text()}`);
+    });
+    page.on('pageerror', (e) => problems.push(`history: ${e.message}`));
+    await page.goto(proxy.base + '/');
+    await login(page, 'agent-007', { ...hist, base: proxy.base });
+  });
+
+  after(async () => {
+    await b?.close().catch(() => {});
+    proxy?.srv.close();
+    await stopServer(hist);
+    fs.rmSync(histDir, { recursive: true, force: true });
+    clearTimeout(watchdog);
+  });
+
+  it('subscribing shows the last 20 updates of the channel', async () => {
+    await publishField(25);
+    await page.fill('#sub-form input[name=channel]', 'field');
+    await page.click('#sub-form button');
+    await updates(page, 'field update 25').waitFor();
+    assert.deepEqual(await shownField(), range(6, 25));
+    await publishField(1);
+    await updates(page, 'field update 26').waitFor();
+    assert.deepEqual(await shownField(), range(6, 26));
+    await shot(page, '11-history-last-20');
+  });
+
+  it('a dropped link reconnects by itself and resumes without loss or duplicates', async () => {
+    proxy.down();
+    await waitStatus(page, 'reconnecting');
+    await publishField(10); // 27..36, while the page is cut off
+    await shot(page, '12-history-dropped');
+    proxy.up();
+    await updates(page, 'field update 36').waitFor({ timeout: 40_000 });
+    await waitStatus(page, 'connected as agent-007');
+    await publishField(1); // 37, live again
+    await updates(page, 'field update 37').waitFor();
+    assert.deepEqual(await shownField(), range(6, 37));
+    assert.equal(await page.locator('#updates li.event', { hasText: 'not recovered' }).count(), 0);
+    await shot(page, '13-history-resumed');
+  });
+
+  it('says so when the server no longer has everything that was missed', async () => {
+    proxy.down();
+    await waitStatus(page, 'reconnecting');
+    await publishField(40); // 38..77: only the last 30 (48..77) are kept
+    proxy.up();
+    await updates(page, 'field update 77').waitFor({ timeout: 40_000 });
+    await page.locator('#updates li.event', { hasText: 'not recovered' }).waitFor();
+    assert.match(await page.textContent('#sub-note'), /resumed field, but some updates were missed/);
+    assert.deepEqual(await shownField(), [...range(6, 37), ...range(48, 77)]);
+    await shot(page, '14-history-not-recovered');
+  });
+
+  it('resumes across a server restart with --history-dir: same epoch, nothing missed', async () => {
+    // Only field is checked: the personal channel never had a message, so
+    // no log of it is on disk, and the restarted server names a new epoch.
+    const fieldNotices = () => page.locator('#updates li.event', { hasText: /field.*not recovered/ }).count();
+    const notices = await fieldNotices();
+    proxy.down();
+    await waitStatus(page, 'reconnecting');
+    await publishField(3); // 78..80, then the server restarts
+    await stopServer(hist);
+    hist = await startServer(histArgs, { listen: `127.0.0.1:${hist.port}`, env: histEnv });
+    proxy.up();
+    await updates(page, 'field update 80').waitFor({ timeout: 40_000 });
+    await waitStatus(page, 'connected as agent-007');
+    await publishField(1); // 81, live from the restarted server
+    await updates(page, 'field update 81').waitFor();
+    assert.deepEqual(await shownField(), [...range(6, 37), ...range(48, 81)]);
+    assert.equal(await fieldNotices(), notices);
+    await shot(page, '15-history-server-restarted');
+  });
+
+  it('had no CSP violation or script error', () => {
+    assert.deepEqual(problems, []);
+  });
+});
