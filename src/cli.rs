@@ -241,7 +241,9 @@ pub struct Useradd {
 /// The field client: log in, connect, subscribe, and print every server
 /// message as one JSON line on stdout. Refreshes before expiry and
 /// reconnects after drops. The password comes from env TESSERA_PASSWORD,
-/// --password-file, or a prompt on a terminal.
+/// --password-file, or a prompt on a terminal. When the server asks for a
+/// second factor, the one-time code comes from env TESSERA_OTP (used once)
+/// or a prompt on a terminal.
 #[derive(FromArgs, Debug)]
 #[argh(subcommand, name = "agent")]
 pub struct Agent {
