@@ -300,6 +300,19 @@ fn spec11_mfa_min_clearance_login_and_handshake() {
     assert_eq!(status(&r), 101, "{r}");
     let r = up(&token("x", 2, 60, |_| {}));
     assert_eq!(status(&r), 101, "{r}");
+    // POST /publish follows the same rule.
+    let msg = r#"{"channel":"ops","data":1}"#;
+    let r = publish_as(s.addr, &token("x", 5, 60, |c| c.publish = true), msg);
+    assert_eq!(outcome(&r), (403, "mfa_required".into()), "{r}");
+    let r = publish_as(
+        s.addr,
+        &token("x", 5, 60, |c| {
+            c.publish = true;
+            c.amr = Some(vec!["pwd".into(), "otp".into()]);
+        }),
+        msg,
+    );
+    assert_eq!(status(&r), 202, "{r}");
     s.wait_log(&["ws_reject", "mfa_required"]);
 }
 
