@@ -29,6 +29,7 @@ fn users_file(dir: &std::path::Path) -> PathBuf {
         publish: true,
         channels: vec![],
         hash: PasswordHash::new(b"hq-pass", 1000, [1; 16]),
+        totp: None,
     });
     f.upsert(User {
         name: "agent-7".into(),
@@ -36,6 +37,7 @@ fn users_file(dir: &std::path::Path) -> PathBuf {
         publish: false,
         channels: vec!["ops".into(), "team.*".into()],
         hash: PasswordHash::new(b"a7-pass", 1000, [2; 16]),
+        totp: None,
     });
     let p = dir.join("users");
     std::fs::write(&p, f.render()).unwrap();
@@ -497,7 +499,8 @@ fn spec6_useradd_rewrites_atomically_keeping_comments() {
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap();
-        c.stdin.take().unwrap().write_all(format!("{pw}\n").as_bytes()).unwrap();
+        // A refused flag exits before reading stdin: a broken pipe is fine.
+        let _ = c.stdin.take().unwrap().write_all(format!("{pw}\n").as_bytes());
         c.wait_with_output().unwrap()
     };
     let o = add("hq", "first", &["--clearance", "5", "--publish"]);
