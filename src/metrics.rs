@@ -16,6 +16,12 @@ pub struct Metrics {
     pub messages_in: Cell<u64>,
     pub messages_out: Cell<u64>,
     pub slow_consumers: Cell<u64>,
+    /// Pre-upgrade connections shed at `--max-pending*` (or out of files).
+    pub pending_shed: Cell<u64>,
+    /// Connections refused at `--max-pending*` with nothing idle to shed.
+    pub pending_refused: Cell<u64>,
+    /// `accept` failures (e.g. out of file descriptors).
+    pub accept_failed: Cell<u64>,
 }
 
 /// Adds `n` to a counter.
@@ -70,6 +76,21 @@ impl Metrics {
                 "tessera_slow_consumers_total",
                 "Sockets closed with 4008 (outbound queue full).",
                 &self.slow_consumers,
+            ),
+            (
+                "tessera_pending_shed_total",
+                "Idle connections that had not upgraded, closed to make room.",
+                &self.pending_shed,
+            ),
+            (
+                "tessera_pending_refused_total",
+                "Connections refused at the pre-upgrade caps.",
+                &self.pending_refused,
+            ),
+            (
+                "tessera_accept_failed_total",
+                "Failed accepts (e.g. out of file descriptors).",
+                &self.accept_failed,
             ),
         ] {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", v.get());

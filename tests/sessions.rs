@@ -180,12 +180,13 @@ fn spec4_1_rotation_reuse_revokes_session_and_closes_socket_4003() {
         claims_of(&a2)["sid"],
         claims_of(b1["access_token"].as_str().unwrap())["sid"]
     );
-    // Cookie-based refresh works too.
+    // Cookie-based refresh works too (from the page's own origin).
+    let origin = format!("http://{}", s.addr);
     let r3 = http(
         s.addr,
         "POST",
         "/auth/refresh",
-        &[("Cookie", &format!("tessera_refresh={t2}"))],
+        &[("Cookie", &format!("tessera_refresh={t2}")), ("Origin", &origin)],
         "",
     );
     assert_eq!(status(&r3), 200, "{r3}");

@@ -199,18 +199,87 @@ fn token_response(shared: &Shared, user: &User, sid: &str, refresh: &str, now: u
     )
 }
 
-/// Frees a hashing queue place when a waiting login ends, however it ends.
-struct QueuePlace<'a>(&'a Cell<usize>);
-impl Drop for QueuePlace<'_> {
+/// A login's claim on the hashing queue: gives back its place or slot
+/// however the login ends.
+enum QueueClaim<'a> {
+    Waiting(&'a Shared, u64),
+    Running(&'a Shared),
+}
+
+impl Drop for QueueClaim<'_> {
     fn drop(&mut self) {
-        self.0.set(self.0.get().saturating_sub(1));
+        let changed = match *self {
+            QueueClaim::Waiting(s, t) => {
+                s.login_queue.borrow_mut().leave(t);
+                s
+            }
+            QueueClaim::Running(s) => {
+                s.login_queue.borrow_mut().done();
+                s
+            }
+        };
+        changed.login_turn.notify(usize::MAX);
     }
 }
 
-/// `POST /auth/login`.
-pub async fn login(shared: &Shared, req: &Request, body: &[u8], peer: SocketAddr) -> Response {
+/// Waits for a hashing slot, served round-robin by client address
+/// ([`crate::throttle::LoginQueue`]); `None`: 503 `busy`.
+async fn hashing_slot(shared: &Shared, client: std::net::IpAddr) -> Option<QueueClaim<'_>> {
+    let arrival = shared.login_queue.borrow_mut().arrive(client);
+    // An arrival may have pushed out another waiter: wake it.
+    shared.login_turn.notify(usize::MAX);
+    let ticket = match arrival {
+        crate::throttle::Arrival::Run => return Some(QueueClaim::Running(shared)),
+        crate::throttle::Arrival::Busy => return None,
+        crate::throttle::Arrival::Wait(t) => t,
+    };
+    let waiting = QueueClaim::Waiting(shared, ticket);
+    loop {
+        let l = shared.login_turn.listen();
+        let polled = shared.login_queue.borrow_mut().poll(ticket);
+        if let Some(granted) = polled {
+            // The queue has already turned the place into a slot (or
+            // dropped it): nothing to give back.
+            std::mem::forget(waiting);
+            return granted.then_some(QueueClaim::Running(shared));
+        }
+        l.await;
+    }
+}
+
+/// Gives back a reserved login attempt (as a success) if the login ends
+/// before its outcome is known.
+struct Reserved<'a>(&'a Shared, Option<crate::throttle::Attempt>);
+
+impl Reserved<'_> {
+    /// Settles the attempt; true when a failure started a block.
+    fn settle(mut self, failed: bool) -> crate::throttle::NewBlocks {
+        match self.1.take() {
+            Some(a) => self.0.throttle.borrow_mut().settle(a, failed, now_unix()),
+            None => Default::default(),
+        }
+    }
+}
+
+impl Drop for Reserved<'_> {
+    fn drop(&mut self) {
+        if let Some(a) = self.1.take() {
+            self.0.throttle.borrow_mut().settle(a, false, now_unix());
+        }
+    }
+}
+
+/// `POST /auth/login`. `client` is the address throttling counts (the peer,
+/// or the address a trusted proxy forwarded).
+pub async fn login(
+    shared: &Shared,
+    req: &Request,
+    body: &[u8],
+    peer: SocketAddr,
+    client: std::net::IpAddr,
+) -> Response {
     let now = now_unix();
-    if let Some(secs) = shared.throttle.borrow().blocked(peer.ip(), now) {
+    if let Some(secs) = shared.throttle.borrow().blocked(client, now) {
         return Rejection::Throttled(secs).response();
     }
     if !is_json(req) {
@@ -224,21 +293,24 @@ pub async fn login(shared: &Shared, req: &Request, body: &[u8], peer: SocketAddr
     let Ok(b) = serde_json::from_slice::<Body>(body) else {
         return Response::error(400, "bad_request", "body must be {\"username\":…,\"password\":…}");
     };
-    // Unknown users are hashed against a dummy record with the same cost, so
-    // neither status nor timing tells them from a wrong password.
+    // The attempt counts from before hashing, so concurrent wrong passwords
+    // cannot overshoot the limit.
+    let attempt = shared.throttle.borrow_mut().reserve(client, &b.username, now);
+    let reserved = match attempt {
+        Ok(a) => Reserved(shared, Some(a)),
+        Err(secs) => return Rejection::Throttled(secs).response(),
+    };
+    // Unknown users are hashed against a dummy record with the cost of the
+    // strongest user's, so neither status nor timing tells them apart.
     let users = shared.users.borrow().clone();
     let user = users.get(&b.username).cloned();
     let hash = match &user {
         Some(u) => u.hash.clone(),
-        None => shared.dummy_hash.clone(),
+        None => shared.dummy_hash.borrow().clone(),
     };
-    if shared.hash_waiting.get() >= HASH_QUEUE {
+    let Some(slot) = hashing_slot(shared, client).await else {
         return Response::error(503, "busy", "too many logins at once; retry shortly").header("Retry-After", "1");
-    }
-    shared.hash_waiting.set(shared.hash_waiting.get() + 1);
-    let place = QueuePlace(&shared.hash_waiting);
-    let slot = shared.hash_slots.acquire().await;
-    drop(place);
+    };
     let password = b.password;
     let ok = smol::unblock(move || {
         lower_thread_priority();
@@ -247,18 +319,38 @@ pub async fn login(shared: &Shared, req: &Request, body: &[u8], peer: SocketAddr
     .await;
     drop(slot);
     let user = match (ok, user) {
-        (true, Some(u)) => u,
+        (true, Some(u)) => {
+            reserved.settle(false);
+            u
+        }
         _ => {
             crate::metrics::add(&shared.metrics.logins_failed, 1);
+            let shown = crate::log::clip(&b.username, 64);
+            let client_s = client.to_string();
             shared.log.info(
                 "login_failed",
-                &[("user", (&b.username).into()), ("peer", (&peer.to_string()).into())],
+                &[
+                    ("user", (&shown).into()),
+                    ("peer", (&peer.to_string()).into()),
+                    ("client", (&client_s).into()),
+                ],
             );
-            if shared.throttle.borrow_mut().failure(peer.ip(), now) {
+            let blocks = reserved.settle(true);
+            if blocks.address {
                 shared.log.warn(
                     "ip_throttled",
                     &[
                         ("peer", (&peer.ip().to_string()).into()),
+                        ("client", (&client_s).into()),
+                        ("seconds", crate::throttle::WINDOW_SECS.into()),
+                    ],
+                );
+            }
+            if blocks.user {
+                shared.log.warn(
+                    "user_throttled",
+                    &[
+                        ("user", (&shown).into()),
                         ("seconds", crate::throttle::WINDOW_SECS.into()),
                     ],
                 );
@@ -311,6 +403,15 @@ fn token_body(req: &Request, body: &[u8]) -> Result<TokenBody, Response> {
     serde_json::from_slice(body).map_err(|_| Response::error(400, "bad_request", "body must be a JSON object"))
 }
 
+/// When a cookie would supply the token (no token in the body, none in an
+/// `Authorization` header), the request must pass the same origin rule as
+/// the upgrade and `/publish` (cross-site requests carry cookies too).
+fn cookie_origin_ok(shared: &Shared, req: &Request) -> bool {
+    let from_cookie =
+        req.bearer().is_none() && (req.cookie("tessera_refresh").is_some() || req.cookie("tessera_access").is_some());
+    !from_cookie || gate::origin_allowed(req, gate::TokenSource::Cookie, &shared.cfg.gate)
+}
+
 /// Revokes a session and closes its sockets with 4003.
 pub fn revoke_session(shared: &Shared, sid: &str) {
     shared.sessions.borrow_mut().revoke(sid);
@@ -323,6 +424,9 @@ pub async fn refresh(shared: &Shared, req: &Request, body: &[u8], peer: SocketAd
         Ok(b) => b,
         Err(r) => return r,
     };
+    if b.refresh_token.is_none() && !cookie_origin_ok(shared, req) {
+        return Rejection::OriginNotAllowed.response();
+    }
     let Some(presented) = b
         .refresh_token
         .or_else(|| req.cookie("tessera_refresh").map(String::from))
@@ -384,6 +488,9 @@ pub async fn logout(shared: &Shared, req: &Request, body: &[u8], peer: SocketAdd
         Ok(b) => b,
         Err(r) => return r,
     };
+    if b.refresh_token.is_none() && b.access_token.is_none() && !cookie_origin_ok(shared, req) {
+        return Rejection::OriginNotAllowed.response();
+    }
     let refresh = b
         .refresh_token
         .or_else(|| req.cookie("tessera_refresh").map(String::from));
@@ -410,12 +517,14 @@ pub async fn logout(shared: &Shared, req: &Request, body: &[u8], peer: SocketAdd
         .header("Set-Cookie", cookie(shared, "tessera_refresh", "", "/auth", 0))
 }
 
-/// A dummy hash with the cost of a typical user's, for unknown names.
+/// A dummy hash with the cost of the strongest user's (the largest
+/// iteration count in the file), for unknown names.
 pub fn dummy_hash(users: &crate::auth::users::UsersFile) -> PasswordHash {
     let iterations = users
         .users()
-        .next()
-        .map_or(crate::auth::users::DEFAULT_ITERATIONS, |u| u.hash.iterations);
+        .map(|u| u.hash.iterations)
+        .max()
+        .unwrap_or(crate::auth::users::DEFAULT_ITERATIONS);
     let salt = random::<16>().unwrap_or([0; 16]);
     let fake = random::<32>().unwrap_or([0xa5; 32]);
     use base64::Engine as _;
