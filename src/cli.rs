@@ -206,6 +206,10 @@ pub struct Serve {
     /// 127.0.0.1:9090) instead of on --listen
     #[argh(option)]
     pub metrics_listen: Option<String>,
+    /// live sessions one user may hold; a login past it revokes the user's
+    /// least recently refreshed session [32]
+    #[argh(option, default = "32")]
+    pub max_sessions_per_user: usize,
 }
 
 fn parse_cidr(s: &str) -> Result<crate::http::Cidr, String> {

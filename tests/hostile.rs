@@ -544,6 +544,68 @@ fn f8_a_planted_symlink_at_the_old_temp_name_is_never_followed() {
     assert!(std::fs::read_to_string(&state).unwrap().contains("\"version\""));
 }
 
+// ---- Finding 9: bounded sessions -----------------------------------------
+
+fn refresh_with(addr: SocketAddr, t: &str) -> String {
+    let b = json!({ "refresh_token": t }).to_string();
+    raw_from(
+        v4(0, 0, 1),
+        addr,
+        &post("/auth/refresh", &[("Content-Type", "application/json")], &b),
+    )
+}
+
+#[test]
+fn f9_refresh_rotation_keeps_the_state_bounded_and_old_tokens_still_revoke() {
+    let d = tempdir("rotation");
+    let u = users(&d, &[("alice", "right", 1000)]);
+    let state = d.join("state.json");
+    let s = Srv::start(
+        "",
+        &["--users", u.to_str().unwrap(), "--state", state.to_str().unwrap()],
+    );
+    let r = raw_from(v4(0, 0, 1), s.addr, &login_req("alice", "right", &[]));
+    let first = body(&r)["refresh_token"].as_str().unwrap().to_string();
+    let mut t = first.clone();
+    let mut sizes = Vec::new();
+    for i in 0..120 {
+        let r = refresh_with(s.addr, &t);
+        assert_eq!(status(&r), 200, "{r}");
+        t = body(&r)["refresh_token"].as_str().unwrap().to_string();
+        if i == 9 || i == 119 {
+            sizes.push(std::fs::metadata(&state).unwrap().len());
+        }
+    }
+    assert!(sizes[1] <= sizes[0] + 16, "state grew with refreshes: {sizes:?}");
+    let r = refresh_with(s.addr, &first);
+    assert_eq!(body(&r)["error"], "refresh_token_reused", "{r}");
+    let r = refresh_with(s.addr, &t);
+    assert_eq!(status(&r), 401, "the session is revoked: {r}");
+}
+
+#[test]
+fn f9_sessions_per_user_are_capped() {
+    let d = tempdir("sesscap");
+    let u = users(&d, &[("alice", "right", 1000)]);
+    let s = Srv::start("", &["--users", u.to_str().unwrap(), "--max-sessions-per-user", "2"]);
+    let tokens: Vec<String> = (0..3)
+        .map(|_| {
+            let r = raw_from(v4(0, 0, 1), s.addr, &login_req("alice", "right", &[]));
+            assert_eq!(status(&r), 200, "{r}");
+            body(&r)["refresh_token"].as_str().unwrap().to_string()
+        })
+        .collect();
+    let r = refresh_with(s.addr, &tokens[0]);
+    assert_eq!(
+        (status(&r), body(&r)["error"].as_str()),
+        (401, Some("invalid_refresh_token")),
+        "{r}"
+    );
+    assert_eq!(status(&refresh_with(s.addr, &tokens[1])), 200);
+    assert_eq!(status(&refresh_with(s.addr, &tokens[2])), 200);
+    assert!(s.logs().contains("\"session_evicted\""));
+}
+
 // ---- Finding 10: smaller items -------------------------------------------
 
 #[test]

@@ -103,13 +103,15 @@ pub async fn persist_task(shared: Rc<Shared>) {
             l.await;
         }
         let generation = p.wanted.get();
-        let text = {
+        // Only a copy is taken on the event loop; serialising and writing
+        // happen on the blocking pool.
+        let copy = {
             let mut s = shared.sessions.borrow_mut();
             s.prune(now_unix(), shared.cfg.gate.verify.leeway);
-            s.to_json()
+            s.clone()
         };
         let path2 = path.clone();
-        let result = smol::unblock(move || state_file::write_atomic(&path2, text.as_bytes())).await;
+        let result = smol::unblock(move || state_file::write_atomic(&path2, copy.to_json().as_bytes())).await;
         match result {
             Ok(()) => p.written.set(generation),
             Err(e) => {
@@ -361,6 +363,17 @@ pub async fn login(
     let (Some(sid_bytes), Some(tok)) = (random::<16>(), random::<32>()) else {
         return Response::error(503, "busy", "no randomness from the OS");
     };
+    let over = shared
+        .sessions
+        .borrow()
+        .over_cap(&user.name, shared.cfg.max_sessions_per_user);
+    for old in over {
+        revoke_session(shared, &old);
+        shared.log.info(
+            "session_evicted",
+            &[("user", (&user.name).into()), ("sid", (&old).into())],
+        );
+    }
     let (sid, refresh) = shared.sessions.borrow_mut().login(
         &user.name,
         now,

@@ -62,6 +62,7 @@ pub struct Config {
     pub keepalive_timeout: Duration,
     pub trusted_proxies: Vec<crate::http::Cidr>,
     pub metrics_listen: Option<SocketAddr>,
+    pub max_sessions_per_user: usize,
 }
 
 impl Config {
@@ -84,6 +85,7 @@ impl Config {
             ("--max-message-bytes", a.max_message_bytes),
             ("--max-pending", a.max_pending),
             ("--max-pending-per-address", a.max_pending_per_address),
+            ("--max-sessions-per-user", a.max_sessions_per_user),
         ] {
             if v == 0 {
                 return Err(Failure::usage(format!("{name}: must be at least 1")));
@@ -139,6 +141,7 @@ impl Config {
             keepalive_timeout: Duration::from_secs(a.keepalive_timeout),
             trusted_proxies: a.trusted_proxy.clone(),
             metrics_listen,
+            max_sessions_per_user: a.max_sessions_per_user,
             listen,
             secret_file: a.secret_file.clone(),
             access_ttl: a.access_ttl,
