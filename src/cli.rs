@@ -188,8 +188,8 @@ pub struct Serve {
     #[argh(option, default = "256")]
     pub max_pending: usize,
     /// most not-yet-upgraded connections per client address (IPv6: per
-    /// /64; trusted proxies exempt) [16]
-    #[argh(option, default = "16")]
+    /// /64; trusted proxies exempt) [64]
+    #[argh(option, default = "64")]
     pub max_pending_per_address: usize,
     /// seconds an HTTP response may take to be written before the
     /// connection is closed [10]

@@ -307,12 +307,19 @@ fn spec6_restart_with_state_keeps_sessions_and_revocations() {
     assert_eq!(status(&r), 101);
 }
 
-/// The state file stores refresh tokens as base64url(SHA-256(token)).
+/// The state file stores the current refresh token of a session as
+/// base64url(SHA-256(token)), and the session's token family (the first 16
+/// bytes every one of its tokens shares) as base64url(SHA-256(prefix)): a
+/// token rotated away is known by its family.
 fn stored(state: &std::path::Path, token: &str) -> bool {
     use base64::Engine as _;
     use sha2::Digest;
-    let h = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sha2::Sha256::digest(token.as_bytes()));
-    std::fs::read_to_string(state).unwrap_or_default().contains(&h)
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let text = std::fs::read_to_string(state).unwrap_or_default();
+    let h = b64.encode(sha2::Sha256::digest(token.as_bytes()));
+    let raw = b64.decode(token).unwrap_or_default();
+    let family = b64.encode(sha2::Sha256::digest(raw.get(..16).unwrap_or_default()));
+    text.contains(&h) || text.contains(&format!("\"family\": \"{family}\""))
 }
 
 #[test]
