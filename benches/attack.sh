@@ -94,7 +94,7 @@ taskset -c 1 python3 - "$PORT" "$dir" "$IDLE_N" "$SLOW_N" "$SLOW_REQS" "$SUBFLOO
     >"$dir/attack.json" 2>"$dir/attack.err" <<'EOF' &
 import base64, hashlib, hmac, json, os, resource, selectors, socket, sys, threading, time
 port, d = int(sys.argv[1]), sys.argv[2]
-idle_n, slow_n, slow_reqs, subflood, flood_addrs = map(int, sys.argv[3:8])
+idle_n, slow_n, slow_reqs, sub_n, flood_addrs = map(int, sys.argv[3:8])
 soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
 resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 stop = threading.Event()
@@ -224,7 +224,7 @@ def flood(i):
 
 threads = [threading.Thread(target=idle)]
 threads += [threading.Thread(target=slow, args=(i,)) for i in range(slow_n)]
-threads += [threading.Thread(target=subflood, args=(i,)) for i in range(subflood)]
+threads += [threading.Thread(target=subflood, args=(i,)) for i in range(sub_n)]
 threads += [threading.Thread(target=flood, args=(i,)) for i in range(flood_addrs)]
 for t in threads: t.daemon = True; t.start()
 while not os.path.exists(os.path.join(d, "stop")):
@@ -239,6 +239,7 @@ legit attacked
 touch "$dir/stop"
 wait "$attacker" || true
 attacker=
+[ -s "$dir/attack.json" ] || { echo "attacker failed:" >&2; tail -5 "$dir/attack.err" >&2; }
 
 python3 - "$dir" <<'EOF'
 import json, os, sys
@@ -255,20 +256,33 @@ for m in ("quiet", "attacked"):
     h, f = load(f"hs_{m}.json"), load(f"fan_{m}.json")
     rows.append({
         "handshakes ok": h.get("ok"), "handshake failures": h.get("failures"),
-        "handshake p50 ms": h.get("latency_ms", {}).get("p50"),
-        "handshake p99 ms": h.get("latency_ms", {}).get("p99"),
+        "handshake p50 ms": (h.get("latency_ms") or {}).get("p50"),
+        "handshake p99 ms": (h.get("latency_ms") or {}).get("p99"),
         "handshakes/s": h.get("handshakes_per_s"),
         "fan-out delivered": f.get("delivered"), "fan-out lost": f.get("lost"),
-        "fan-out p99 ms": f.get("latency_ms", {}).get("p99"),
+        "fan-out p99 ms": (f.get("latency_ms") or {}).get("p99"),
         "server peak RSS MB": rss(m),
     })
 for k in rows[0]:
     print(f"{k:28}{str(rows[0][k]):>14}{str(rows[1][k]):>14}")
+for m in ("quiet", "attacked"):
+    kinds = load(f"hs_{m}.json").get("failure_kinds")
+    if kinds: print(f"handshake failure kinds ({m}):", json.dumps(kinds))
 print("attack:", json.dumps(load("attack.json")))
 q, a = rows[0]["handshake p99 ms"], rows[1]["handshake p99 ms"]
 ok = (rows[1]["handshake failures"] == 0 and rows[1]["fan-out lost"] == 0
       and isinstance(q, (int, float)) and isinstance(a, (int, float)) and a <= 3 * max(q, 0.001))
 print("targets (0 failed handshakes, p99 <= 3x quiet, 0 lost):", "met" if ok else "NOT met")
 EOF
-grep -c '"accept_failed"' "$dir/server.log" | sed 's/^/server accept_failed lines: /'
-curl -s "http://127.0.0.1:$PORT/metrics" 2>/dev/null | grep -E '^tessera_(pending|accept|handshakes_total|logins_total)' || true
+echo "server accept_failed lines: $(grep -c '"accept_failed"' "$dir/server.log" || true)"
+python3 - "$PORT" <<'EOF'
+import socket, sys
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=5)
+s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+data = b""
+while chunk := s.recv(65536):
+    data += chunk
+for line in data.decode(errors="replace").splitlines():
+    if line.startswith(("tessera_pending", "tessera_accept", "tessera_handshakes_total", "tessera_logins_total")):
+        print(line)
+EOF
