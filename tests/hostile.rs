@@ -339,7 +339,7 @@ fn f1_keep_alive_idleness_is_bounded() {
 #[test]
 fn f5_concurrent_wrong_passwords_reserve_their_attempts_before_hashing() {
     let d = tempdir("reserve");
-    let u = users(&d, &[("alice", "right", 50_000)]);
+    let u = users(&d, &[("alice", "right", 10_000)]);
     let s = Srv::start("", &["--users", u.to_str().unwrap()]);
     let addr = s.addr;
     let threads: Vec<_> = (0..30)
@@ -603,7 +603,7 @@ fn f9_sessions_per_user_are_capped() {
     );
     assert_eq!(status(&refresh_with(s.addr, &tokens[1])), 200);
     assert_eq!(status(&refresh_with(s.addr, &tokens[2])), 200);
-    assert!(s.logs().contains("\"session_evicted\""));
+    assert!(s.wait_log(&["\"session_evicted\""], Duration::from_secs(5)).is_some());
 }
 
 // ---- Finding 10: smaller items -------------------------------------------
