@@ -2,9 +2,11 @@
 //! durable-state writer behind them.
 //!
 //! Password hashing runs in `smol::unblock` at nice 19, at most
-//! [`HASH_WORKERS`] at a time with at most [`HASH_QUEUE`] waiting (beyond:
-//! 503 `busy`), so the event loop keeps serving sockets during a burst of
-//! logins. A response
+//! [`HASH_WORKERS`] at a time, so the event loop keeps serving sockets
+//! during a burst of logins. Waiting logins are served round-robin by
+//! client address (at most `--max-pending`, and at least [`HASH_QUEUE`],
+//! wait; beyond: 503 `busy`), and each reserves its throttle attempt before
+//! it is hashed. A response
 //! that hands out a refresh token is sent only once the state holding it is
 //! on disk (with `--state`): [`Persist`] groups concurrent changes into one
 //! atomic write.
@@ -25,7 +27,8 @@ use std::rc::Rc;
 
 /// Password hashes computed at once (the machine's cores are few).
 pub const HASH_WORKERS: usize = 2;
-/// Logins waiting for a hashing slot before new ones get 503 `busy`.
+/// Logins that may wait for a hashing slot even with a lower
+/// `--max-pending`; past the bound new ones get 503 `busy`.
 pub const HASH_QUEUE: usize = 32;
 
 /// Drops the calling thread to nice 19 (Linux nice values are per thread).

@@ -183,12 +183,13 @@ pub async fn serve_connection(
         let deadline = Instant::now() + shared.cfg.handshake_timeout;
         let client = http::client_address(&req, peer.ip(), &shared.cfg.trusted_proxies);
         let keep_alive = req.keep_alive() && !shared.shutting_down.get();
-        let route = match (http::route(&req.method, &req.path), listener, shared.cfg.metrics_listen) {
-            (r @ (Route::Health | Route::Metrics), Listener::Main, None) => r,
-            (Route::Health | Route::Metrics, Listener::Main, Some(_)) => Route::NotFound,
-            (r @ (Route::Health | Route::Metrics | Route::WrongMethod(_)), Listener::Metrics, _) => r,
-            (_, Listener::Metrics, _) => Route::NotFound,
-            (r, Listener::Main, _) => r,
+        // With --metrics-listen, /metrics and /healthz live only there, and
+        // that listener serves nothing else.
+        let monitoring = matches!(req.path.as_str(), "/metrics" | "/healthz");
+        let route = match listener {
+            Listener::Main if monitoring && shared.cfg.metrics_listen.is_some() => Route::NotFound,
+            Listener::Metrics if !monitoring => Route::NotFound,
+            _ => http::route(&req.method, &req.path),
         };
         if route == Route::WebSocket {
             let problem = if req.is_websocket_upgrade() {

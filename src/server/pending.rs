@@ -42,7 +42,7 @@ pub struct Pending<T> {
     tick: u64,
 }
 
-impl<T: Clone> Pending<T> {
+impl<T> Pending<T> {
     pub fn new(max_total: usize, max_per_address: usize) -> Pending<T> {
         Pending {
             max_total,
@@ -67,19 +67,22 @@ impl<T: Clone> Pending<T> {
     /// nothing yet). `exempt` skips the per-address cap (trusted proxies).
     pub fn admit(&mut self, id: u64, ip: IpAddr, exempt: bool, handle: T) -> Admit<T> {
         let key = address_key(ip);
-        let mut out = Admit::Yes;
         let mine = self.per_address.get(&key).copied().unwrap_or(0);
-        if !exempt && mine >= self.max_per_address {
-            match self.oldest_idle(Some(key)) {
-                Some(victim) => out = Admit::Shed(self.remove(victim).unwrap_or_else(|| handle.clone())),
-                None => return Admit::No,
-            }
+        let victim = if !exempt && mine >= self.max_per_address {
+            Some(self.oldest_idle(Some(key)))
         } else if self.entries.len() >= self.max_total {
-            match self.oldest_idle(None) {
-                Some(victim) => out = Admit::Shed(self.remove(victim).unwrap_or_else(|| handle.clone())),
+            Some(self.oldest_idle(None))
+        } else {
+            None
+        };
+        let out = match victim {
+            None => Admit::Yes,
+            Some(None) => return Admit::No,
+            Some(Some(id)) => match self.remove(id) {
+                Some(h) => Admit::Shed(h),
                 None => return Admit::No,
-            }
-        }
+            },
+        };
         self.tick += 1;
         self.entries.insert(
             id,
@@ -107,8 +110,8 @@ impl<T: Clone> Pending<T> {
         }
     }
 
-    /// The idle connection to shed first: `ip`'s own (by address key) or
-    /// anyone's. Tells it to go and forgets it.
+    /// Forgets the connection idle longest and returns its handle (to tell
+    /// it to go), if any is idle.
     pub fn shed_one(&mut self) -> Option<T> {
         let victim = self.oldest_idle(None)?;
         self.remove(victim)
