@@ -459,24 +459,27 @@ fn f6_unknown_users_cost_as_much_as_the_strongest_hash_also_after_sighup() {
     let d = tempdir("timing");
     let u = users(&d, &[("weak", "w", 1), ("weak2", "w", 1)]);
     let s = Srv::start("", &["--users", u.to_str().unwrap()]);
-    let weak = (0..3)
-        .map(|i| login_time(s.addr, v4(0, 9, 1 + i), "weak"))
-        .max()
-        .unwrap();
+    // Minimum of a few tries: other tests share the CPU, and hashing runs
+    // at nice 19.
+    let fastest = |user: &str, base: u8| {
+        (0..3)
+            .map(|i| login_time(s.addr, v4(0, 9, base + i), user))
+            .min()
+            .unwrap()
+    };
+    let weak = fastest("weak", 1);
     // The strongest user comes last in the file.
-    users(&d, &[("weak", "w", 1), ("strong", "s", 200_000)]);
+    users(&d, &[("weak", "w", 1), ("strong", "s", 500_000)]);
     let _ = Command::new("kill").args(["-HUP", &s.child.id().to_string()]).status();
     assert!(
         s.wait_log(&["\"reload\"", "\"users\""], Duration::from_secs(5))
             .is_some()
     );
-    let strong = login_time(s.addr, v4(0, 9, 10), "strong");
-    let unknown = (0..3)
-        .map(|i| login_time(s.addr, v4(0, 9, 20 + i), "nobody"))
-        .min()
-        .unwrap();
+    let strong = fastest("strong", 10);
+    let unknown = fastest("nobody", 20);
+    let weak_after = fastest("weak", 30);
     assert!(
-        unknown * 2 > strong && unknown > weak * 10,
+        unknown * 5 > strong && unknown > weak.max(weak_after) * 10,
         "unknown {unknown:?}, strong {strong:?}, weak {weak:?}"
     );
 }
