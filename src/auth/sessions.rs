@@ -48,6 +48,10 @@ pub struct Session {
     /// Rotations so far.
     #[serde(default)]
     pub generation: u64,
+    /// When it was last opened or refreshed, as a count of such events (so
+    /// ties within one second still have an order).
+    #[serde(default)]
+    pub touched: u64,
 }
 
 /// A stored refresh token (by its SHA-256).
@@ -90,6 +94,8 @@ pub struct Sessions {
     refresh: HashMap<[u8; 32], RefreshEntry>,
     /// Family digest → sid (an index over `Session::family`).
     families: HashMap<[u8; 32], String>,
+    /// The latest `Session::touched`.
+    clock: u64,
 }
 
 fn digest(token: &str) -> [u8; 32] {
@@ -120,8 +126,10 @@ impl Sessions {
                 revoked: false,
                 family: None,
                 generation: 0,
+                touched: self.clock + 1,
             },
         );
+        self.clock += 1;
         self.set_family(&sid, &token);
         (sid, refresh)
     }
@@ -202,8 +210,10 @@ impl Sessions {
             }
             self.set_family(&entry.sid, &next);
         }
+        self.clock += 1;
         if let Some(s) = self.sessions.get_mut(&entry.sid) {
             s.generation += 1;
+            s.touched = self.clock;
         }
         let new = URL_SAFE_NO_PAD.encode(next);
         self.add_refresh(&entry.sid, &new, new_expires);
@@ -237,7 +247,7 @@ impl Sessions {
             .sessions
             .iter()
             .filter(|(_, s)| s.sub == sub && !s.revoked)
-            .map(|(sid, s)| (s.refresh_expires, s.access_expires, sid))
+            .map(|(sid, s)| (s.touched, s.refresh_expires, sid))
             .collect();
         if live.len() < keep {
             return Vec::new();
@@ -343,6 +353,7 @@ impl Sessions {
                 let fd = decode_digest(fd).ok_or("a session's family is not 32 bytes of base64url")?;
                 s.families.insert(fd, row.sid.clone());
             }
+            s.clock = s.clock.max(row.session.touched);
             if s.sessions.insert(row.sid.clone(), row.session).is_some() {
                 return Err(format!("session {:?} appears twice", row.sid));
             }
@@ -500,14 +511,19 @@ mod tests {
     #[test]
     fn over_cap_names_the_least_recently_refreshed() {
         let mut s = Sessions::default();
-        let (a, _) = s.login("u", 0, 60, 100, [1; 16], [1; 32]);
-        let (b, _) = s.login("u", 5, 65, 100, [2; 16], [2; 32]);
-        let (_c, _) = s.login("u", 9, 69, 100, [3; 16], [3; 32]);
+        // Same second: the order of events decides.
+        let (a, ta) = s.login("u", 0, 60, 100, [9; 16], [1; 32]);
+        let (b, _) = s.login("u", 0, 60, 100, [5; 16], [2; 32]);
+        let (c, _) = s.login("u", 0, 60, 100, [1; 16], [3; 32]);
         s.login("other", 0, 60, 100, [4; 16], [4; 32]);
         assert!(s.over_cap("u", 4).is_empty());
         assert_eq!(s.over_cap("u", 3), vec![a.clone()]);
         assert_eq!(s.over_cap("u", 2), vec![a.clone(), b.clone()]);
-        s.revoke(&a);
-        assert_eq!(s.over_cap("u", 2), vec![b]);
+        // A refresh makes a session the most recently used.
+        s.rotate(&ta, 1, 101, [7; 32]).unwrap();
+        assert_eq!(s.over_cap("u", 3), vec![b.clone()]);
+        s.revoke(&b);
+        assert_eq!(s.over_cap("u", 2), vec![c]);
+        assert_eq!(Sessions::from_json(&s.to_json()).unwrap().clock, s.clock);
     }
 }
