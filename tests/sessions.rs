@@ -505,7 +505,8 @@ fn spec6_useradd_rewrites_atomically_keeping_comments() {
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap();
-        c.stdin.take().unwrap().write_all(format!("{pw}\n").as_bytes()).unwrap();
+        // A refused name exits before reading stdin: the write may fail.
+        let _ = c.stdin.take().unwrap().write_all(format!("{pw}\n").as_bytes());
         c.wait_with_output().unwrap()
     };
     let o = add("hq", "first", &["--clearance", "5", "--publish"]);

@@ -351,7 +351,9 @@ impl Sessions {
         for row in file.sessions {
             if let Some(fd) = row.session.family.as_deref() {
                 let fd = decode_digest(fd).ok_or("a session's family is not 32 bytes of base64url")?;
-                s.families.insert(fd, row.sid.clone());
+                if s.families.insert(fd, row.sid.clone()).is_some() {
+                    return Err("two sessions share a refresh-token family".into());
+                }
             }
             s.clock = s.clock.max(row.session.touched);
             if s.sessions.insert(row.sid.clone(), row.session).is_some() {
@@ -487,6 +489,14 @@ mod tests {
         let u1 = e.rotate(&u0, 10, 110, [6; 32]).unwrap().2;
         assert_eq!(e.rotate(&u0, 200, 300, [8; 32]), Err(RefreshError::Expired));
         assert_eq!(e.rotate(&u1, 200, 300, [8; 32]), Err(RefreshError::Expired));
+    }
+
+    #[test]
+    fn a_state_with_two_sessions_of_one_family_is_refused() {
+        let mut s = Sessions::default();
+        s.login("a", 0, 60, 1000, [1; 16], [7; 32]);
+        s.login("b", 0, 60, 1000, [2; 16], [7; 32]);
+        assert!(Sessions::from_json(&s.to_json()).is_err());
     }
 
     #[test]
