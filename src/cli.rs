@@ -18,9 +18,10 @@ pub struct TopLevel {
     pub command: Option<Command>,
 }
 
+// Parsed once at start: the size of the `serve` variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(FromArgs, Debug)]
 #[argh(subcommand)]
-#[allow(clippy::large_enum_variant)] // parsed once per process
 pub enum Command {
     Serve(Serve),
     Keygen(Keygen),
@@ -204,6 +205,39 @@ pub struct Serve {
     /// ops every 5 s, ready-made tokens printed on stdout
     #[argh(switch)]
     pub demo: bool,
+
+    // Hostile clients: budgets for connections that have not upgraded.
+    /// most connections that have not upgraded yet; at the cap the one idle
+    /// longest is closed to make room [256]
+    #[argh(option, default = "256")]
+    pub max_pending: usize,
+    /// most not-yet-upgraded connections per client address (IPv6: per
+    /// /64; trusted proxies exempt) [64]
+    #[argh(option, default = "64")]
+    pub max_pending_per_address: usize,
+    /// seconds an HTTP response may take to be written before the
+    /// connection is closed [10]
+    #[argh(option, default = "10")]
+    pub write_timeout: u64,
+    /// seconds a kept-alive connection may wait for its next request [5]
+    #[argh(option, default = "5")]
+    pub keepalive_timeout: u64,
+    /// proxy address or block (CIDR) whose `Forwarded`/`X-Forwarded-For`
+    /// names the client for throttling and logs (repeatable)
+    #[argh(option, from_str_fn(parse_cidr))]
+    pub trusted_proxy: Vec<crate::http::Cidr>,
+    /// serve /metrics and /healthz on this second address (e.g.
+    /// 127.0.0.1:9090) instead of on --listen
+    #[argh(option)]
+    pub metrics_listen: Option<String>,
+    /// live sessions one user may hold; a login past it revokes the user's
+    /// least recently refreshed session [32]
+    #[argh(option, default = "32")]
+    pub max_sessions_per_user: usize,
+}
+
+fn parse_cidr(s: &str) -> Result<crate::http::Cidr, String> {
+    crate::http::Cidr::parse(s)
 }
 
 fn parse_channel_level(s: &str) -> Result<(String, u32), String> {

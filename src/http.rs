@@ -15,6 +15,7 @@
 
 use std::borrow::Cow;
 use std::fmt::Write as _;
+use std::net::IpAddr;
 
 /// Largest request head accepted.
 pub const MAX_HEAD_BYTES: usize = 8 * 1024;
@@ -331,6 +332,7 @@ pub fn reason(status: u16) -> &'static str {
         411 => "Length Required",
         413 => "Content Too Large",
         415 => "Unsupported Media Type",
+        417 => "Expectation Failed",
         426 => "Upgrade Required",
         429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",
@@ -338,6 +340,165 @@ pub fn reason(status: u16) -> &'static str {
         503 => "Service Unavailable",
         _ => "Unknown",
     }
+}
+
+/// Why a `GET /ws` that asks to upgrade cannot be a WebSocket handshake
+/// (RFC 6455 §4.2.1), as the answer to send: 400, or 426 with the version
+/// tessera speaks. `None`: the handshake may proceed.
+pub fn upgrade_problem(req: &Request) -> Option<Response> {
+    if req.minor_version == 0 {
+        return Some(Response::error(400, "bad_request", "WebSocket needs HTTP/1.1"));
+    }
+    let key_ok = req.header("sec-websocket-key").is_some_and(|k| {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD
+            .decode(k)
+            .is_ok_and(|b| b.len() == 16)
+    });
+    if !key_ok {
+        return Some(Response::error(
+            400,
+            "bad_request",
+            "missing or invalid Sec-WebSocket-Key",
+        ));
+    }
+    if req.header("sec-websocket-version") != Some("13") {
+        return Some(
+            Response::error(426, "upgrade_required", "this server speaks WebSocket version 13")
+                .header("Sec-WebSocket-Version", "13"),
+        );
+    }
+    None
+}
+
+/// What to do about an `Expect` header (RFC 9110 §10.1.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expect {
+    /// No `Expect`.
+    Nothing,
+    /// `100-continue`: send `100 Continue` before reading the body.
+    Continue,
+    /// Anything else: 417.
+    Unsupported,
+}
+
+impl Request {
+    /// The request's `Expect` header, judged.
+    pub fn expect(&self) -> Expect {
+        match self.header("expect") {
+            None => Expect::Nothing,
+            Some(v) if v.eq_ignore_ascii_case("100-continue") => Expect::Continue,
+            Some(_) => Expect::Unsupported,
+        }
+    }
+}
+
+/// The interim response to `Expect: 100-continue`.
+pub const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
+/// An address block, `ADDR/BITS` or a single address (`--trusted-proxy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    addr: IpAddr,
+    bits: u8,
+}
+
+impl Cidr {
+    /// Parses `10.0.0.0/8`, `::1/128`, `192.168.1.5`.
+    pub fn parse(s: &str) -> Result<Cidr, String> {
+        let (a, bits) = match s.split_once('/') {
+            Some((a, b)) => (a, Some(b)),
+            None => (s, None),
+        };
+        let addr: IpAddr = a
+            .parse()
+            .map_err(|_| format!("{s:?}: expected ADDRESS/BITS, e.g. 10.0.0.0/8"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let bits = match bits {
+            None => max,
+            Some(b) => b
+                .parse::<u8>()
+                .ok()
+                .filter(|b| *b <= max)
+                .ok_or_else(|| format!("{s:?}: prefix length must be 0-{max}"))?,
+        };
+        Ok(Cidr { addr, bits })
+    }
+
+    /// Whether `ip` is inside the block (IPv4-mapped IPv6 counts as IPv4).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        match (self.addr, ip) {
+            (IpAddr::V4(n), IpAddr::V4(a)) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(self.bits)).unwrap_or(0);
+                u32::from(n) & mask == u32::from(a) & mask
+            }
+            (IpAddr::V6(n), IpAddr::V6(a)) => {
+                let mask = u128::MAX.checked_shl(128 - u32::from(self.bits)).unwrap_or(0);
+                u128::from(n) & mask == u128::from(a) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Parses one `for=` value of `Forwarded` (RFC 7239 §6) or one
+/// `X-Forwarded-For` element: `1.2.3.4`, `1.2.3.4:80`, `"[::1]:80"`.
+fn forwarded_ip(v: &str) -> Option<IpAddr> {
+    let v = v.trim().trim_matches('"');
+    if let Ok(ip) = v.parse() {
+        return Some(ip);
+    }
+    if let Some(rest) = v.strip_prefix('[') {
+        return rest.split_once(']').and_then(|(a, _)| a.parse().ok());
+    }
+    v.rsplit_once(':')
+        .and_then(|(a, _)| a.parse::<std::net::Ipv4Addr>().ok().map(IpAddr::V4))
+}
+
+/// The client's address: `peer`, unless `peer` is a trusted proxy; then the
+/// nearest address in `Forwarded` (or, without it, `X-Forwarded-For`) that
+/// is not itself a trusted proxy. Unparsable headers leave `peer`.
+pub fn client_address(req: &Request, peer: IpAddr, trusted: &[Cidr]) -> IpAddr {
+    let is_trusted = |ip: IpAddr| trusted.iter().any(|c| c.contains(ip));
+    if !is_trusted(peer) {
+        return peer;
+    }
+    let mut chain: Vec<Option<IpAddr>> = Vec::new();
+    let forwarded: Vec<&str> = req
+        .headers
+        .iter()
+        .filter(|(n, _)| n == "forwarded")
+        .map(|(_, v)| v.as_str())
+        .collect();
+    if !forwarded.is_empty() {
+        for element in forwarded.iter().flat_map(|v| v.split(',')) {
+            for pair in element.split(';') {
+                if let Some((k, v)) = pair.split_once('=')
+                    && k.trim().eq_ignore_ascii_case("for")
+                {
+                    chain.push(forwarded_ip(v));
+                }
+            }
+        }
+    } else {
+        for v in req.headers.iter().filter(|(n, _)| n == "x-forwarded-for") {
+            chain.extend(v.1.split(',').map(forwarded_ip));
+        }
+    }
+    let mut client = peer;
+    for hop in chain.iter().rev() {
+        match hop {
+            Some(ip) if is_trusted(*ip) => client = *ip,
+            Some(ip) => return *ip,
+            // An obfuscated or broken hop: stop at the last known address.
+            None => return client,
+        }
+    }
+    client
 }
 
 /// Where a request goes (SPEC §4.1).
@@ -471,6 +632,94 @@ mod tests {
         assert_eq!(route("GET", "/auth/login"), Route::WrongMethod("POST"));
         assert_eq!(route("GET", "/nope"), Route::NotFound);
         assert_eq!(route("HEAD", "/healthz"), Route::Health);
+    }
+
+    #[test]
+    fn rfc6455_4_2_1_malformed_upgrades_are_answered() {
+        let good = "GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
+        assert_eq!(
+            upgrade_problem(&req(&format!("{good}Sec-WebSocket-Version: 13\r\n\r\n"))),
+            None
+        );
+        assert_eq!(upgrade_problem(&req(&format!("{good}\r\n"))).unwrap().status, 426);
+        assert_eq!(
+            upgrade_problem(&req(&format!("{good}Sec-WebSocket-Version: 8\r\n\r\n")))
+                .unwrap()
+                .status,
+            426
+        );
+        let v10 = good.replace("HTTP/1.1", "HTTP/1.0");
+        assert_eq!(
+            upgrade_problem(&req(&format!("{v10}Sec-WebSocket-Version: 13\r\n\r\n")))
+                .unwrap()
+                .status,
+            400
+        );
+        let nokey =
+            "GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\r\n";
+        assert_eq!(upgrade_problem(&req(nokey)).unwrap().status, 400);
+    }
+
+    #[test]
+    fn rfc9110_expect() {
+        assert_eq!(req("POST / HTTP/1.1\r\n\r\n").expect(), Expect::Nothing);
+        assert_eq!(
+            req("POST / HTTP/1.1\r\nExpect: 100-Continue\r\n\r\n").expect(),
+            Expect::Continue
+        );
+        assert_eq!(
+            req("POST / HTTP/1.1\r\nExpect: x\r\n\r\n").expect(),
+            Expect::Unsupported
+        );
+    }
+
+    #[test]
+    fn cidr_parse_and_contains() {
+        let c = Cidr::parse("10.0.0.0/8").unwrap();
+        assert!(c.contains("10.200.1.1".parse().unwrap()));
+        assert!(c.contains("::ffff:10.1.1.1".parse().unwrap()));
+        assert!(!c.contains("11.0.0.1".parse().unwrap()));
+        assert!(Cidr::parse("0.0.0.0/0").unwrap().contains("8.8.8.8".parse().unwrap()));
+        assert!(Cidr::parse("::1").unwrap().contains("::1".parse().unwrap()));
+        assert!(
+            Cidr::parse("2001:db8::/32")
+                .unwrap()
+                .contains("2001:db8:5::1".parse().unwrap())
+        );
+        assert!(Cidr::parse("10.0.0.0/33").is_err());
+        assert!(Cidr::parse("nope").is_err());
+    }
+
+    #[test]
+    fn rfc7239_client_address_only_through_trusted_proxies() {
+        let trusted = [Cidr::parse("127.0.0.1").unwrap(), Cidr::parse("10.0.0.0/8").unwrap()];
+        let proxy: IpAddr = "127.0.0.1".parse().unwrap();
+        let r = req("GET / HTTP/1.1\r\nX-Forwarded-For: 6.6.6.6, 203.0.113.7, 10.1.1.1\r\n\r\n");
+        assert_eq!(
+            client_address(&r, proxy, &trusted),
+            "203.0.113.7".parse::<IpAddr>().unwrap()
+        );
+        let stranger: IpAddr = "198.51.100.1".parse().unwrap();
+        assert_eq!(
+            client_address(&r, stranger, &trusted),
+            stranger,
+            "untrusted peers cannot claim"
+        );
+        let r = req(
+            "GET / HTTP/1.1\r\nForwarded: for=1.1.1.1, for=\"[2001:db8::5]:443\";proto=https\r\nX-Forwarded-For: 9.9.9.9\r\n\r\n",
+        );
+        assert_eq!(
+            client_address(&r, proxy, &trusted),
+            "2001:db8::5".parse::<IpAddr>().unwrap()
+        );
+        let r = req("GET / HTTP/1.1\r\nForwarded: for=unknown\r\n\r\n");
+        assert_eq!(client_address(&r, proxy, &trusted), proxy);
+        let r = req("GET / HTTP/1.1\r\nX-Forwarded-For: 192.0.2.1:5555\r\n\r\n");
+        assert_eq!(
+            client_address(&r, proxy, &trusted),
+            "192.0.2.1".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(client_address(&req("GET / HTTP/1.1\r\n\r\n"), proxy, &trusted), proxy);
     }
 
     #[test]

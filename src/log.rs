@@ -1,9 +1,13 @@
 //! One event per line on stderr (SPEC §7): JSON by default, or text.
 //!
 //! Callers pass typed fields; nothing here knows tokens, cookies or query
-//! strings, and the server never hands them in.
+//! strings, and the server never hands them in. Line and paragraph
+//! separators (U+2028, U+2029) and bidirectional controls are escaped in
+//! both formats, so a peer-supplied string cannot reorder or split what a
+//! reader of the log sees; [`clip`] caps peer-supplied text.
 
 use serde_json::{Map, Value};
+use std::borrow::Cow;
 use std::io::Write;
 
 /// `--log-format`.
@@ -22,6 +26,11 @@ pub enum Field<'a> {
 
 impl<'a> From<&'a str> for Field<'a> {
     fn from(s: &'a str) -> Field<'a> {
+        Field::Str(s)
+    }
+}
+impl<'a> From<&'a Cow<'a, str>> for Field<'a> {
+    fn from(s: &'a Cow<'a, str>) -> Field<'a> {
         Field::Str(s)
     }
 }
@@ -88,7 +97,7 @@ pub fn render(format: Format, ts: &str, level: &str, event: &str, fields: &[(&st
                 };
                 m.insert((*k).to_string(), v);
             }
-            let mut s = Value::Object(m).to_string();
+            let mut s = escape_invisible(Value::Object(m).to_string());
             s.push('\n');
             s
         }
@@ -97,7 +106,7 @@ pub fn render(format: Format, ts: &str, level: &str, event: &str, fields: &[(&st
             for (k, v) in fields {
                 match v {
                     // Debug-quoting escapes control characters in peer-supplied text.
-                    Field::Str(x) => s.push_str(&format!(" {k}={x:?}")),
+                    Field::Str(x) => s.push_str(&escape_invisible(format!(" {k}={x:?}"))),
                     Field::U64(n) => s.push_str(&format!(" {k}={n}")),
                     Field::Bool(b) => s.push_str(&format!(" {k}={b}")),
                 }
@@ -106,6 +115,42 @@ pub fn render(format: Format, ts: &str, level: &str, event: &str, fields: &[(&st
             s
         }
     }
+}
+
+/// Characters that change how a line reads without being seen: line and
+/// paragraph separators, and the bidirectional controls (Unicode UAX #9).
+fn invisible(c: char) -> bool {
+    matches!(c, '\u{2028}' | '\u{2029}' | '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+/// Replaces [`invisible`] characters with `\uXXXX` (valid inside a JSON
+/// string, where alone they can appear in a rendered line).
+fn escape_invisible(s: String) -> String {
+    if !s.chars().any(invisible) {
+        return s;
+    }
+    let mut out = String::with_capacity(s.len() + 12);
+    for c in s.chars() {
+        if invisible(c) {
+            out.push_str(&format!("\\u{:04x}", u32::from(c)));
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Caps peer-supplied text at `max` bytes (on a character boundary); a cut
+/// is marked with how many bytes were left out.
+pub fn clip(s: &str, max: usize) -> Cow<'_, str> {
+    if s.len() <= max {
+        return Cow::Borrowed(s);
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    Cow::Owned(format!("{}…[+{} bytes]", &s[..end], s.len() - end))
 }
 
 /// `2026-11-27T16:50:03.123Z` from Unix seconds and milliseconds.
@@ -157,5 +202,25 @@ mod tests {
         assert!(l.ends_with('\n') && l.matches('\n').count() == 1);
         let t = render(Format::Text, "T", "warn", "x", &[("peer", "a\nb".into())]);
         assert_eq!(t, "T warn x peer=\"a\\nb\"\n");
+    }
+
+    #[test]
+    fn separators_and_bidi_controls_are_escaped() {
+        let evil = "a\u{2028}b\u{2029}c\u{202e}d\u{2066}e";
+        let l = render(Format::Json, "T", "info", "x", &[("user", evil.into())]);
+        assert!(!l.chars().any(invisible), "{l:?}");
+        assert!(l.contains("a\\u2028b\\u2029c\\u202ed\\u2066e"), "{l}");
+        let v: Value = serde_json::from_str(l.trim_end()).unwrap();
+        assert_eq!(v["user"], evil, "still the same string to a JSON reader");
+        let t = render(Format::Text, "T", "info", "x", &[("user", evil.into())]);
+        assert!(!t.chars().any(invisible), "{t:?}");
+    }
+
+    #[test]
+    fn clip_marks_truncation() {
+        assert_eq!(clip("short", 64), "short");
+        let long = "é".repeat(40);
+        let c = clip(&long, 64);
+        assert!(c.starts_with(&"é".repeat(32)) && c.ends_with("…[+16 bytes]"), "{c}");
     }
 }

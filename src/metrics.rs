@@ -21,6 +21,12 @@ pub struct Metrics {
     pub history_messages: Cell<u64>,
     pub history_bytes: Cell<u64>,
     pub history_disk_bytes: Cell<u64>,
+    /// Pre-upgrade connections shed at `--max-pending*` (or out of files).
+    pub pending_shed: Cell<u64>,
+    /// Connections refused at `--max-pending*` with nothing idle to shed.
+    pub pending_refused: Cell<u64>,
+    /// `accept` failures (e.g. out of file descriptors).
+    pub accept_failed: Cell<u64>,
 }
 
 /// Adds `n` to a counter.
@@ -75,6 +81,21 @@ impl Metrics {
                 "tessera_slow_consumers_total",
                 "Sockets closed with 4008 (slow consumer).",
                 &self.slow_consumers,
+            ),
+            (
+                "tessera_pending_shed_total",
+                "Idle connections that had not upgraded, closed to make room.",
+                &self.pending_shed,
+            ),
+            (
+                "tessera_pending_refused_total",
+                "Connections refused at the pre-upgrade caps.",
+                &self.pending_refused,
+            ),
+            (
+                "tessera_accept_failed_total",
+                "Failed accepts (e.g. out of file descriptors).",
+                &self.accept_failed,
             ),
         ] {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", v.get());

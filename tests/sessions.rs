@@ -182,12 +182,13 @@ fn spec4_1_rotation_reuse_revokes_session_and_closes_socket_4003() {
         claims_of(&a2)["sid"],
         claims_of(b1["access_token"].as_str().unwrap())["sid"]
     );
-    // Cookie-based refresh works too.
+    // Cookie-based refresh works too (from the page's own origin).
+    let origin = format!("http://{}", s.addr);
     let r3 = http(
         s.addr,
         "POST",
         "/auth/refresh",
-        &[("Cookie", &format!("tessera_refresh={t2}"))],
+        &[("Cookie", &format!("tessera_refresh={t2}")), ("Origin", &origin)],
         "",
     );
     assert_eq!(status(&r3), 200, "{r3}");
@@ -308,12 +309,19 @@ fn spec6_restart_with_state_keeps_sessions_and_revocations() {
     assert_eq!(status(&r), 101);
 }
 
-/// The state file stores refresh tokens as base64url(SHA-256(token)).
+/// The state file stores the current refresh token of a session as
+/// base64url(SHA-256(token)), and the session's token family (the first 16
+/// bytes every one of its tokens shares) as base64url(SHA-256(prefix)): a
+/// token rotated away is known by its family.
 fn stored(state: &std::path::Path, token: &str) -> bool {
     use base64::Engine as _;
     use sha2::Digest;
-    let h = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sha2::Sha256::digest(token.as_bytes()));
-    std::fs::read_to_string(state).unwrap_or_default().contains(&h)
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let text = std::fs::read_to_string(state).unwrap_or_default();
+    let h = b64.encode(sha2::Sha256::digest(token.as_bytes()));
+    let raw = b64.decode(token).unwrap_or_default();
+    let family = b64.encode(sha2::Sha256::digest(raw.get(..16).unwrap_or_default()));
+    text.contains(&h) || text.contains(&format!("\"family\": \"{family}\""))
 }
 
 #[test]

@@ -12,6 +12,13 @@
 //! (SPEC §11): the last time step used per user, saved in the state file
 //! with the sessions so a code stays used across a restart.
 //!
+//! The state stays bounded however often a session refreshes: every refresh
+//! token of a session starts with the same 16 random bytes (its *family*,
+//! stored only as SHA-256), so only the current token is kept; any other
+//! token of the family is an old one, and presenting it is reuse. A session
+//! counts its rotations (`generation`), and [`Sessions::over_cap`] names the
+//! sessions to revoke to keep a user under a cap.
+//!
 //! ```
 //! use tessera::auth::sessions::{Sessions, RefreshError};
 //! let mut s = Sessions::default();
@@ -42,6 +49,18 @@ pub struct Session {
     /// empty for sessions from a state file written before SPEC §11.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub amr: Vec<String>,
+    /// SHA-256 (base64url) of the session's refresh-token family: the first
+    /// 16 bytes every refresh token of this session starts with. A token of
+    /// the family that is not the current one is an old one: reuse.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub family: Option<String>,
+    /// Rotations so far.
+    #[serde(default)]
+    pub generation: u64,
+    /// When it was last opened or refreshed, as a count of such events (so
+    /// ties within one second still have an order).
+    #[serde(default)]
+    pub touched: u64,
 }
 
 /// A stored refresh token (by its SHA-256).
@@ -84,10 +103,25 @@ pub struct Sessions {
     refresh: HashMap<[u8; 32], RefreshEntry>,
     /// The last TOTP time step accepted for each user (SPEC §11).
     totp_steps: HashMap<String, u64>,
+    /// Family digest → sid (an index over `Session::family`).
+    families: HashMap<[u8; 32], String>,
+    /// The latest `Session::touched`.
+    clock: u64,
 }
 
 fn digest(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
+}
+
+/// The family part (first 16 bytes) of a well-formed refresh token.
+fn family_bytes(presented: &str) -> Option<[u8; 16]> {
+    let raw = URL_SAFE_NO_PAD.decode(presented).ok()?;
+    let raw: [u8; 32] = raw.try_into().ok()?;
+    raw[..16].try_into().ok()
+}
+
+fn decode_digest(s: &str) -> Option<[u8; 32]> {
+    URL_SAFE_NO_PAD.decode(s).ok()?.try_into().ok()
 }
 
 impl Sessions {
@@ -102,8 +136,13 @@ impl Sessions {
                 access_expires: access_exp,
                 revoked: false,
                 amr: Vec::new(),
+                family: None,
+                generation: 0,
+                touched: self.clock + 1,
             },
         );
+        self.clock += 1;
+        self.set_family(&sid, &token);
         (sid, refresh)
     }
 
@@ -147,7 +186,15 @@ impl Sessions {
         token: [u8; 32],
     ) -> Result<(String, String, String), RefreshError> {
         let d = digest(presented);
-        let entry = self.refresh.get(&d).ok_or(RefreshError::Unknown)?.clone();
+        let Some(entry) = self.refresh.get(&d).cloned() else {
+            // Not a live token: an older one of a known family is reuse.
+            let sid = self.family_sid(presented).ok_or(RefreshError::Unknown)?.to_string();
+            if self.sessions.get(&sid).is_some_and(|s| now >= s.refresh_expires) {
+                return Err(RefreshError::Expired);
+            }
+            self.revoke(&sid);
+            return Err(RefreshError::Reused { sid });
+        };
         let session = self.sessions.get(&entry.sid).ok_or(RefreshError::Unknown)?.clone();
         if entry.used {
             self.revoke(&entry.sid);
@@ -159,10 +206,28 @@ impl Sessions {
         if now >= entry.expires {
             return Err(RefreshError::Expired);
         }
-        if let Some(e) = self.refresh.get_mut(&d) {
-            e.used = true;
+        // The next token keeps the family (first 16 bytes) of the presented
+        // one; a token from before families (older state files) starts one.
+        let in_family = self.family_sid(presented) == Some(entry.sid.as_str());
+        let mut next = token;
+        if in_family && let Some(prefix) = family_bytes(presented) {
+            next[..16].copy_from_slice(&prefix);
+            // Reuse of it is caught by its family: nothing to keep.
+            self.refresh.remove(&d);
+        } else {
+            // Kept (marked used) once per session at most: the next token
+            // has a family.
+            if let Some(e) = self.refresh.get_mut(&d) {
+                e.used = true;
+            }
+            self.set_family(&entry.sid, &next);
         }
-        let new = URL_SAFE_NO_PAD.encode(token);
+        self.clock += 1;
+        if let Some(s) = self.sessions.get_mut(&entry.sid) {
+            s.generation += 1;
+            s.touched = self.clock;
+        }
+        let new = URL_SAFE_NO_PAD.encode(next);
         self.add_refresh(&entry.sid, &new, new_expires);
         Ok((entry.sid, session.sub, new))
     }
@@ -191,6 +256,43 @@ impl Sessions {
         *last = (*last).max(step);
     }
 
+    /// Makes the first 16 bytes of `token` the family of `sid`.
+    fn set_family(&mut self, sid: &str, token: &[u8; 32]) {
+        let fd: [u8; 32] = Sha256::digest(&token[..16]).into();
+        if let Some(s) = self.sessions.get_mut(sid) {
+            if let Some(old) = s.family.as_deref().and_then(decode_digest) {
+                self.families.remove(&old);
+            }
+            s.family = Some(URL_SAFE_NO_PAD.encode(fd));
+        }
+        self.families.insert(fd, sid.to_string());
+    }
+
+    /// The session whose family `presented` belongs to.
+    fn family_sid(&self, presented: &str) -> Option<&str> {
+        let prefix = family_bytes(presented)?;
+        let fd: [u8; 32] = Sha256::digest(prefix).into();
+        self.families.get(&fd).map(String::as_str)
+    }
+
+    /// Live sessions of `sub` beyond the newest `keep - 1` (least recently
+    /// refreshed first): revoke these before opening another, so one user
+    /// holds at most `keep` live sessions.
+    pub fn over_cap(&self, sub: &str, keep: usize) -> Vec<String> {
+        let mut live: Vec<(u64, u64, &String)> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.sub == sub && !s.revoked)
+            .map(|(sid, s)| (s.touched, s.refresh_expires, sid))
+            .collect();
+        if live.len() < keep {
+            return Vec::new();
+        }
+        live.sort_unstable();
+        let excess = live.len() + 1 - keep.max(1);
+        live.into_iter().take(excess).map(|(_, _, sid)| sid.clone()).collect()
+    }
+
     /// Records the `exp` of a new access token in `sid`.
     pub fn issued_access(&mut self, sid: &str, exp: u64) {
         if let Some(s) = self.sessions.get_mut(sid) {
@@ -200,7 +302,10 @@ impl Sessions {
 
     /// The session a refresh token belongs to (used or not).
     pub fn sid_of_refresh(&self, presented: &str) -> Option<&str> {
-        self.refresh.get(&digest(presented)).map(|e| e.sid.as_str())
+        match self.refresh.get(&digest(presented)) {
+            Some(e) => Some(e.sid.as_str()),
+            None => self.family_sid(presented),
+        }
     }
 
     /// Revokes a session: its refresh tokens stop working and its access
@@ -231,6 +336,7 @@ impl Sessions {
             .retain(|_, s| s.refresh_expires > now || s.access_expires.saturating_add(leeway) > now);
         let live = &self.sessions;
         self.refresh.retain(|_, e| live.contains_key(&e.sid));
+        self.families.retain(|_, sid| live.contains_key(sid));
     }
 
     pub fn len(&self) -> usize {
@@ -289,6 +395,13 @@ impl Sessions {
         }
         let mut s = Sessions::default();
         for row in file.sessions {
+            if let Some(fd) = row.session.family.as_deref() {
+                let fd = decode_digest(fd).ok_or("a session's family is not 32 bytes of base64url")?;
+                if s.families.insert(fd, row.sid.clone()).is_some() {
+                    return Err("two sessions share a refresh-token family".into());
+                }
+            }
+            s.clock = s.clock.max(row.session.touched);
             if s.sessions.insert(row.sid.clone(), row.session).is_some() {
                 return Err(format!("session {:?} appears twice", row.sid));
             }
@@ -420,5 +533,89 @@ mod tests {
             Sessions::from_json("{\"version\":1,\"sessions\":[],\"refresh\":[]}").unwrap(),
             Sessions::default()
         );
+    }
+
+    #[test]
+    fn rotation_keeps_the_state_bounded_and_any_old_token_still_revokes() {
+        let mut s = Sessions::default();
+        let (sid, t0) = s.login("a", 0, 60, 1000, [9; 16], [1; 32]);
+        let mut t = t0.clone();
+        let mut tokens = vec![t0.clone()];
+        for i in 0..500u32 {
+            let mut r = [0u8; 32];
+            r[16..20].copy_from_slice(&i.to_le_bytes());
+            r[31] = 7;
+            t = s.rotate(&t, 10, 1010, r).unwrap().2;
+            tokens.push(t.clone());
+        }
+        assert_eq!(s.refresh.len(), 1, "only the current token is kept");
+        assert_eq!(s.session(&sid).unwrap().generation, 500);
+        let len = s.to_json().len();
+        assert!(len < 1000, "{len} bytes");
+        // Round trip keeps the family index.
+        let mut back = Sessions::from_json(&s.to_json()).unwrap();
+        assert_eq!(back.sid_of_refresh(&t0), Some(sid.as_str()));
+        assert_eq!(
+            back.rotate(&tokens[3], 20, 1020, [5; 32]),
+            Err(RefreshError::Reused { sid: sid.clone() })
+        );
+        assert!(back.is_revoked(&sid));
+        assert_eq!(
+            s.rotate(&t0, 20, 1020, [5; 32]),
+            Err(RefreshError::Reused { sid: sid.clone() })
+        );
+        assert_eq!(s.rotate(&t, 20, 1020, [5; 32]), Err(RefreshError::Revoked));
+        // Past the session's refresh expiry an old token is just expired.
+        let mut e = Sessions::default();
+        let (_, u0) = e.login("b", 0, 60, 100, [3; 16], [4; 32]);
+        let u1 = e.rotate(&u0, 10, 110, [6; 32]).unwrap().2;
+        assert_eq!(e.rotate(&u0, 200, 300, [8; 32]), Err(RefreshError::Expired));
+        assert_eq!(e.rotate(&u1, 200, 300, [8; 32]), Err(RefreshError::Expired));
+    }
+
+    #[test]
+    fn a_state_with_two_sessions_of_one_family_is_refused() {
+        let mut s = Sessions::default();
+        s.login("a", 0, 60, 1000, [1; 16], [7; 32]);
+        s.login("b", 0, 60, 1000, [2; 16], [7; 32]);
+        assert!(Sessions::from_json(&s.to_json()).is_err());
+    }
+
+    #[test]
+    fn tokens_from_before_families_rotate_into_one() {
+        // A state file written before families: no `family` on the session.
+        let mut s = Sessions::default();
+        let (sid, t0) = s.login("a", 0, 60, 1000, [9; 16], [1; 32]);
+        let mut json: serde_json::Value = serde_json::from_str(&s.to_json()).unwrap();
+        json["sessions"][0].as_object_mut().unwrap().remove("family");
+        let mut s = Sessions::from_json(&json.to_string()).unwrap();
+        let t1 = s.rotate(&t0, 10, 1010, [2; 32]).unwrap().2;
+        let t2 = s.rotate(&t1, 10, 1010, [3; 32]).unwrap().2;
+        assert_eq!(s.refresh.len(), 2, "the pre-family token is kept, marked used");
+        assert!(matches!(
+            s.rotate(&t1, 20, 1020, [4; 32]),
+            Err(RefreshError::Reused { .. })
+        ));
+        assert!(s.is_revoked(&sid));
+        assert!(s.rotate(&t2, 20, 1020, [4; 32]).is_err());
+    }
+
+    #[test]
+    fn over_cap_names_the_least_recently_refreshed() {
+        let mut s = Sessions::default();
+        // Same second: the order of events decides.
+        let (a, ta) = s.login("u", 0, 60, 100, [9; 16], [1; 32]);
+        let (b, _) = s.login("u", 0, 60, 100, [5; 16], [2; 32]);
+        let (c, _) = s.login("u", 0, 60, 100, [1; 16], [3; 32]);
+        s.login("other", 0, 60, 100, [4; 16], [4; 32]);
+        assert!(s.over_cap("u", 4).is_empty());
+        assert_eq!(s.over_cap("u", 3), vec![a.clone()]);
+        assert_eq!(s.over_cap("u", 2), vec![a.clone(), b.clone()]);
+        // A refresh makes a session the most recently used.
+        s.rotate(&ta, 1, 101, [7; 32]).unwrap();
+        assert_eq!(s.over_cap("u", 3), vec![b.clone()]);
+        s.revoke(&b);
+        assert_eq!(s.over_cap("u", 2), vec![c]);
+        assert_eq!(Sessions::from_json(&s.to_json()).unwrap().clock, s.clock);
     }
 }

@@ -2,9 +2,11 @@
 //! durable-state writer behind them.
 //!
 //! Password hashing runs in `smol::unblock` at nice 19, at most
-//! [`HASH_WORKERS`] at a time with at most [`HASH_QUEUE`] waiting (beyond:
-//! 503 `busy`), so the event loop keeps serving sockets during a burst of
-//! logins. A response
+//! [`HASH_WORKERS`] at a time, so the event loop keeps serving sockets
+//! during a burst of logins. Waiting logins are served round-robin by
+//! client address (at most `--max-pending`, and at least [`HASH_QUEUE`],
+//! wait; beyond: 503 `busy`), and each reserves its throttle attempt before
+//! it is hashed. A response
 //! that hands out a refresh token is sent only once the state holding it is
 //! on disk (with `--state`): [`Persist`] groups concurrent changes into one
 //! atomic write.
@@ -34,7 +36,8 @@ use std::rc::Rc;
 
 /// Password hashes computed at once (the machine's cores are few).
 pub const HASH_WORKERS: usize = 2;
-/// Logins waiting for a hashing slot before new ones get 503 `busy`.
+/// Logins that may wait for a hashing slot even with a lower
+/// `--max-pending`; past the bound new ones get 503 `busy`.
 pub const HASH_QUEUE: usize = 32;
 
 /// Drops the calling thread to nice 19 (Linux nice values are per thread).
@@ -112,13 +115,15 @@ pub async fn persist_task(shared: Rc<Shared>) {
             l.await;
         }
         let generation = p.wanted.get();
-        let text = {
+        // Only a copy is taken on the event loop; serialising and writing
+        // happen on the blocking pool.
+        let copy = {
             let mut s = shared.sessions.borrow_mut();
             s.prune(now_unix(), shared.cfg.gate.verify.leeway);
-            s.to_json()
+            s.clone()
         };
         let path2 = path.clone();
-        let result = smol::unblock(move || state_file::write_atomic(&path2, text.as_bytes())).await;
+        let result = smol::unblock(move || state_file::write_atomic(&path2, copy.to_json().as_bytes())).await;
         match result {
             Ok(()) => p.written.set(generation),
             Err(e) => {
@@ -211,18 +216,87 @@ fn token_response(shared: &Shared, user: &User, sid: &str, refresh: &str, now: u
     )
 }
 
-/// Frees a hashing queue place when a waiting login ends, however it ends.
-struct QueuePlace<'a>(&'a Cell<usize>);
-impl Drop for QueuePlace<'_> {
+/// A login's claim on the hashing queue: gives back its place or slot
+/// however the login ends.
+enum QueueClaim<'a> {
+    Waiting(&'a Shared, u64),
+    Running(&'a Shared),
+}
+
+impl Drop for QueueClaim<'_> {
     fn drop(&mut self) {
-        self.0.set(self.0.get().saturating_sub(1));
+        let changed = match *self {
+            QueueClaim::Waiting(s, t) => {
+                s.login_queue.borrow_mut().leave(t);
+                s
+            }
+            QueueClaim::Running(s) => {
+                s.login_queue.borrow_mut().done();
+                s
+            }
+        };
+        changed.login_turn.notify(usize::MAX);
     }
 }
 
-/// `POST /auth/login`.
-pub async fn login(shared: &Shared, req: &Request, body: &[u8], peer: SocketAddr) -> Response {
+/// Waits for a hashing slot, served round-robin by client address
+/// ([`crate::throttle::LoginQueue`]); `None`: 503 `busy`.
+async fn hashing_slot(shared: &Shared, client: std::net::IpAddr) -> Option<QueueClaim<'_>> {
+    let arrival = shared.login_queue.borrow_mut().arrive(client);
+    // An arrival may have pushed out another waiter: wake it.
+    shared.login_turn.notify(usize::MAX);
+    let ticket = match arrival {
+        crate::throttle::Arrival::Run => return Some(QueueClaim::Running(shared)),
+        crate::throttle::Arrival::Busy => return None,
+        crate::throttle::Arrival::Wait(t) => t,
+    };
+    let waiting = QueueClaim::Waiting(shared, ticket);
+    loop {
+        let l = shared.login_turn.listen();
+        let polled = shared.login_queue.borrow_mut().poll(ticket);
+        if let Some(granted) = polled {
+            // The queue has already turned the place into a slot (or
+            // dropped it): nothing to give back.
+            std::mem::forget(waiting);
+            return granted.then_some(QueueClaim::Running(shared));
+        }
+        l.await;
+    }
+}
+
+/// Gives back a reserved login attempt (as a success) if the login ends
+/// before its outcome is known.
+struct Reserved<'a>(&'a Shared, Option<crate::throttle::Attempt>);
+
+impl Reserved<'_> {
+    /// Settles the attempt; true when a failure started a block.
+    fn settle(mut self, failed: bool) -> crate::throttle::NewBlocks {
+        match self.1.take() {
+            Some(a) => self.0.throttle.borrow_mut().settle(a, failed, now_unix()),
+            None => Default::default(),
+        }
+    }
+}
+
+impl Drop for Reserved<'_> {
+    fn drop(&mut self) {
+        if let Some(a) = self.1.take() {
+            self.0.throttle.borrow_mut().settle(a, false, now_unix());
+        }
+    }
+}
+
+/// `POST /auth/login`. `client` is the address throttling counts (the peer,
+/// or the address a trusted proxy forwarded).
+pub async fn login(
+    shared: &Shared,
+    req: &Request,
+    body: &[u8],
+    peer: SocketAddr,
+    client: std::net::IpAddr,
+) -> Response {
     let now = now_unix();
-    if let Some(secs) = shared.throttle.borrow().blocked(peer.ip(), now) {
+    if let Some(secs) = shared.throttle.borrow().blocked(client, now) {
         return Rejection::Throttled(secs).response();
     }
     if !is_json(req) {
@@ -240,21 +314,24 @@ pub async fn login(shared: &Shared, req: &Request, body: &[u8], peer: SocketAddr
     let Ok(b) = serde_json::from_slice::<Body>(body) else {
         return Response::error(400, "bad_request", "body must be {\"username\":…,\"password\":…}");
     };
-    // Unknown users are hashed against a dummy record with the same cost, so
-    // neither status nor timing tells them from a wrong password.
+    // The attempt counts from before hashing, so concurrent wrong passwords
+    // cannot overshoot the limit.
+    let attempt = shared.throttle.borrow_mut().reserve(client, &b.username, now);
+    let reserved = match attempt {
+        Ok(a) => Reserved(shared, Some(a)),
+        Err(secs) => return Rejection::Throttled(secs).response(),
+    };
+    // Unknown users are hashed against a dummy record with the cost of the
+    // strongest user's, so neither status nor timing tells them apart.
     let users = shared.users.borrow().clone();
     let user = users.get(&b.username).cloned();
     let hash = match &user {
         Some(u) => u.hash.clone(),
-        None => shared.dummy_hash.clone(),
+        None => shared.dummy_hash.borrow().clone(),
     };
-    if shared.hash_waiting.get() >= HASH_QUEUE {
+    let Some(slot) = hashing_slot(shared, client).await else {
         return Response::error(503, "busy", "too many logins at once; retry shortly").header("Retry-After", "1");
-    }
-    shared.hash_waiting.set(shared.hash_waiting.get() + 1);
-    let place = QueuePlace(&shared.hash_waiting);
-    let slot = shared.hash_slots.acquire().await;
-    drop(place);
+    };
     let password = b.password;
     let ok = smol::unblock(move || {
         lower_thread_priority();
@@ -265,17 +342,36 @@ pub async fn login(shared: &Shared, req: &Request, body: &[u8], peer: SocketAddr
     let user = match (ok, user) {
         (true, Some(u)) => u,
         _ => {
-            login_failed(shared, &b.username, peer, now, "invalid_credentials");
+            login_failed(shared, &b.username, peer, client, reserved, "invalid_credentials");
             return Response::error(401, "invalid_credentials", "unknown user or wrong password");
         }
     };
-    let amr = match second_factor(shared, &user, b.otp.as_ref(), peer) {
-        Ok(amr) => amr,
-        Err(r) => return r,
+    // The reserved attempt stays open through the second factor: a wrong
+    // code counts like a wrong password (SPEC §11).
+    let amr = match second_factor(shared, &user, b.otp.as_ref()) {
+        Ok(amr) => {
+            reserved.settle(false);
+            amr
+        }
+        Err((reason, r)) => {
+            login_failed(shared, &user.name, peer, client, reserved, reason);
+            return r;
+        }
     };
     let (Some(sid_bytes), Some(tok)) = (random::<16>(), random::<32>()) else {
         return Response::error(503, "busy", "no randomness from the OS");
     };
+    let over = shared
+        .sessions
+        .borrow()
+        .over_cap(&user.name, shared.cfg.max_sessions_per_user);
+    for old in over {
+        revoke_session(shared, &old);
+        shared.log.info(
+            "session_evicted",
+            &[("user", (&user.name).into()), ("sid", (&old).into())],
+        );
+    }
     let (sid, refresh) = shared.sessions.borrow_mut().login(
         &user.name,
         now,
@@ -299,21 +395,43 @@ pub async fn login(shared: &Shared, req: &Request, body: &[u8], peer: SocketAddr
 
 /// Counts and logs a failed login (`reason` is a code, never what was
 /// sent); a 401 also counts toward the address's throttle (SPEC §7).
-fn login_failed(shared: &Shared, username: &str, peer: SocketAddr, now: u64, reason: &'static str) {
+fn login_failed(
+    shared: &Shared,
+    username: &str,
+    peer: SocketAddr,
+    client: std::net::IpAddr,
+    reserved: Reserved<'_>,
+    reason: &'static str,
+) {
     crate::metrics::add(&shared.metrics.logins_failed, 1);
+    let shown = crate::log::clip(username, 64);
+    let client_s = client.to_string();
     shared.log.info(
         "login_failed",
         &[
-            ("user", username.into()),
+            ("user", (&shown).into()),
             ("peer", (&peer.to_string()).into()),
+            ("client", (&client_s).into()),
             ("reason", reason.into()),
         ],
     );
-    if reason != "mfa_not_enrolled" && shared.throttle.borrow_mut().failure(peer.ip(), now) {
+    // 403 `mfa_not_enrolled` follows a correct password: nothing was guessed.
+    let blocks = reserved.settle(reason != "mfa_not_enrolled");
+    if blocks.address {
         shared.log.warn(
             "ip_throttled",
             &[
                 ("peer", (&peer.ip().to_string()).into()),
+                ("client", (&client_s).into()),
+                ("seconds", crate::throttle::WINDOW_SECS.into()),
+            ],
+        );
+    }
+    if blocks.user {
+        shared.log.warn(
+            "user_throttled",
+            &[
+                ("user", (&shown).into()),
                 ("seconds", crate::throttle::WINDOW_SECS.into()),
             ],
         );
@@ -328,26 +446,29 @@ fn second_factor(
     shared: &Shared,
     user: &User,
     otp: Option<&serde_json::Value>,
-    peer: SocketAddr,
-) -> Result<&'static [&'static str], Response> {
+) -> Result<&'static [&'static str], (&'static str, Response)> {
     let now = now_unix();
     let Some(secret) = &user.totp else {
         if shared.cfg.gate.needs_mfa(user.clearance) {
-            login_failed(shared, &user.name, peer, now, "mfa_not_enrolled");
-            return Err(Response::error(
-                403,
+            return Err((
                 "mfa_not_enrolled",
-                "your clearance needs a second factor; ask for TOTP enrolment (tessera useradd --totp)",
+                Response::error(
+                    403,
+                    "mfa_not_enrolled",
+                    "your clearance needs a second factor; ask for TOTP enrolment (tessera useradd --totp)",
+                ),
             ));
         }
         return Ok(&["pwd"]);
     };
     let Some(otp) = otp else {
-        login_failed(shared, &user.name, peer, now, "mfa_required");
-        return Err(Response::error(
-            401,
+        return Err((
             "mfa_required",
-            "send the 6-digit code of your authenticator app as \"otp\"",
+            Response::error(
+                401,
+                "mfa_required",
+                "send the 6-digit code of your authenticator app as \"otp\"",
+            ),
         ));
     };
     // A JSON number or anything else but a string is a malformed code.
@@ -358,14 +479,14 @@ fn second_factor(
             shared.sessions.borrow_mut().use_totp_step(&user.name, step);
             Ok(&["pwd", "otp"])
         }
-        None => {
-            login_failed(shared, &user.name, peer, now, "invalid_otp");
-            Err(Response::error(
+        None => Err((
+            "invalid_otp",
+            Response::error(
                 401,
                 "invalid_otp",
                 "the code is wrong, malformed or already used; wait for the next one",
-            ))
-        }
+            ),
+        )),
     }
 }
 
@@ -391,6 +512,15 @@ fn token_body(req: &Request, body: &[u8]) -> Result<TokenBody, Response> {
     serde_json::from_slice(body).map_err(|_| Response::error(400, "bad_request", "body must be a JSON object"))
 }
 
+/// When a cookie would supply the token (no token in the body, none in an
+/// `Authorization` header), the request must pass the same origin rule as
+/// the upgrade and `/publish` (cross-site requests carry cookies too).
+fn cookie_origin_ok(shared: &Shared, req: &Request) -> bool {
+    let from_cookie =
+        req.bearer().is_none() && (req.cookie("tessera_refresh").is_some() || req.cookie("tessera_access").is_some());
+    !from_cookie || gate::origin_allowed(req, gate::TokenSource::Cookie, &shared.cfg.gate)
+}
+
 /// Revokes a session and closes its sockets with 4003.
 pub fn revoke_session(shared: &Shared, sid: &str) {
     shared.sessions.borrow_mut().revoke(sid);
@@ -403,6 +533,9 @@ pub async fn refresh(shared: &Shared, req: &Request, body: &[u8], peer: SocketAd
         Ok(b) => b,
         Err(r) => return r,
     };
+    if b.refresh_token.is_none() && !cookie_origin_ok(shared, req) {
+        return Rejection::OriginNotAllowed.response();
+    }
     let Some(presented) = b
         .refresh_token
         .or_else(|| req.cookie("tessera_refresh").map(String::from))
@@ -464,6 +597,9 @@ pub async fn logout(shared: &Shared, req: &Request, body: &[u8], peer: SocketAdd
         Ok(b) => b,
         Err(r) => return r,
     };
+    if b.refresh_token.is_none() && b.access_token.is_none() && !cookie_origin_ok(shared, req) {
+        return Rejection::OriginNotAllowed.response();
+    }
     let refresh = b
         .refresh_token
         .or_else(|| req.cookie("tessera_refresh").map(String::from));
@@ -490,12 +626,14 @@ pub async fn logout(shared: &Shared, req: &Request, body: &[u8], peer: SocketAdd
         .header("Set-Cookie", cookie(shared, "tessera_refresh", "", "/auth", 0))
 }
 
-/// A dummy hash with the cost of a typical user's, for unknown names.
+/// A dummy hash with the cost of the strongest user's (the largest
+/// iteration count in the file), for unknown names.
 pub fn dummy_hash(users: &crate::auth::users::UsersFile) -> PasswordHash {
     let iterations = users
         .users()
-        .next()
-        .map_or(crate::auth::users::DEFAULT_ITERATIONS, |u| u.hash.iterations);
+        .map(|u| u.hash.iterations)
+        .max()
+        .unwrap_or(crate::auth::users::DEFAULT_ITERATIONS);
     let salt = random::<16>().unwrap_or([0; 16]);
     let fake = random::<32>().unwrap_or([0xa5; 32]);
     use base64::Engine as _;

@@ -1,16 +1,23 @@
-//! One TCP connection: read request heads (within `--handshake-timeout`),
-//! route, answer plain HTTP with keep-alive, or hand a `GET /ws` to the
-//! WebSocket handshake whose callback calls [`gate::authorize`].
+//! One TCP connection: read request heads (within `--handshake-timeout`,
+//! later ones within `--keepalive-timeout`), route, answer plain HTTP with
+//! keep-alive (every write within `--write-timeout`), or hand a `GET /ws`
+//! to the WebSocket handshake whose callback calls [`gate::authorize`].
+//! Until it upgrades, a connection holds a [`PendingSlot`] and can be shed
+//! while it waits for a head.
 
+use super::pending::Admit;
 use super::{Shared, socket};
 use crate::commands::now_unix;
 use crate::gate::{self, Context, Rejection};
-use crate::http::{self, BodyLength, Head, Request, Response, Route};
+use crate::http::{self, BodyLength, Expect, Head, Request, Response, Route};
 use crate::hub::Rights;
 use async_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request as WsRequest, Response as WsResponse};
 use async_tungstenite::tungstenite::protocol::WebSocketConfig;
+use event_listener::Event;
 use smol::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use smol::{Async, LocalExecutor};
+use std::cell::Cell;
+use std::net::IpAddr;
 use std::net::{SocketAddr, TcpStream};
 use std::pin::Pin;
 use std::rc::Rc;
@@ -28,35 +35,188 @@ pub type Stream = crate::tls::MaybeTls<Async<TcpStream>, futures_rustls::server:
 #[cfg(not(feature = "tls"))]
 pub type Stream = crate::tls::MaybeTls<Async<TcpStream>, Async<TcpStream>>;
 
-/// Serves one accepted connection until it closes or upgrades.
+/// Tells an idle pre-upgrade connection to go (it was shed at a cap).
+#[derive(Default)]
+pub struct ShedSignal {
+    shed: Cell<bool>,
+    event: Event,
+}
+
+impl ShedSignal {
+    fn fire(&self) {
+        self.shed.set(true);
+        self.event.notify(usize::MAX);
+    }
+
+    /// Resolves once the connection has been shed.
+    pub async fn wait(&self) {
+        loop {
+            if self.shed.get() {
+                return;
+            }
+            let l = self.event.listen();
+            if self.shed.get() {
+                return;
+            }
+            l.await;
+        }
+    }
+}
+
+/// A connection's place in the pre-upgrade table ([`super::pending`]);
+/// given back when dropped.
+pub struct PendingSlot {
+    shared: Rc<Shared>,
+    id: u64,
+    pub signal: Rc<ShedSignal>,
+}
+
+impl PendingSlot {
+    fn idle(&self, idle: bool) {
+        self.shared.pending.borrow_mut().set_idle(self.id, idle);
+    }
+}
+
+impl Drop for PendingSlot {
+    fn drop(&mut self) {
+        self.shared.pending.borrow_mut().remove(self.id);
+    }
+}
+
+/// Admits a new connection under `--max-pending` and
+/// `--max-pending-per-address`, shedding the longest-idle one at a cap;
+/// `None`: refused (close it at once).
+pub fn admit(shared: &Rc<Shared>, id: u64, peer: SocketAddr) -> Option<PendingSlot> {
+    let signal = Rc::new(ShedSignal::default());
+    let exempt = shared.cfg.trusted_proxies.iter().any(|c| c.contains(peer.ip()));
+    let admitted = shared.pending.borrow_mut().admit(id, peer.ip(), exempt, signal.clone());
+    match admitted {
+        Admit::Yes => {}
+        Admit::Shed(victim) => {
+            crate::metrics::add(&shared.metrics.pending_shed, 1);
+            victim.fire();
+        }
+        Admit::No => {
+            crate::metrics::add(&shared.metrics.pending_refused, 1);
+            return None;
+        }
+    }
+    Some(PendingSlot {
+        shared: shared.clone(),
+        id,
+        signal,
+    })
+}
+
+/// Sheds the longest-idle pre-upgrade connection (the process is out of
+/// file descriptors); true if there was one.
+pub fn shed_one(shared: &Shared) -> bool {
+    let victim = shared.pending.borrow_mut().shed_one();
+    victim
+        .inspect(|v| {
+            crate::metrics::add(&shared.metrics.pending_shed, 1);
+            v.fire();
+        })
+        .is_some()
+}
+
+/// Which listener a connection came in on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listener {
+    /// `--listen`: everything (but `/metrics` and `/healthz` when
+    /// `--metrics-listen` is set).
+    Main,
+    /// `--metrics-listen`: only `/metrics` and `/healthz`.
+    Metrics,
+}
+
+/// Writes `bytes` within `--write-timeout`; false on error or timeout (the
+/// connection is then closed).
+async fn write_by(shared: &Shared, stream: &mut Stream, bytes: &[u8], peer: SocketAddr) -> bool {
+    let write = async { stream.write_all(bytes).await.is_ok() };
+    let timeout = async {
+        smol::Timer::after(shared.cfg.write_timeout).await;
+        shared
+            .log
+            .info("http_write_timeout", &[("peer", (&peer.to_string()).into())]);
+        false
+    };
+    smol::future::or(write, timeout).await
+}
+
+/// Serves one accepted connection until it closes, upgrades, or is shed.
 pub async fn serve_connection(
     shared: Rc<Shared>,
     _ex: Rc<LocalExecutor<'static>>,
     mut stream: Stream,
     peer: SocketAddr,
+    slot: PendingSlot,
+    listener: Listener,
 ) {
     let mut buf: Vec<u8> = Vec::new();
+    let mut first = true;
     loop {
-        let deadline = Instant::now() + shared.cfg.handshake_timeout;
-        let req = match read_head(&mut stream, &mut buf, deadline).await {
+        // The first head within --handshake-timeout; later ones (keep-alive)
+        // within --keepalive-timeout.
+        let wait = if first {
+            shared.cfg.handshake_timeout
+        } else {
+            shared.cfg.keepalive_timeout
+        };
+        first = false;
+        let deadline = Instant::now() + wait;
+        slot.idle(true);
+        let head = smol::future::or(read_head(&mut stream, &mut buf, deadline), async {
+            slot.signal.wait().await;
+            ReadHead::Closed
+        })
+        .await;
+        slot.idle(false);
+        let req = match head {
             ReadHead::Request(r) => r,
             ReadHead::Refused(e) => {
-                let _ = stream.write_all(&e.response().to_bytes(false)).await;
+                write_by(&shared, &mut stream, &e.response().to_bytes(false), peer).await;
                 break;
             }
             ReadHead::Closed => break,
         };
+        let deadline = Instant::now() + shared.cfg.handshake_timeout;
+        let client = http::client_address(&req, peer.ip(), &shared.cfg.trusted_proxies);
         let keep_alive = req.keep_alive() && !shared.shutting_down.get();
-        let route = http::route(&req.method, &req.path);
+        // With --metrics-listen, /metrics and /healthz live only there, and
+        // that listener serves nothing else.
+        let monitoring = matches!(req.path.as_str(), "/metrics" | "/healthz");
+        let route = match listener {
+            Listener::Main if monitoring && shared.cfg.metrics_listen.is_some() => Route::NotFound,
+            Listener::Metrics if !monitoring => Route::NotFound,
+            _ => http::route(&req.method, &req.path),
+        };
         if route == Route::WebSocket {
-            if !req.is_websocket_upgrade() {
-                let r = Response::error(426, "upgrade_required", "GET /ws is a WebSocket endpoint")
-                    .header("Upgrade", "websocket");
-                let _ = stream.write_all(&r.to_bytes(false)).await;
+            let problem = if req.is_websocket_upgrade() {
+                http::upgrade_problem(&req)
+            } else {
+                Some(
+                    Response::error(426, "upgrade_required", "GET /ws is a WebSocket endpoint")
+                        .header("Upgrade", "websocket"),
+                )
+            };
+            if let Some(r) = problem {
+                shared.metrics.reject("bad_upgrade");
+                shared.log.info(
+                    "ws_reject",
+                    &[
+                        ("reason", "bad_upgrade".into()),
+                        ("status", u64::from(r.status).into()),
+                        ("peer", (&peer.to_string()).into()),
+                    ],
+                );
+                write_by(&shared, &mut stream, &r.to_bytes(false), peer).await;
                 break;
             }
-            // The WebSocket task owns the stream from here.
-            return upgrade(shared, stream, buf, req, peer, deadline).await;
+            // The WebSocket task owns the stream from here; it counts under
+            // --max-connections instead.
+            drop(slot);
+            return upgrade(shared, stream, buf, req, peer, client, deadline).await;
         }
         // Read the body, if any (SPEC §4: ≤ 16 KiB, POST needs Content-Length).
         let body_len = match (req.method.as_str(), req.body_length()) {
@@ -70,23 +230,34 @@ pub async fn serve_connection(
             (_, BodyLength::Length(n)) if n > http::MAX_BODY_BYTES => {
                 Err(Response::error(413, "body_too_large", "request body over 16 KiB"))
             }
+            (_, BodyLength::Length(_)) | (_, BodyLength::None) if req.expect() == Expect::Unsupported => Err(
+                Response::error(417, "expectation_failed", "only Expect: 100-continue is supported"),
+            ),
             (_, BodyLength::Length(n)) => Ok(n),
             (_, BodyLength::None) => Ok(0),
         };
         let body_len = match body_len {
             Ok(n) => n,
             Err(r) => {
-                let _ = stream.write_all(&r.to_bytes(false)).await;
+                write_by(&shared, &mut stream, &r.to_bytes(false), peer).await;
                 break;
             }
         };
         buf.drain(..req.head_len);
+        // RFC 9110 §10.1.1: a client that waits for 100 before sending its
+        // body gets it (unless the body is already here).
+        if req.expect() == Expect::Continue
+            && buf.len() < body_len
+            && !write_by(&shared, &mut stream, http::CONTINUE, peer).await
+        {
+            break;
+        }
         if !read_exact_by(&mut stream, &mut buf, body_len, deadline).await {
             break;
         }
         let body: Vec<u8> = buf.drain(..body_len).collect();
         let response = match route {
-            Route::Login => super::auth::login(&shared, &req, &body, peer).await,
+            Route::Login => super::auth::login(&shared, &req, &body, peer, client).await,
             Route::Refresh => super::auth::refresh(&shared, &req, &body, peer).await,
             Route::Logout => super::auth::logout(&shared, &req, &body, peer).await,
             // Boxed: the wait for room must not size every connection's task.
@@ -99,7 +270,7 @@ pub async fn serve_connection(
             let cut = bytes.len() - if response.status == 204 { 0 } else { response.body.len() };
             bytes.truncate(cut);
         }
-        if stream.write_all(&bytes).await.is_err() || !keep_alive {
+        if !write_by(&shared, &mut stream, &bytes, peer).await || !keep_alive {
             break;
         }
         if buf.capacity() > 2 * http::MAX_HEAD_BYTES {
@@ -326,7 +497,15 @@ fn to_ws_error(r: &Response) -> ErrorResponse {
 }
 
 /// `GET /ws`: the WebSocket handshake with authentication in its callback.
-async fn upgrade(shared: Rc<Shared>, stream: Stream, buf: Vec<u8>, req: Request, peer: SocketAddr, deadline: Instant) {
+async fn upgrade(
+    shared: Rc<Shared>,
+    stream: Stream,
+    buf: Vec<u8>,
+    req: Request,
+    peer: SocketAddr,
+    client: IpAddr,
+    deadline: Instant,
+) {
     let head: Vec<u8> = buf.get(..req.head_len).map(<[u8]>::to_vec).unwrap_or_default();
     drop(req);
     drop(buf);
@@ -336,7 +515,7 @@ async fn upgrade(shared: Rc<Shared>, stream: Stream, buf: Vec<u8>, req: Request,
         inner: stream,
     };
     let now = now_unix();
-    let throttled = shared.throttle.borrow().blocked(peer.ip(), now);
+    let throttled = shared.throttle.borrow().blocked(client, now);
     let full = shared.sockets.get() >= shared.cfg.max_connections;
     // Counted from here so that concurrent handshakes respect the cap.
     shared.sockets.set(shared.sockets.get() + 1);
@@ -403,13 +582,15 @@ async fn upgrade(shared: Rc<Shared>, stream: Stream, buf: Vec<u8>, req: Request,
                     ("reason", rej.code().into()),
                     ("status", u64::from(rej.status()).into()),
                     ("peer", (&peer_s).into()),
+                    ("client", (&client.to_string()).into()),
                 ],
             );
-            if rej.is_auth_failure() && shared.throttle.borrow_mut().failure(peer.ip(), now) {
+            if rej.is_auth_failure() && shared.throttle.borrow_mut().failure(client, now) {
                 shared.log.warn(
                     "ip_throttled",
                     &[
                         ("peer", (&peer.ip().to_string()).into()),
+                        ("client", (&client.to_string()).into()),
                         ("seconds", crate::throttle::WINDOW_SECS.into()),
                     ],
                 );

@@ -10,6 +10,7 @@
 mod auth;
 mod conn;
 mod console;
+mod pending;
 mod socket;
 
 use crate::auth::sessions::Sessions;
@@ -57,6 +58,14 @@ pub struct Config {
     pub demo: bool,
     /// `--tls-cert` and `--tls-key`.
     pub tls: Option<(PathBuf, PathBuf)>,
+    // Hostile clients (README "What a careful user should know").
+    pub max_pending: usize,
+    pub max_pending_per_address: usize,
+    pub write_timeout: Duration,
+    pub keepalive_timeout: Duration,
+    pub trusted_proxies: Vec<crate::http::Cidr>,
+    pub metrics_listen: Option<SocketAddr>,
+    pub max_sessions_per_user: usize,
 }
 
 impl Config {
@@ -77,6 +86,9 @@ impl Config {
             ("--max-connections", a.max_connections),
             ("--queue-depth", a.queue_depth),
             ("--max-message-bytes", a.max_message_bytes),
+            ("--max-pending", a.max_pending),
+            ("--max-pending-per-address", a.max_pending_per_address),
+            ("--max-sessions-per-user", a.max_sessions_per_user),
         ] {
             if v == 0 {
                 return Err(Failure::usage(format!("{name}: must be at least 1")));
@@ -91,6 +103,8 @@ impl Config {
             ("--access-ttl", a.access_ttl),
             ("--refresh-ttl", a.refresh_ttl),
             ("--history-ttl", a.history_ttl),
+            ("--write-timeout", a.write_timeout),
+            ("--keepalive-timeout", a.keepalive_timeout),
         ] {
             if v == 0 || v > 10 * 365 * 86_400 {
                 return Err(Failure::usage(format!("{name}: must be 1 second to 10 years")));
@@ -119,7 +133,22 @@ impl Config {
                 "--insecure-cookies: cookies are always Secure when serving TLS",
             ));
         }
+        let metrics_listen = match &a.metrics_listen {
+            None => None,
+            Some(m) => Some(m.parse().map_err(|_| {
+                Failure::usage(format!(
+                    "--metrics-listen {m:?}: expected HOST:PORT, e.g. 127.0.0.1:9090"
+                ))
+            })?),
+        };
         Ok(Config {
+            max_pending: a.max_pending,
+            max_pending_per_address: a.max_pending_per_address,
+            write_timeout: Duration::from_secs(a.write_timeout),
+            keepalive_timeout: Duration::from_secs(a.keepalive_timeout),
+            trusted_proxies: a.trusted_proxy.clone(),
+            metrics_listen,
+            max_sessions_per_user: a.max_sessions_per_user,
             listen,
             secret_file: a.secret_file.clone(),
             access_ttl: a.access_ttl,
@@ -181,12 +210,17 @@ pub struct Shared {
     /// A sync runs off the event loop now.
     pub disk_syncing: Cell<bool>,
     pub users: RefCell<Rc<UsersFile>>,
-    /// Hashed against when a login names an unknown user.
-    pub dummy_hash: PasswordHash,
+    /// Hashed against when a login names an unknown user (recomputed on
+    /// SIGHUP).
+    pub dummy_hash: RefCell<PasswordHash>,
     pub sessions: RefCell<Sessions>,
     pub persist: auth::Persist,
-    pub hash_slots: smol::lock::Semaphore,
-    pub hash_waiting: Cell<usize>,
+    /// Logins waiting for a hashing slot, served round-robin by address.
+    pub login_queue: RefCell<crate::throttle::LoginQueue>,
+    /// Wakes waiting logins when the queue changes.
+    pub login_turn: event_listener::Event,
+    /// Connections that have not upgraded (`--max-pending*`).
+    pub pending: RefCell<pending::Pending<Rc<conn::ShedSignal>>>,
     /// The TLS server config; replaced on SIGHUP.
     #[cfg(feature = "tls")]
     pub tls: RefCell<Option<futures_rustls::TlsAcceptor>>,
@@ -237,8 +271,18 @@ pub fn serve(args: &cli::Serve) -> Result<(), Failure> {
             .unwrap_or_default(),
         None => Sessions::default(),
     };
+    raise_nofile_limit(&log);
     let listener =
         TcpListener::bind(cfg.listen).map_err(|e| Failure::usage(format!("--listen {}: {e}", cfg.listen)))?;
+    let metrics_listener = match cfg.metrics_listen {
+        None => None,
+        Some(m) => {
+            let l = TcpListener::bind(m)
+                .and_then(smol::Async::new)
+                .map_err(|e| Failure::usage(format!("--metrics-listen {m}: {e}")))?;
+            Some(l)
+        }
+    };
     let addr = listener
         .local_addr()
         .map_err(|e| Failure::usage(format!("--listen: {e}")))?;
@@ -262,12 +306,18 @@ pub fn serve(args: &cli::Serve) -> Result<(), Failure> {
         hub: RefCell::new(Hub::with_history(cfg.levels.clone(), history)),
         congested: RefCell::default(),
         room: event_listener::Event::new(),
-        dummy_hash: auth::dummy_hash(&users),
+        dummy_hash: RefCell::new(auth::dummy_hash(&users)),
         users: RefCell::new(Rc::new(users)),
         sessions: RefCell::new(sessions),
         persist: auth::Persist::new(cfg.state_file.clone()),
-        hash_slots: smol::lock::Semaphore::new(auth::HASH_WORKERS),
-        hash_waiting: Cell::new(0),
+        // Every waiting login holds a pre-upgrade connection, so
+        // --max-pending bounds the queue already.
+        login_queue: RefCell::new(crate::throttle::LoginQueue::new(
+            auth::HASH_WORKERS,
+            cfg.max_pending.max(auth::HASH_QUEUE),
+        )),
+        login_turn: event_listener::Event::new(),
+        pending: RefCell::new(pending::Pending::new(cfg.max_pending, cfg.max_pending_per_address)),
         #[cfg(feature = "tls")]
         tls: RefCell::new(tls_acceptor),
         cfg,
@@ -280,7 +330,53 @@ pub fn serve(args: &cli::Serve) -> Result<(), Failure> {
         shutting_down: Cell::new(false),
     });
     let ex = Rc::new(LocalExecutor::new());
+    if let Some(m) = metrics_listener {
+        let at = m.get_ref().local_addr().map(|a| a.to_string()).unwrap_or_default();
+        shared.log.info("metrics_listening", &[("addr", (&at).into())]);
+        if shared.cfg.metrics_listen.is_some_and(|a| !a.ip().is_loopback()) {
+            shared.log.warn(
+                "metrics_public",
+                &[(
+                    "message",
+                    "--metrics-listen is not loopback: counters and version are public".into(),
+                )],
+            );
+        }
+        ex.spawn(accept_loop(shared.clone(), ex.clone(), m, conn::Listener::Metrics))
+            .detach();
+    }
     smol::block_on(ex.run(run(shared, ex.clone(), listener, addr, demo_key, demo_passwords)))
+}
+
+/// Raises the soft limit on open files to the hard limit (connections are
+/// files) and logs both.
+fn raise_nofile_limit(log: &Logger) {
+    #[cfg(target_os = "linux")]
+    {
+        use rustix::process::{Resource, getrlimit, setrlimit};
+        let before = getrlimit(Resource::Nofile);
+        let mut raised = before;
+        raised.current = before.maximum;
+        let result = if before.current == before.maximum {
+            Ok(())
+        } else {
+            setrlimit(Resource::Nofile, raised)
+        };
+        let after = getrlimit(Resource::Nofile);
+        let show = |v: Option<u64>| v.map_or_else(|| "unlimited".to_string(), |n| n.to_string());
+        let (b, c, h) = (show(before.current), show(after.current), show(after.maximum));
+        let fields = [
+            ("soft_before", (&b).into()),
+            ("soft", (&c).into()),
+            ("hard", (&h).into()),
+        ];
+        match result {
+            Ok(()) => log.info("open_files_limit", &fields),
+            Err(_) => log.warn("open_files_limit", &fields),
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = log;
 }
 
 async fn run(
@@ -333,6 +429,7 @@ async fn run(
         ex.spawn(demo_ticker(shared.clone())).detach();
     }
 
+    let mut accept_errors = AcceptErrors::default();
     enum Ev {
         Conn(std::io::Result<(smol::Async<std::net::TcpStream>, SocketAddr)>),
         Signal(Option<std::io::Result<async_signal::Signal>>),
@@ -343,14 +440,7 @@ async fn run(
         })
         .await;
         match ev {
-            Ev::Conn(Ok((stream, peer))) => {
-                let _ = stream.get_ref().set_nodelay(true);
-                ex.spawn(accept(shared.clone(), ex.clone(), stream, peer)).detach();
-            }
-            Ev::Conn(Err(e)) => {
-                log.warn("accept_failed", &[("error", (&e.to_string()).into())]);
-                Timer::after(Duration::from_millis(100)).await;
-            }
+            Ev::Conn(r) => accepted(&shared, &ex, r, conn::Listener::Main, &mut accept_errors).await,
             Ev::Signal(Some(Ok(async_signal::Signal::Hup))) => reload(&shared),
             Ev::Signal(Some(Ok(_))) | Ev::Signal(None) => break,
             Ev::Signal(Some(Err(e))) => log.warn("signal_error", &[("error", (&e.to_string()).into())]),
@@ -375,6 +465,71 @@ async fn run(
     Ok(())
 }
 
+/// `accept_failed` is logged at most once a second, with how many failures
+/// it stands for.
+#[derive(Default)]
+struct AcceptErrors {
+    last_logged: Option<std::time::Instant>,
+    unlogged: u64,
+}
+
+/// Handles one result of `accept`: admit the connection under the
+/// pre-upgrade caps and spawn its task, or account for the failure (out of
+/// file descriptors: shed the longest-idle pre-upgrade connection).
+async fn accepted(
+    shared: &Rc<Shared>,
+    ex: &Rc<LocalExecutor<'static>>,
+    r: std::io::Result<(smol::Async<std::net::TcpStream>, SocketAddr)>,
+    listener: conn::Listener,
+    errors: &mut AcceptErrors,
+) {
+    match r {
+        Ok((stream, peer)) => {
+            let _ = stream.get_ref().set_nodelay(true);
+            let id = shared.next_id();
+            // Refused: dropping the stream closes it at once.
+            if let Some(slot) = conn::admit(shared, id, peer) {
+                ex.spawn(accept(shared.clone(), ex.clone(), stream, peer, slot, listener))
+                    .detach();
+            }
+        }
+        Err(e) => {
+            crate::metrics::add(&shared.metrics.accept_failed, 1);
+            errors.unlogged += 1;
+            let now = std::time::Instant::now();
+            if errors
+                .last_logged
+                .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
+            {
+                shared.log.warn(
+                    "accept_failed",
+                    &[("error", (&e.to_string()).into()), ("count", errors.unlogged.into())],
+                );
+                errors.last_logged = Some(now);
+                errors.unlogged = 0;
+            }
+            // Out of descriptors: free one held by an idle pre-upgrade
+            // connection, then retry soon; otherwise back off.
+            let shed = conn::shed_one(shared);
+            Timer::after(Duration::from_millis(if shed { 5 } else { 100 })).await;
+        }
+    }
+}
+
+/// The accept loop of `--metrics-listen`.
+async fn accept_loop(
+    shared: Rc<Shared>,
+    ex: Rc<LocalExecutor<'static>>,
+    listener: smol::Async<TcpListener>,
+    kind: conn::Listener,
+) {
+    let mut errors = AcceptErrors::default();
+    while !shared.shutting_down.get() {
+        let r = listener.accept().await;
+        accepted(&shared, &ex, r, kind, &mut errors).await;
+    }
+}
+
 /// Starts serving an accepted TCP connection, after the TLS handshake when
 /// TLS is on (bounded by `--handshake-timeout`).
 async fn accept(
@@ -382,6 +537,8 @@ async fn accept(
     ex: Rc<LocalExecutor<'static>>,
     stream: smol::Async<std::net::TcpStream>,
     peer: SocketAddr,
+    slot: conn::PendingSlot,
+    listener: conn::Listener,
 ) {
     #[cfg(feature = "tls")]
     {
@@ -389,13 +546,17 @@ async fn accept(
         if let Some(acceptor) = acceptor {
             let handshake = async { acceptor.accept(stream).await.ok() };
             let timeout = async {
-                Timer::after(shared.cfg.handshake_timeout).await;
+                smol::future::or(Timer::after(shared.cfg.handshake_timeout), async {
+                    slot.signal.wait().await;
+                    std::time::Instant::now()
+                })
+                .await;
                 None
             };
             match smol::future::or(Box::pin(handshake), timeout).await {
                 Some(tls) => {
                     let s = crate::tls::MaybeTls::Tls(Box::new(tls));
-                    return conn::serve_connection(shared, ex, s, peer).await;
+                    return conn::serve_connection(shared, ex, s, peer, slot, listener).await;
                 }
                 None => {
                     shared.log.info("tls_failed", &[("peer", (&peer.to_string()).into())]);
@@ -404,7 +565,7 @@ async fn accept(
             }
         }
     }
-    conn::serve_connection(shared, ex, crate::tls::MaybeTls::Plain(stream), peer).await
+    conn::serve_connection(shared, ex, crate::tls::MaybeTls::Plain(stream), peer, slot, listener).await
 }
 
 /// SIGHUP: reload the key file, the users file and the TLS certificate; a
@@ -424,6 +585,7 @@ fn reload(shared: &Shared) {
         match read_users(path) {
             Ok(u) => {
                 let n = u.users().count() as u64;
+                *shared.dummy_hash.borrow_mut() = auth::dummy_hash(&u);
                 *shared.users.borrow_mut() = Rc::new(u);
                 shared.log.info("reload", &[("users", n.into())]);
             }
