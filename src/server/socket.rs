@@ -392,6 +392,12 @@ where
     wrote
 }
 
+/// Client messages a socket handles before it yields to the other tasks
+/// (SPEC §4.3 fairness). Well under `--queue-depth`'s default, so one turn
+/// of a publisher cannot fill a reader's queue; large enough that the
+/// subscribers a burst feeds write many frames per syscall.
+const TURN_BUDGET: u32 = 64;
+
 /// Runs an accepted socket until it closes.
 pub async fn run<S>(shared: Rc<Shared>, ws: WebSocketStream<S>, claims: VerifiedClaims, peer: SocketAddr)
 where
@@ -437,6 +443,7 @@ where
     // wake-up would cost two reactor operations per delivered frame.
     let mut alarm_at = timers.next_deadline(now_unix(), Instant::now());
     let mut alarm = smol::Timer::at(alarm_at);
+    let mut budget = TURN_BUDGET;
 
     loop {
         // A close order wins over everything, also one that cut a write short.
@@ -515,6 +522,7 @@ where
             )
             .await
         };
+        let mut took_input = false;
         match ev {
             Ev::Wake | Ev::Tick => {}
             Ev::In(None) => code = (1006, "closed"),
@@ -522,6 +530,7 @@ where
             Ev::In(Some(Err(_))) => code = (1006, "read failed"),
             Ev::In(Some(Ok(msg))) => {
                 awaiting_pong = false;
+                took_input = true;
                 let replies = match msg {
                     Message::Text(t) => {
                         msgs_in += 1;
@@ -575,9 +584,17 @@ where
             code = (1006, "no pong");
             break;
         }
-        // One client message per turn: let the others (the subscribers a
-        // publish just fed) run before reading more (SPEC §4.3).
-        smol::future::yield_now().await;
+        // A bounded amount of client input per turn (SPEC §4.3): after
+        // `TURN_BUDGET` messages the others (the subscribers a burst just
+        // fed) run before this socket reads more. Not one message per turn:
+        // the subscribers would then write each frame with its own syscall.
+        if took_input {
+            budget -= 1;
+            if budget == 0 {
+                budget = TURN_BUDGET;
+                smol::future::yield_now().await;
+            }
+        }
     }
 
     // The closing handshake (RFC 6455 §7.1.2), bounded by a short timeout:
