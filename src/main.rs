@@ -6,9 +6,10 @@ use std::process::ExitCode;
 use tessera::cli::{Command, TopLevel};
 use tessera::commands::{self, Failure};
 
-/// jemalloc on glibc targets: its background thread hands freed memory back
-/// to the OS while the event loop idles (see Cargo.toml and BENCHMARKS.md).
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
+/// jemalloc on glibc targets (feature `jemalloc`, default): its background
+/// thread hands freed memory back to the OS while the event loop idles (see
+/// Cargo.toml, .cargo/config.toml and BENCHMARKS.md).
+#[cfg(all(feature = "jemalloc", target_os = "linux", target_env = "gnu"))]
 #[global_allocator]
 static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
