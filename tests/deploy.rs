@@ -157,6 +157,7 @@ fn sd_notify_ready_when_listening_watchdog_from_the_loop_stopping_on_sigterm() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+#[cfg(target_os = "linux")]
 #[test]
 fn sd_notify_abstract_socket_and_no_watchdog_for_another_pid() {
     let name = format!("tessera-notify-test-{}", std::process::id());
