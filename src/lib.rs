@@ -9,7 +9,8 @@
 //! - [`protocol`]: WebSocket messages;
 //! - [`hub`]: channels, subscriptions, fan-out to bounded queues;
 //! - [`throttle`]: failed-authentication limits per address;
-//! - [`log`], [`metrics`]: events and counters.
+//! - [`log`], [`metrics`]: events and counters;
+//! - [`notify`]: systemd readiness and watchdog messages (`sd_notify`).
 //!
 //! [`server`] is the thin async shell that owns sockets and timers;
 //! [`cli`] declares the command line; `main.rs` dispatches it.
@@ -27,6 +28,7 @@ pub mod jwt;
 pub mod keys;
 pub mod log;
 pub mod metrics;
+pub mod notify;
 pub mod protocol;
 pub mod server;
 pub mod throttle;

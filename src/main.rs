@@ -6,6 +6,13 @@ use std::process::ExitCode;
 use tessera::cli::{Command, TopLevel};
 use tessera::commands::{self, Failure};
 
+/// jemalloc on glibc targets (opt-in feature `jemalloc`): its background
+/// thread hands freed memory back to the OS while the event loop idles (see
+/// Cargo.toml, .cargo/config.toml and BENCHMARKS.md).
+#[cfg(all(feature = "jemalloc", target_os = "linux", target_env = "gnu"))]
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
     let strs: Vec<&str> = args.iter().map(String::as_str).collect();

@@ -119,6 +119,18 @@ mod tests {
     }
 
     #[test]
+    fn rfc1952_served_gzip_decodes_to_the_served_page() {
+        use std::io::Read as _;
+        let zipped = get(Some("gzip"));
+        let mut out = Vec::new();
+        flate2::read::GzDecoder::new(&zipped.body[..])
+            .read_to_end(&mut out)
+            .expect("a valid gzip member (CRC-32 and length checked)");
+        assert_eq!(out, get(None).body);
+        assert_eq!(out, PAGE);
+    }
+
+    #[test]
     fn spec8_strict_csp_admits_exactly_the_inline_script_and_style() {
         let r = get(None);
         assert_eq!(header(&r, "x-content-type-options"), Some("nosniff"));

@@ -424,6 +424,7 @@ async fn run(
     if shared.disk.borrow().is_some() {
         ex.spawn(sync_history(shared.clone())).detach();
     }
+    let systemd = systemd_ready(&shared, &ex);
     if shared.cfg.demo {
         print_demo(&shared, addr, demo_key, &demo_passwords);
         ex.spawn(demo_ticker(shared.clone())).detach();
@@ -449,6 +450,7 @@ async fn run(
 
     // SPEC §5: stop accepting, close every socket with 1001, exit within 5 s.
     drop(listener);
+    let _ = systemd.send("STOPPING=1");
     shared.shutting_down.set(true);
     let open = shared.hub.borrow().len() as u64;
     log.info("shutdown", &[("open_sockets", open.into())]);
@@ -528,6 +530,36 @@ async fn accept_loop(
         let r = listener.accept().await;
         accepted(&shared, &ex, r, kind, &mut errors).await;
     }
+}
+
+/// systemd `Type=notify` (see [`crate::notify`]): `READY=1` now that the
+/// listener is bound, and `WATCHDOG=1` from a task on this event loop every
+/// half `WatchdogSec`, so a stuck loop misses its pings and gets restarted.
+fn systemd_ready(shared: &Shared, ex: &LocalExecutor<'static>) -> Rc<crate::notify::Notifier> {
+    let (sd, err) = crate::notify::Notifier::from_env();
+    if let Some(e) = err {
+        shared.log.warn("notify_failed", &[("error", (&e).into())]);
+    }
+    if !sd.enabled() {
+        return Rc::new(sd);
+    }
+    if let Err(e) = sd.send("READY=1") {
+        shared.log.warn("notify_failed", &[("error", (&e.to_string()).into())]);
+    }
+    let sd = Rc::new(sd);
+    let usec = std::env::var("WATCHDOG_USEC").ok();
+    let pid = std::env::var("WATCHDOG_PID").ok();
+    if let Some(period) = crate::notify::watchdog_period(usec.as_deref(), pid.as_deref(), std::process::id()) {
+        let pinger = sd.clone();
+        ex.spawn(async move {
+            loop {
+                Timer::after(period).await;
+                let _ = pinger.send("WATCHDOG=1");
+            }
+        })
+        .detach();
+    }
+    sd
 }
 
 /// Starts serving an accepted TCP connection, after the TLS handshake when

@@ -21,6 +21,26 @@ pub const KEY: &str = "test-key-0123456789abcdefghijklmnopqrstuvwxyz";
 
 pub type Ws = WebSocketStream<Async<TcpStream>>;
 
+/// The server binary under test: `TESSERA_BIN` when set (e.g. a static
+/// cross-built binary), else this build's. `TESSERA_RUNNER` (e.g.
+/// `qemu-aarch64`; words split on spaces) runs it under an emulator.
+/// qemu-user keeps the guest's pid, so signals still reach it.
+pub fn tessera_command() -> Command {
+    let bin = std::env::var_os("TESSERA_BIN")
+        .filter(|b| !b.is_empty())
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_tessera").into());
+    let runner = std::env::var("TESSERA_RUNNER").unwrap_or_default();
+    let mut words = runner.split_whitespace();
+    match words.next() {
+        Some(r) => {
+            let mut cmd = Command::new(r);
+            cmd.args(words).arg(bin);
+            cmd
+        }
+        None => Command::new(bin),
+    }
+}
+
 pub struct Server {
     pub child: Child,
     pub addr: SocketAddr,
@@ -40,7 +60,7 @@ impl Server {
 
     /// Starts on a given address (e.g. the port of a server that was stopped).
     pub fn start_at(listen: &str, args: &[&str], env: &[(&str, &str)]) -> Server {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tessera"));
+        let mut cmd = tessera_command();
         cmd.arg("serve").args(["--listen", listen]).args(args);
         cmd.env_remove("TESSERA_SECRET");
         for (k, v) in env {
