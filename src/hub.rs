@@ -32,7 +32,7 @@
 use crate::history::{History, Limits, Retained};
 use crate::protocol::{self, Since};
 use serde_json::value::RawValue;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::rc::Rc;
 
@@ -138,6 +138,10 @@ pub enum Denied {
     BadChannel,
     /// Not allowed: `forbidden`.
     Forbidden,
+    /// The socket holds `--max-subscriptions` already: `too_many_subscriptions`.
+    TooManySubscriptions,
+    /// A new channel beyond `--max-channels`: `too_many_channels`.
+    TooManyChannels,
 }
 
 impl Denied {
@@ -145,12 +149,16 @@ impl Denied {
         match self {
             Denied::BadChannel => "bad_channel",
             Denied::Forbidden => "forbidden",
+            Denied::TooManySubscriptions => "too_many_subscriptions",
+            Denied::TooManyChannels => "too_many_channels",
         }
     }
     pub fn message(self) -> &'static str {
         match self {
             Denied::BadChannel => "channel names are 1-64 characters of A-Z a-z 0-9 _ . : - @",
             Denied::Forbidden => "your token does not allow this channel",
+            Denied::TooManySubscriptions => "this socket is at its subscription limit; unsubscribe first",
+            Denied::TooManyChannels => "the server is at its channel limit; use an existing channel",
         }
     }
 }
@@ -247,7 +255,7 @@ impl Hasher for IdHasher {
 
 struct Conn<O> {
     rights: Rights,
-    subs: Vec<Rc<str>>,
+    subs: HashSet<Rc<str>>,
     outbox: O,
 }
 
@@ -295,6 +303,11 @@ pub struct Hub<O> {
     conns: HashMap<ConnId, Conn<O>, BuildHasherDefault<IdHasher>>,
     channels: HashMap<Rc<str>, Channel>,
     history: History,
+    /// `--max-subscriptions` per connection (its personal channel included).
+    max_subscriptions: usize,
+    /// `--max-channels`: channels known to the history (published to or
+    /// subscribed); personal channels of joining connections are always made.
+    max_channels: usize,
 }
 
 impl<O: Outbox> Hub<O> {
@@ -314,7 +327,36 @@ impl<O: Outbox> Hub<O> {
             conns: HashMap::default(),
             channels: HashMap::new(),
             history,
+            max_subscriptions: usize::MAX,
+            max_channels: usize::MAX,
         }
+    }
+
+    /// Sets `--max-subscriptions` and `--max-channels`.
+    pub fn set_limits(&mut self, max_subscriptions: usize, max_channels: usize) {
+        self.max_subscriptions = max_subscriptions;
+        self.max_channels = max_channels;
+    }
+
+    /// Channels known now (`tessera_channels`).
+    pub fn channel_count(&self) -> usize {
+        self.history.channel_count()
+    }
+
+    /// Refuses a channel that does not exist yet when the hub is at
+    /// `--max-channels`.
+    fn room_for_channel(&self, channel: &str) -> Result<(), Denied> {
+        if !self.history.has(channel) && self.history.channel_count() >= self.max_channels {
+            return Err(Denied::TooManyChannels);
+        }
+        Ok(())
+    }
+
+    /// Drops channels that retain no history, had no publish for the
+    /// history TTL and have no subscriber (the shell calls it on a timer).
+    pub fn prune_idle(&mut self, now_ms: u64) -> usize {
+        let channels = &self.channels;
+        self.history.prune(now_ms, |c| channels.contains_key(c))
     }
 
     pub fn history(&self) -> &History {
@@ -345,7 +387,7 @@ impl<O: Outbox> Hub<O> {
             id,
             Conn {
                 rights,
-                subs: Vec::new(),
+                subs: HashSet::new(),
                 outbox,
             },
         );
@@ -374,7 +416,7 @@ impl<O: Outbox> Hub<O> {
 
     fn add_sub(&mut self, id: ConnId, channel: &str) {
         let Some(conn) = self.conns.get_mut(&id) else { return };
-        if conn.subs.iter().any(|s| &**s == channel) {
+        if conn.subs.contains(channel) {
             return;
         }
         let key: Rc<str> = match self.channels.get_key_value(channel) {
@@ -382,7 +424,7 @@ impl<O: Outbox> Hub<O> {
             None => Rc::from(channel),
         };
         self.channels.entry(key.clone()).or_default().subscribers.push(id);
-        conn.subs.push(key);
+        conn.subs.insert(key);
     }
 
     /// `subscribe` without `since` and without `ref`.
@@ -403,7 +445,16 @@ impl<O: Outbox> Hub<O> {
     ) -> Result<Subscribed, Denied> {
         let conn = self.conns.get(&id).ok_or(Denied::Forbidden)?;
         may_subscribe(&conn.rights, channel, &self.levels)?;
-        let rejoined = conn.subs.iter().any(|s| &**s == channel);
+        let rejoined = conn.subs.contains(channel);
+        if !rejoined {
+            if conn.subs.len() >= self.max_subscriptions {
+                return Err(Denied::TooManySubscriptions);
+            }
+            self.room_for_channel(channel)?;
+        }
+        // The channel exists from now on, so its epoch stays what this
+        // reply says until it is pruned.
+        self.history.ensure(channel, now_ms);
         let replay = self.history.replay(channel, since, now_ms);
         let after = match since {
             Some(Since::Position { epoch, offset }) if **epoch == *replay.epoch => (*offset).min(replay.offset),
@@ -430,7 +481,7 @@ impl<O: Outbox> Hub<O> {
     pub fn is_subscribed(&self, id: ConnId, channel: &str) -> bool {
         self.conns
             .get(&id)
-            .is_some_and(|c| c.subs.iter().any(|s| &**s == channel))
+            .is_some_and(|c| c.subs.contains(channel))
     }
 
     /// A connection's outbox.
@@ -444,21 +495,22 @@ impl<O: Outbox> Hub<O> {
             return Err(Denied::BadChannel);
         }
         if let Some(conn) = self.conns.get_mut(&id) {
-            let before = conn.subs.len();
-            conn.subs.retain(|s| &**s != channel);
-            if conn.subs.len() != before {
+            if conn.subs.remove(channel) {
                 self.drop_subscriber(channel, id);
             }
         }
         Ok(())
     }
 
-    /// The channels a connection is subscribed to.
+    /// The channels a connection is subscribed to, sorted.
     pub fn subscriptions(&self, id: ConnId) -> Vec<String> {
-        self.conns
+        let mut out: Vec<String> = self
+            .conns
             .get(&id)
             .map(|c| c.subs.iter().map(|s| s.to_string()).collect())
-            .unwrap_or_default()
+            .unwrap_or_default();
+        out.sort();
+        out
     }
 
     /// Publishes `data` to `channel` as `from`, at `ts_ms`. The message is
@@ -483,6 +535,7 @@ impl<O: Outbox> Hub<O> {
         store: impl FnOnce(Retained<'_>) -> Result<(), E>,
     ) -> Result<Published, PublishError<E>> {
         may_publish(from, channel, &self.levels).map_err(PublishError::Denied)?;
+        self.room_for_channel(channel).map_err(PublishError::Denied)?;
         let next = self.history.next(channel);
         let id = next.offset;
         let msg = Frame::from(protocol::message(channel, id, ts_ms, &from.sub, data));
@@ -530,12 +583,15 @@ impl<O: Outbox> Hub<O> {
         conn.rights = rights;
         let levels = &self.levels;
         let rights = &conn.rights;
-        let (keep, drop): (Vec<_>, Vec<_>) = conn
-            .subs
-            .drain(..)
-            .partition(|c| may_subscribe(rights, c, levels).is_ok());
-        conn.subs = keep;
-        let dropped: Vec<String> = drop.iter().map(|c| c.to_string()).collect();
+        let mut dropped: Vec<String> = Vec::new();
+        conn.subs.retain(|c| {
+            let keep = may_subscribe(rights, c, levels).is_ok();
+            if !keep {
+                dropped.push(c.to_string());
+            }
+            keep
+        });
+        dropped.sort();
         for c in &dropped {
             self.drop_subscriber(c, id);
         }
