@@ -243,10 +243,10 @@ pub struct Serve {
     /// no subscriber and nothing retained go after --history-ttl [65536]
     #[argh(option, default = "65536")]
     pub max_channels: usize,
-    /// client messages per second per socket (bursts up to 2x); over it
-    /// the reply is error `rate_limited`, and a socket that keeps going is
-    /// closed with 1008 [100]
-    #[argh(option, default = "100")]
+    /// client messages (commands and pings) per second per socket, with
+    /// bursts up to 2x; over it the reply is error `rate_limited`, and a
+    /// socket that keeps going for a second's worth is closed with 1008 [1000]
+    #[argh(option, default = "1000")]
     pub max_commands_per_sec: u32,
     /// open sockets per token `sub`; more get 503 `too_many_sockets` [8]
     #[argh(option, default = "8")]

@@ -392,6 +392,9 @@ impl<O: Outbox> Hub<O> {
             },
         );
         if channel_name_ok(&personal) {
+            // Created (epoch fixed) but not held to `--max-channels`; the
+            // TTL for pruning it runs from the next prune.
+            self.history.ensure(&personal, u64::MAX);
             self.add_sub(id, &personal);
         }
     }

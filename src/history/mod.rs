@@ -190,7 +190,8 @@ impl History {
         self.logs.contains_key(channel)
     }
 
-    /// Creates `channel` (empty) if it does not exist, fixing its epoch.
+    /// Creates `channel` (empty) if it does not exist, fixing its epoch
+    /// (`now_ms` `u64::MAX`: its idle time starts at the next prune).
     pub fn ensure(&mut self, channel: &str, now_ms: u64) {
         if !self.logs.contains_key(channel) {
             let epoch = fresh_epoch(&self.seed, &self.salt, self.dropped, channel);
@@ -222,6 +223,10 @@ impl History {
             !log.entries.is_empty() || now_ms.saturating_sub(log.touched_ms) <= ttl || in_use(name)
         });
         let n = before - self.logs.len();
+        // Give the table's memory back after a burst of channels went.
+        if self.logs.capacity() > 64 && self.logs.len() < self.logs.capacity() / 4 {
+            self.logs.shrink_to_fit();
+        }
         self.dropped = self.dropped.saturating_add(n as u64);
         n
     }

@@ -162,7 +162,12 @@ impl Config {
             max_subscriptions: a.max_subscriptions,
             max_channels: a.max_channels,
             max_commands_per_sec: a.max_commands_per_sec,
-            max_sockets_per_sub: a.max_sockets_per_sub,
+            // One agent never takes every slot: at most all but one.
+            max_sockets_per_sub: if a.max_connections > 1 {
+                a.max_sockets_per_sub.min(a.max_connections - 1)
+            } else {
+                a.max_sockets_per_sub
+            },
             max_sockets_per_address: a.max_sockets_per_address,
             listen,
             secret_file: a.secret_file.clone(),
