@@ -243,10 +243,11 @@ pub struct Serve {
     /// no subscriber and nothing retained go after --history-ttl [65536]
     #[argh(option, default = "65536")]
     pub max_channels: usize,
-    /// client messages (commands and pings) per second per socket, with
-    /// bursts up to 2x; over it the reply is error `rate_limited`, and a
-    /// socket that keeps going for a second's worth is closed with 1008 [1000]
-    #[argh(option, default = "1000")]
+    /// client messages (commands other than publish, and pings) per second
+    /// per socket, with bursts up to 4x; over it the reply is error
+    /// `rate_limited`, and a socket that keeps going for a second's worth is
+    /// closed with 1008 [100]
+    #[argh(option, default = "100")]
     pub max_commands_per_sec: u32,
     /// open sockets per token `sub`; more get 503 `too_many_sockets` [8]
     #[argh(option, default = "8")]

@@ -141,8 +141,8 @@ fn f2_the_command_budget_answers_rate_limited_then_closes_1008() {
     });
     let pongs = count(&got, |v| v["type"] == "pong");
     let limited = count(&got, |v| v["code"] == "rate_limited");
-    // The burst (2 x 20) and what refills meanwhile get through.
-    assert!((40..200).contains(&pongs), "{pongs} pongs");
+    // The burst (4 x 20) and what refills meanwhile get through.
+    assert!((80..300).contains(&pongs), "{pongs} pongs");
     assert!(limited >= 1 && limited < 40, "{limited} rate_limited");
     assert_eq!(close, Some(1008));
     s.wait_log(&["\"ws_close\"", "\"code\":1008", "rate limited"]);
@@ -335,7 +335,8 @@ fn f4_idle_channels_are_dropped_once_their_history_expired() {
     let rss_full = rss_kib(pid);
     // The publisher is gone; after the TTL nothing is retained and nobody
     // subscribes: the channels go.
-    let until = Instant::now() + Duration::from_secs(20);
+    // --history-ttl 1 plus the 10 s grace.
+    let until = Instant::now() + Duration::from_secs(40);
     while metric(s.addr, "tessera_channels") > 0 {
         assert!(Instant::now() < until, "channels not dropped");
         std::thread::sleep(Duration::from_millis(200));
@@ -365,7 +366,7 @@ fn f4_idle_channels_are_dropped_once_their_history_expired() {
         common::send(&mut ws, json!({"type": "subscribe", "channel": "kept"})).await;
         let r = common::recv(&mut ws).await;
         let epoch = r["epoch"].as_str().unwrap().to_string();
-        smol::Timer::after(Duration::from_secs(3)).await;
+        smol::Timer::after(Duration::from_secs(13)).await;
         common::send(&mut ws, json!({"type": "subscribe", "channel": "kept"})).await;
         let again = common::recv(&mut ws).await;
         assert_eq!(again["epoch"].as_str().unwrap(), epoch);

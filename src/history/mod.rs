@@ -94,6 +94,11 @@ pub struct Retained<'a> {
     pub frame: &'a str,
 }
 
+/// How long a channel whose history expired keeps its epoch and last
+/// offset before [`History::prune`] may drop it: a client resuming soon
+/// after still learns, in the same epoch, that it missed messages.
+pub const IDLE_GRACE_MS: u64 = 10_000;
+
 /// Every channel's history.
 pub struct History {
     limits: Limits,
@@ -209,12 +214,12 @@ impl History {
     }
 
     /// Drops channels that retain nothing, were not published to for
-    /// `--history-ttl`, and that `in_use` does not claim (the hub: channels
+    /// `--history-ttl` plus [`IDLE_GRACE_MS`], and that `in_use` does not claim (the hub: channels
     /// with subscribers). Returns how many were dropped. A dropped
     /// channel's epoch and last offset are forgotten: nothing it held can
     /// be resumed anyway, and a later one of that name gets a new epoch.
     pub fn prune(&mut self, now_ms: u64, in_use: impl Fn(&str) -> bool) -> usize {
-        let ttl = self.limits.ttl_ms;
+        let ttl = self.limits.ttl_ms.saturating_add(IDLE_GRACE_MS);
         let before = self.logs.len();
         self.logs.retain(|name, log| {
             if log.touched_ms == u64::MAX {

@@ -552,7 +552,15 @@ where
             Ev::In(Some(Err(_))) => code = (1006, "read failed"),
             Ev::In(Some(Ok(msg))) => {
                 awaiting_pong = false;
-                let counted = matches!(msg, Message::Text(_) | Message::Binary(_) | Message::Ping(_));
+                // Publishes are paced by their readers instead (SPEC §4.3
+                // fairness) and bounded by the history and --max-channels.
+                let parsed = match &msg {
+                    Message::Text(t) => Some(protocol::parse_client(t.as_str())),
+                    _ => None,
+                };
+                let publishing = matches!(&parsed, Some(Ok(m)) if matches!(m.command, Command::Publish { .. }));
+                let counted =
+                    !publishing && matches!(msg, Message::Text(_) | Message::Binary(_) | Message::Ping(_));
                 let verdict = if counted {
                     budget.take(mono_ms())
                 } else {
@@ -572,10 +580,10 @@ where
                             None,
                         )]
                     }
-                    Message::Text(t) => {
+                    Message::Text(_) => {
                         msgs_in += 1;
                         add(&shared.metrics.messages_in, 1);
-                        let parsed = protocol::parse_client(t.as_str());
+                        let Some(parsed) = parsed else { continue };
                         if let Ok(m) = &parsed
                             && let Command::Publish { channel, .. } = &m.command
                             && crate::hub::may_publish(&rights, channel, shared.hub.borrow().levels()).is_ok()
@@ -729,8 +737,12 @@ enum Spend {
     Close,
 }
 
+/// A socket's burst: this many seconds' worth of its command budget (an
+/// agent subscribing to all of `--max-subscriptions` at once fits).
+const BURST: u64 = 4;
+
 /// A socket's command budget (`--max-commands-per-sec`): a token bucket
-/// of `rate` a second holding up to twice that (the burst), in
+/// of `rate` a second holding up to [`BURST`] times that, in
 /// milli-commands. Refused messages count as strikes until the bucket is
 /// full again; `rate` strikes close the socket. Sans-IO: `now_ms` is passed.
 struct Budget {
@@ -745,14 +757,14 @@ impl Budget {
         let rate = u64::from(rate.max(1));
         Budget {
             rate,
-            milli: rate * 2000,
+            milli: rate * BURST * 1000,
             last_ms: now_ms,
             strikes: 0,
         }
     }
 
     fn take(&mut self, now_ms: u64) -> Spend {
-        let cap = self.rate * 2000;
+        let cap = self.rate * BURST * 1000;
         let elapsed = now_ms.saturating_sub(self.last_ms);
         self.last_ms = self.last_ms.max(now_ms);
         self.milli = self.milli.saturating_add(elapsed.saturating_mul(self.rate)).min(cap);
@@ -905,7 +917,7 @@ mod tests {
     #[test]
     fn budget_allows_a_burst_then_refuses_then_closes() {
         let mut b = Budget::new(10, 1000);
-        for _ in 0..20 {
+        for _ in 0..40 {
             assert_eq!(b.take(1000), Spend::Ok);
         }
         for _ in 0..9 {
@@ -917,7 +929,7 @@ mod tests {
     #[test]
     fn budget_refills_at_its_rate_and_forgives_when_full() {
         let mut b = Budget::new(10, 0);
-        for _ in 0..20 {
+        for _ in 0..40 {
             assert_eq!(b.take(0), Spend::Ok);
         }
         assert_eq!(b.take(0), Spend::Over);
@@ -930,9 +942,9 @@ mod tests {
             t += 100;
             assert_eq!(b.take(t), Spend::Ok);
         }
-        // Two quiet seconds refill the burst and clear the strikes.
-        t += 2000;
-        for _ in 0..20 {
+        // Four quiet seconds refill the burst and clear the strikes.
+        t += 4000;
+        for _ in 0..40 {
             assert_eq!(b.take(t), Spend::Ok);
         }
         for _ in 0..9 {
