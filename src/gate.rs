@@ -142,7 +142,9 @@ impl Rejection {
             Rejection::Throttled(_) => "too many failed attempts from your address; wait and retry",
             Rejection::ServerFull => "the server is at its connection limit",
             Rejection::TooManySocketsForSub => "this agent has as many sockets open as the server allows one agent",
-            Rejection::TooManySocketsForAddress => "your address has as many sockets open as the server allows one address",
+            Rejection::TooManySocketsForAddress => {
+                "your address has as many sockets open as the server allows one address"
+            }
         };
         let r = Response::error(self.status(), self.code(), message);
         match self {

@@ -482,9 +482,7 @@ impl<O: Outbox> Hub<O> {
 
     /// Whether the connection is subscribed to `channel`.
     pub fn is_subscribed(&self, id: ConnId, channel: &str) -> bool {
-        self.conns
-            .get(&id)
-            .is_some_and(|c| c.subs.contains(channel))
+        self.conns.get(&id).is_some_and(|c| c.subs.contains(channel))
     }
 
     /// A connection's outbox.

@@ -559,13 +559,8 @@ where
                     _ => None,
                 };
                 let publishing = matches!(&parsed, Some(Ok(m)) if matches!(m.command, Command::Publish { .. }));
-                let counted =
-                    !publishing && matches!(msg, Message::Text(_) | Message::Binary(_) | Message::Ping(_));
-                let verdict = if counted {
-                    budget.take(mono_ms())
-                } else {
-                    Spend::Ok
-                };
+                let counted = !publishing && matches!(msg, Message::Text(_) | Message::Binary(_) | Message::Ping(_));
+                let verdict = if counted { budget.take(mono_ms()) } else { Spend::Ok };
                 let replies = match msg {
                     _ if verdict == Spend::Close => {
                         code = (1008, "rate limited");
@@ -590,8 +585,7 @@ where
                         {
                             // Boxed: the wait's state must not size every socket's task.
                             let deadline = timers.write_deadline(awaiting_pong, cfg.ping_interval);
-                            let wait =
-                                room_for_socket(&shared, &handle, &mut tx, id, channel, &mut msgs_out, deadline);
+                            let wait = room_for_socket(&shared, &handle, &mut tx, id, channel, &mut msgs_out, deadline);
                             wrote = Box::pin(wait).await;
                         }
                         let r = if wrote == Wrote::Done {
@@ -711,7 +705,11 @@ impl Timers {
     fn write_deadline(&self, awaiting_pong: bool, ping: Duration) -> Instant {
         let mono = Instant::now();
         let close = mono + Duration::from_secs(self.close_at.saturating_sub(now_unix()));
-        let pong = if awaiting_pong { self.ping_at } else { self.ping_at + ping };
+        let pong = if awaiting_pong {
+            self.ping_at
+        } else {
+            self.ping_at + ping
+        };
         close.min(pong)
     }
 
@@ -776,7 +774,11 @@ impl Budget {
             return Spend::Ok;
         }
         self.strikes += 1;
-        if self.strikes >= self.rate { Spend::Close } else { Spend::Over }
+        if self.strikes >= self.rate {
+            Spend::Close
+        } else {
+            Spend::Over
+        }
     }
 }
 
