@@ -851,6 +851,60 @@ mod tests {
     }
 
     #[test]
+    fn subscription_and_channel_limits() {
+        let mut hub = Hub::new(Levels::default());
+        hub.set_limits(3, 5);
+        hub.join(1, r("a", 0, None, true), q(100));
+        // @a is one of the 3 subscriptions and one of the 5 channels.
+        hub.subscribe(1, "x").unwrap();
+        hub.subscribe(1, "y").unwrap();
+        assert_eq!(hub.subscribe(1, "z"), Err(Denied::TooManySubscriptions));
+        // Subscribing again to a held channel is not a new subscription.
+        hub.subscribe(1, "x").unwrap();
+        hub.unsubscribe(1, "y").unwrap();
+        hub.subscribe(1, "z").unwrap();
+        assert_eq!(hub.channel_count(), 4);
+        let p = r("p", 0, None, true);
+        hub.publish(&p, "w", &raw("1"), 0).unwrap();
+        assert_eq!(hub.publish(&p, "v", &raw("1"), 0), Err(Denied::TooManyChannels));
+        hub.publish(&p, "x", &raw("1"), 0).unwrap();
+        assert_eq!(Denied::TooManyChannels.as_str(), "too_many_channels");
+        assert_eq!(hub.subscriptions(1), ["@a", "x", "z"]);
+    }
+
+    #[test]
+    fn idle_channels_without_subscribers_are_pruned_after_the_ttl() {
+        let limits = Limits {
+            per_channel: 10,
+            ttl_ms: 1000,
+            max_bytes: 1 << 20,
+        };
+        let mut hub = Hub::with_history(Levels::default(), History::new(limits, [5; 32]));
+        let p = r("p", 0, None, true);
+        let first = hub.publish(&p, "gone", &raw("1"), 0).unwrap();
+        hub.publish(&p, "gone", &raw("2"), 0).unwrap();
+        hub.join(1, r("a", 0, None, false), q(100));
+        let kept = hub.subscribe_since(1, "kept", None, None, 0).unwrap();
+        hub.publish(&p, "kept", &raw("1"), 0).unwrap();
+        // Retained or within TTL + grace: nothing goes.
+        let grace = crate::history::IDLE_GRACE_MS;
+        assert_eq!(hub.prune_idle(1000 + grace), 0);
+        hub.history_mut().expire(1001 + grace);
+        assert_eq!(hub.prune_idle(1001 + grace), 1);
+        assert_eq!(hub.channel_count(), 2);
+        // Re-created: new epoch, offsets start over; `kept` keeps its own.
+        let again = hub.publish(&p, "gone", &raw("3"), 2000 + grace).unwrap();
+        assert_eq!(again.id, 1);
+        assert_ne!(again.epoch, first.epoch);
+        assert_eq!(hub.history().position("kept").epoch, kept.epoch);
+        // Once the subscriber leaves, its channels go too.
+        hub.leave(1);
+        hub.history_mut().expire(100_000);
+        assert_eq!(hub.prune_idle(100_000), 3);
+        assert_eq!(hub.channel_count(), 0);
+    }
+
+    #[test]
     fn failed_store_sends_nothing_and_keeps_the_offset() {
         let mut hub = Hub::new(Levels::default());
         let qa = q(10);
