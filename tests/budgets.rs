@@ -145,6 +145,9 @@ fn f2_the_command_budget_answers_rate_limited_then_closes_1008() {
     });
     let pongs = count(&got, |v| v["type"] == "pong");
     let limited = count(&got, |v| v["code"] == "rate_limited");
+    // Refused commands keep their ref: the first refused one follows the last pong.
+    let first = got.iter().position(|v| v["code"] == "rate_limited").unwrap();
+    assert_eq!(got[first]["ref"], json!(first), "{}", got[first]);
     // The burst (4 x 20) and what refills meanwhile get through.
     assert!((80..300).contains(&pongs), "{pongs} pongs");
     assert!((1..40).contains(&limited), "{limited} rate_limited");

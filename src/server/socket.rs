@@ -569,10 +569,15 @@ where
                     Message::Text(_) | Message::Binary(_) if verdict == Spend::Over => {
                         msgs_in += 1;
                         add(&shared.metrics.messages_in, 1);
+                        let reference = match &parsed {
+                            Some(Ok(m)) => m.reference.as_deref(),
+                            Some(Err(bad)) => bad.reference.as_deref(),
+                            None => None,
+                        };
                         vec![protocol::error(
                             "rate_limited",
                             "too many messages on this socket; slow down",
-                            None,
+                            reference,
                         )]
                     }
                     Message::Text(_) => {
