@@ -234,6 +234,28 @@ pub struct Serve {
     /// least recently refreshed session [32]
     #[argh(option, default = "32")]
     pub max_sessions_per_user: usize,
+    /// channels one socket may be subscribed to, its personal channel
+    /// included; more get error `too_many_subscriptions` [256]
+    #[argh(option, default = "256")]
+    pub max_subscriptions: usize,
+    /// channels the server keeps; a publish or subscribe that would create
+    /// another gets `too_many_channels` (POST /publish: 503); channels with
+    /// no subscriber and nothing retained go after --history-ttl [65536]
+    #[argh(option, default = "65536")]
+    pub max_channels: usize,
+    /// client messages (commands other than publish, and pings) per second
+    /// per socket, with bursts up to 4x; over it the reply is error
+    /// `rate_limited`, and a socket that keeps going for a second's worth is
+    /// closed with 1008 [100]
+    #[argh(option, default = "100")]
+    pub max_commands_per_sec: u32,
+    /// open sockets per token `sub`; more get 503 `too_many_sockets` [8]
+    #[argh(option, default = "8")]
+    pub max_sockets_per_sub: usize,
+    /// open sockets per client address (IPv6: per /64); more get 503
+    /// `too_many_sockets` [256]
+    #[argh(option, default = "256")]
+    pub max_sockets_per_address: usize,
 }
 
 fn parse_cidr(s: &str) -> Result<crate::http::Cidr, String> {

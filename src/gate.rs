@@ -95,6 +95,10 @@ pub enum Rejection {
     /// Throttled; seconds until the block ends.
     Throttled(u64),
     ServerFull,
+    /// At `--max-sockets-per-sub` for the token's `sub`.
+    TooManySocketsForSub,
+    /// At `--max-sockets-per-address` for the client address.
+    TooManySocketsForAddress,
 }
 
 impl Rejection {
@@ -108,6 +112,7 @@ impl Rejection {
             Rejection::MfaRequired => "mfa_required",
             Rejection::Throttled(_) => "too_many_attempts",
             Rejection::ServerFull => "server_full",
+            Rejection::TooManySocketsForSub | Rejection::TooManySocketsForAddress => "too_many_sockets",
         }
     }
 
@@ -116,7 +121,7 @@ impl Rejection {
             Rejection::MissingToken | Rejection::Token(_) => 401,
             Rejection::InsufficientClearance | Rejection::OriginNotAllowed | Rejection::MfaRequired => 403,
             Rejection::Throttled(_) => 429,
-            Rejection::ServerFull => 503,
+            Rejection::ServerFull | Rejection::TooManySocketsForSub | Rejection::TooManySocketsForAddress => 503,
         }
     }
 
@@ -136,6 +141,10 @@ impl Rejection {
             Rejection::MfaRequired => "your clearance needs a login with a one-time code (amr lacks otp)",
             Rejection::Throttled(_) => "too many failed attempts from your address; wait and retry",
             Rejection::ServerFull => "the server is at its connection limit",
+            Rejection::TooManySocketsForSub => "this agent has as many sockets open as the server allows one agent",
+            Rejection::TooManySocketsForAddress => {
+                "your address has as many sockets open as the server allows one address"
+            }
         };
         let r = Response::error(self.status(), self.code(), message);
         match self {

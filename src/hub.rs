@@ -32,7 +32,7 @@
 use crate::history::{History, Limits, Retained};
 use crate::protocol::{self, Since};
 use serde_json::value::RawValue;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::rc::Rc;
 
@@ -138,6 +138,10 @@ pub enum Denied {
     BadChannel,
     /// Not allowed: `forbidden`.
     Forbidden,
+    /// The socket holds `--max-subscriptions` already: `too_many_subscriptions`.
+    TooManySubscriptions,
+    /// A new channel beyond `--max-channels`: `too_many_channels`.
+    TooManyChannels,
 }
 
 impl Denied {
@@ -145,12 +149,16 @@ impl Denied {
         match self {
             Denied::BadChannel => "bad_channel",
             Denied::Forbidden => "forbidden",
+            Denied::TooManySubscriptions => "too_many_subscriptions",
+            Denied::TooManyChannels => "too_many_channels",
         }
     }
     pub fn message(self) -> &'static str {
         match self {
             Denied::BadChannel => "channel names are 1-64 characters of A-Z a-z 0-9 _ . : - @",
             Denied::Forbidden => "your token does not allow this channel",
+            Denied::TooManySubscriptions => "this socket is at its subscription limit; unsubscribe first",
+            Denied::TooManyChannels => "the server is at its channel limit; use an existing channel",
         }
     }
 }
@@ -259,7 +267,7 @@ fn shrink_map<K: Eq + std::hash::Hash, V, S: std::hash::BuildHasher>(map: &mut H
 
 struct Conn<O> {
     rights: Rights,
-    subs: Vec<Rc<str>>,
+    subs: HashSet<Rc<str>>,
     outbox: O,
 }
 
@@ -307,6 +315,11 @@ pub struct Hub<O> {
     conns: HashMap<ConnId, Conn<O>, BuildHasherDefault<IdHasher>>,
     channels: HashMap<Rc<str>, Channel>,
     history: History,
+    /// `--max-subscriptions` per connection (its personal channel included).
+    max_subscriptions: usize,
+    /// `--max-channels`: channels known to the history (published to or
+    /// subscribed); personal channels of joining connections are always made.
+    max_channels: usize,
 }
 
 impl<O: Outbox> Hub<O> {
@@ -326,7 +339,36 @@ impl<O: Outbox> Hub<O> {
             conns: HashMap::default(),
             channels: HashMap::new(),
             history,
+            max_subscriptions: usize::MAX,
+            max_channels: usize::MAX,
         }
+    }
+
+    /// Sets `--max-subscriptions` and `--max-channels`.
+    pub fn set_limits(&mut self, max_subscriptions: usize, max_channels: usize) {
+        self.max_subscriptions = max_subscriptions;
+        self.max_channels = max_channels;
+    }
+
+    /// Channels known now (`tessera_channels`).
+    pub fn channel_count(&self) -> usize {
+        self.history.channel_count()
+    }
+
+    /// Refuses a channel that does not exist yet when the hub is at
+    /// `--max-channels`.
+    fn room_for_channel(&self, channel: &str) -> Result<(), Denied> {
+        if !self.history.has(channel) && self.history.channel_count() >= self.max_channels {
+            return Err(Denied::TooManyChannels);
+        }
+        Ok(())
+    }
+
+    /// Drops channels that retain no history, had no publish for the
+    /// history TTL and have no subscriber (the shell calls it on a timer).
+    pub fn prune_idle(&mut self, now_ms: u64) -> usize {
+        let channels = &self.channels;
+        self.history.prune(now_ms, |c| channels.contains_key(c))
     }
 
     pub fn history(&self) -> &History {
@@ -357,11 +399,14 @@ impl<O: Outbox> Hub<O> {
             id,
             Conn {
                 rights,
-                subs: Vec::new(),
+                subs: HashSet::new(),
                 outbox,
             },
         );
         if channel_name_ok(&personal) {
+            // Created (epoch fixed) but not held to `--max-channels`; the
+            // TTL for pruning it runs from the next prune.
+            self.history.ensure(&personal, u64::MAX);
             self.add_sub(id, &personal);
         }
     }
@@ -390,7 +435,7 @@ impl<O: Outbox> Hub<O> {
 
     fn add_sub(&mut self, id: ConnId, channel: &str) {
         let Some(conn) = self.conns.get_mut(&id) else { return };
-        if conn.subs.iter().any(|s| &**s == channel) {
+        if conn.subs.contains(channel) {
             return;
         }
         let key: Rc<str> = match self.channels.get_key_value(channel) {
@@ -398,7 +443,7 @@ impl<O: Outbox> Hub<O> {
             None => Rc::from(channel),
         };
         self.channels.entry(key.clone()).or_default().subscribers.push(id);
-        conn.subs.push(key);
+        conn.subs.insert(key);
     }
 
     /// `subscribe` without `since` and without `ref`.
@@ -419,7 +464,16 @@ impl<O: Outbox> Hub<O> {
     ) -> Result<Subscribed, Denied> {
         let conn = self.conns.get(&id).ok_or(Denied::Forbidden)?;
         may_subscribe(&conn.rights, channel, &self.levels)?;
-        let rejoined = conn.subs.iter().any(|s| &**s == channel);
+        let rejoined = conn.subs.contains(channel);
+        if !rejoined {
+            if conn.subs.len() >= self.max_subscriptions {
+                return Err(Denied::TooManySubscriptions);
+            }
+            self.room_for_channel(channel)?;
+        }
+        // The channel exists from now on, so its epoch stays what this
+        // reply says until it is pruned.
+        self.history.ensure(channel, now_ms);
         let replay = self.history.replay(channel, since, now_ms);
         let after = match since {
             Some(Since::Position { epoch, offset }) if **epoch == *replay.epoch => (*offset).min(replay.offset),
@@ -444,9 +498,7 @@ impl<O: Outbox> Hub<O> {
 
     /// Whether the connection is subscribed to `channel`.
     pub fn is_subscribed(&self, id: ConnId, channel: &str) -> bool {
-        self.conns
-            .get(&id)
-            .is_some_and(|c| c.subs.iter().any(|s| &**s == channel))
+        self.conns.get(&id).is_some_and(|c| c.subs.contains(channel))
     }
 
     /// A connection's outbox.
@@ -460,21 +512,22 @@ impl<O: Outbox> Hub<O> {
             return Err(Denied::BadChannel);
         }
         if let Some(conn) = self.conns.get_mut(&id) {
-            let before = conn.subs.len();
-            conn.subs.retain(|s| &**s != channel);
-            if conn.subs.len() != before {
+            if conn.subs.remove(channel) {
                 self.drop_subscriber(channel, id);
             }
         }
         Ok(())
     }
 
-    /// The channels a connection is subscribed to.
+    /// The channels a connection is subscribed to, sorted.
     pub fn subscriptions(&self, id: ConnId) -> Vec<String> {
-        self.conns
+        let mut out: Vec<String> = self
+            .conns
             .get(&id)
             .map(|c| c.subs.iter().map(|s| s.to_string()).collect())
-            .unwrap_or_default()
+            .unwrap_or_default();
+        out.sort();
+        out
     }
 
     /// Publishes `data` to `channel` as `from`, at `ts_ms`. The message is
@@ -499,6 +552,7 @@ impl<O: Outbox> Hub<O> {
         store: impl FnOnce(Retained<'_>) -> Result<(), E>,
     ) -> Result<Published, PublishError<E>> {
         may_publish(from, channel, &self.levels).map_err(PublishError::Denied)?;
+        self.room_for_channel(channel).map_err(PublishError::Denied)?;
         let next = self.history.next(channel);
         let id = next.offset;
         let msg = Frame::from(protocol::message(channel, id, ts_ms, &from.sub, data));
@@ -546,12 +600,15 @@ impl<O: Outbox> Hub<O> {
         conn.rights = rights;
         let levels = &self.levels;
         let rights = &conn.rights;
-        let (keep, drop): (Vec<_>, Vec<_>) = conn
-            .subs
-            .drain(..)
-            .partition(|c| may_subscribe(rights, c, levels).is_ok());
-        conn.subs = keep;
-        let dropped: Vec<String> = drop.iter().map(|c| c.to_string()).collect();
+        let mut dropped: Vec<String> = Vec::new();
+        conn.subs.retain(|c| {
+            let keep = may_subscribe(rights, c, levels).is_ok();
+            if !keep {
+                dropped.push(c.to_string());
+            }
+            keep
+        });
+        dropped.sort();
         for c in &dropped {
             self.drop_subscriber(c, id);
         }
@@ -807,6 +864,60 @@ mod tests {
         assert_eq!(s.recovered, Some(false));
         assert_eq!(ids(&qa.texts()), ["subscribed:2:false", "@a#1", "@a#2"]);
         assert_eq!(hub.subscriptions(1), ["@a"]);
+    }
+
+    #[test]
+    fn subscription_and_channel_limits() {
+        let mut hub = Hub::new(Levels::default());
+        hub.set_limits(3, 5);
+        hub.join(1, r("a", 0, None, true), q(100));
+        // @a is one of the 3 subscriptions and one of the 5 channels.
+        hub.subscribe(1, "x").unwrap();
+        hub.subscribe(1, "y").unwrap();
+        assert_eq!(hub.subscribe(1, "z"), Err(Denied::TooManySubscriptions));
+        // Subscribing again to a held channel is not a new subscription.
+        hub.subscribe(1, "x").unwrap();
+        hub.unsubscribe(1, "y").unwrap();
+        hub.subscribe(1, "z").unwrap();
+        assert_eq!(hub.channel_count(), 4);
+        let p = r("p", 0, None, true);
+        hub.publish(&p, "w", &raw("1"), 0).unwrap();
+        assert_eq!(hub.publish(&p, "v", &raw("1"), 0), Err(Denied::TooManyChannels));
+        hub.publish(&p, "x", &raw("1"), 0).unwrap();
+        assert_eq!(Denied::TooManyChannels.as_str(), "too_many_channels");
+        assert_eq!(hub.subscriptions(1), ["@a", "x", "z"]);
+    }
+
+    #[test]
+    fn idle_channels_without_subscribers_are_pruned_after_the_ttl() {
+        let limits = Limits {
+            per_channel: 10,
+            ttl_ms: 1000,
+            max_bytes: 1 << 20,
+        };
+        let mut hub = Hub::with_history(Levels::default(), History::new(limits, [5; 32]));
+        let p = r("p", 0, None, true);
+        let first = hub.publish(&p, "gone", &raw("1"), 0).unwrap();
+        hub.publish(&p, "gone", &raw("2"), 0).unwrap();
+        hub.join(1, r("a", 0, None, false), q(100));
+        let kept = hub.subscribe_since(1, "kept", None, None, 0).unwrap();
+        hub.publish(&p, "kept", &raw("1"), 0).unwrap();
+        // Retained or within TTL + grace: nothing goes.
+        let grace = crate::history::IDLE_GRACE_MS;
+        assert_eq!(hub.prune_idle(1000 + grace), 0);
+        hub.history_mut().expire(1001 + grace);
+        assert_eq!(hub.prune_idle(1001 + grace), 1);
+        assert_eq!(hub.channel_count(), 2);
+        // Re-created: new epoch, offsets start over; `kept` keeps its own.
+        let again = hub.publish(&p, "gone", &raw("3"), 2000 + grace).unwrap();
+        assert_eq!(again.id, 1);
+        assert_ne!(again.epoch, first.epoch);
+        assert_eq!(hub.history().position("kept").epoch, kept.epoch);
+        // Once the subscriber leaves, its channels go too.
+        hub.leave(1);
+        hub.history_mut().expire(100_000);
+        assert_eq!(hub.prune_idle(100_000), 3);
+        assert_eq!(hub.channel_count(), 0);
     }
 
     #[test]

@@ -19,6 +19,8 @@ pub struct Metrics {
     /// Gauges set before rendering: messages and frame bytes the history
     /// retains, and the bytes of `--history-dir`.
     pub history_messages: Cell<u64>,
+    /// Channels known (`--max-channels`).
+    pub channels: Cell<u64>,
     pub history_bytes: Cell<u64>,
     pub history_disk_bytes: Cell<u64>,
     /// Pre-upgrade connections shed at `--max-pending*` (or out of files).
@@ -105,6 +107,11 @@ impl Metrics {
                 "tessera_history_messages",
                 "Messages retained for resume, all channels.",
                 &self.history_messages,
+            ),
+            (
+                "tessera_channels",
+                "Channels known (published to or subscribed, not yet pruned).",
+                &self.channels,
             ),
             (
                 "tessera_history_bytes",

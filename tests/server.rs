@@ -395,7 +395,9 @@ fn spec4_3_slow_consumer_closed_4008_others_unaffected() {
 /// queued behind the stuck write and hold the task there).
 #[test]
 fn spec5_shutdown_reaches_a_socket_stuck_in_a_write() {
-    let mut s = Server::start(&["--queue-depth", "100000", "--ping-interval", "1"]);
+    // A ping comes due at 3 s while the write is stuck; the pong deadline
+    // (6 s, when the stuck write is cut short: issue 14) is after the TERM.
+    let mut s = Server::start(&["--queue-depth", "100000", "--ping-interval", "3"]);
     block_on(async {
         let (mut slow, _) = ws_bearer(s.addr, &token("stuck", 0, 600, |_| {})).await;
         send(&mut slow, json!({"type":"subscribe","channel":"firehose"})).await;

@@ -62,6 +62,8 @@ struct Log {
     /// Every offset up to here is no longer retained (0: none lost).
     lost_through: u64,
     entries: VecDeque<Entry>,
+    /// When the channel was created or last published to (for [`History::prune`]).
+    touched_ms: u64,
 }
 
 /// A channel's epoch and last offset.
@@ -92,6 +94,11 @@ pub struct Retained<'a> {
     pub frame: &'a str,
 }
 
+/// How long a channel whose history expired keeps its epoch and last
+/// offset before [`History::prune`] may drop it: a client resuming soon
+/// after still learns, in the same epoch, that it missed messages.
+pub const IDLE_GRACE_MS: u64 = 10_000;
+
 /// Every channel's history.
 pub struct History {
     limits: Limits,
@@ -102,6 +109,12 @@ pub struct History {
     seq: u64,
     bytes: u64,
     retained: usize,
+    /// Channels dropped by [`History::prune`] so far: a channel created
+    /// after a drop gets an epoch mixed with this count and `salt`, so a
+    /// re-created channel never reuses an earlier epoch (resumes across
+    /// the drop say `recovered: false`).
+    dropped: u64,
+    salt: [u8; 32],
 }
 
 /// Epoch text: 16 characters of `A-Z a-z 0-9 _ -` (96 bits).
@@ -113,6 +126,22 @@ fn derive_epoch(seed: &[u8; 32], channel: &str) -> Rc<str> {
     let d = h.finalize();
     let text = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&d[..12]);
     Rc::from(text)
+}
+
+/// The epoch of a channel created after `dropped` channels were pruned
+/// (`dropped` 0: [`derive_epoch`], stable for a `--history-dir` seed).
+fn fresh_epoch(seed: &[u8; 32], salt: &[u8; 32], dropped: u64, channel: &str) -> Rc<str> {
+    if dropped == 0 {
+        return derive_epoch(seed, channel);
+    }
+    use base64::Engine;
+    let mut h = Sha256::new();
+    h.update(seed);
+    h.update(salt);
+    h.update(dropped.to_be_bytes());
+    h.update(channel.as_bytes());
+    let d = h.finalize();
+    Rc::from(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&d[..12]))
 }
 
 /// A valid epoch (SPEC §10): 8–32 characters of `A-Z a-z 0-9 _ -`.
@@ -144,7 +173,67 @@ impl History {
             seq: 0,
             bytes: 0,
             retained: 0,
+            dropped: 0,
+            salt: seed,
         }
+    }
+
+    /// Random bytes mixed into the epochs of channels re-created after a
+    /// prune (the shell passes fresh ones per process, so that with a
+    /// persisted `--history-dir` seed a restart does not repeat them).
+    pub fn set_salt(&mut self, salt: [u8; 32]) {
+        self.salt = salt;
+    }
+
+    /// Channels known now (with an epoch and offsets, or only created).
+    pub fn channel_count(&self) -> usize {
+        self.logs.len()
+    }
+
+    /// Whether `channel` exists.
+    pub fn has(&self, channel: &str) -> bool {
+        self.logs.contains_key(channel)
+    }
+
+    /// Creates `channel` (empty) if it does not exist, fixing its epoch
+    /// (`now_ms` `u64::MAX`: its idle time starts at the next prune).
+    pub fn ensure(&mut self, channel: &str, now_ms: u64) {
+        if !self.logs.contains_key(channel) {
+            let epoch = fresh_epoch(&self.seed, &self.salt, self.dropped, channel);
+            self.logs.insert(
+                Rc::from(channel),
+                Log {
+                    epoch,
+                    last: 0,
+                    lost_through: 0,
+                    entries: VecDeque::new(),
+                    touched_ms: now_ms,
+                },
+            );
+        }
+    }
+
+    /// Drops channels that retain nothing, were not published to for
+    /// `--history-ttl` plus [`IDLE_GRACE_MS`], and that `in_use` does not claim (the hub: channels
+    /// with subscribers). Returns how many were dropped. A dropped
+    /// channel's epoch and last offset are forgotten: nothing it held can
+    /// be resumed anyway, and a later one of that name gets a new epoch.
+    pub fn prune(&mut self, now_ms: u64, in_use: impl Fn(&str) -> bool) -> usize {
+        let ttl = self.limits.ttl_ms.saturating_add(IDLE_GRACE_MS);
+        let before = self.logs.len();
+        self.logs.retain(|name, log| {
+            if log.touched_ms == u64::MAX {
+                log.touched_ms = now_ms;
+            }
+            !log.entries.is_empty() || now_ms.saturating_sub(log.touched_ms) <= ttl || in_use(name)
+        });
+        let n = before - self.logs.len();
+        // Give the table's memory back after a burst of channels went.
+        if self.logs.capacity() > 64 && self.logs.len() < self.logs.capacity() / 4 {
+            self.logs.shrink_to_fit();
+        }
+        self.dropped = self.dropped.saturating_add(n as u64);
+        n
     }
 
     pub fn limits(&self) -> Limits {
@@ -169,7 +258,7 @@ impl History {
                 offset: l.last,
             },
             None => Position {
-                epoch: derive_epoch(&self.seed, channel),
+                epoch: fresh_epoch(&self.seed, &self.salt, self.dropped, channel),
                 offset: 0,
             },
         }
@@ -194,17 +283,19 @@ impl History {
             Some((k, _)) => k.clone(),
             None => Rc::from(channel),
         };
-        let seed = &self.seed;
+        let epoch = || fresh_epoch(&self.seed, &self.salt, self.dropped, channel);
         let log = self.logs.entry(key.clone()).or_insert_with(|| Log {
-            epoch: derive_epoch(seed, channel),
+            epoch: epoch(),
             last: 0,
             lost_through: 0,
             entries: VecDeque::new(),
+            touched_ms: now_ms,
         });
         if offset <= log.last {
             return;
         }
         log.last = offset;
+        log.touched_ms = log.touched_ms.max(now_ms);
         if limits.per_channel == 0 {
             log.lost_through = offset;
             return;
@@ -246,6 +337,8 @@ impl History {
                 last,
                 lost_through: last,
                 entries: VecDeque::new(),
+                // Set at the next prune: a restored channel gets a full TTL.
+                touched_ms: u64::MAX,
             },
         );
     }

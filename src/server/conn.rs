@@ -16,7 +16,8 @@ use async_tungstenite::tungstenite::protocol::WebSocketConfig;
 use event_listener::Event;
 use smol::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use smol::{Async, LocalExecutor};
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::net::{SocketAddr, TcpStream};
 use std::pin::Pin;
@@ -355,6 +356,7 @@ fn respond(shared: &Shared, req: &Request, route: Route) -> Response {
             let hub = shared.hub.borrow();
             let m = &shared.metrics;
             m.history_messages.set(hub.history().retained_len() as u64);
+            m.channels.set(hub.channel_count() as u64);
             m.history_bytes.set(hub.history().retained_bytes());
             m.history_disk_bytes
                 .set(shared.disk.borrow().as_ref().map_or(0, |l| l.disk_bytes()));
@@ -436,7 +438,11 @@ async fn publish(shared: &Shared, req: &Request, body: &[u8], peer: SocketAddr) 
             "the message could not be stored; it was not published",
         ),
         Err(crate::hub::PublishError::Denied(d)) => Response::error(
-            if d == crate::hub::Denied::BadChannel { 400 } else { 403 },
+            match d {
+                crate::hub::Denied::BadChannel => 400,
+                crate::hub::Denied::TooManyChannels => 503,
+                _ => 403,
+            },
             d.as_str(),
             d.message(),
         ),
@@ -523,6 +529,11 @@ async fn upgrade(
     // Counted from here so that concurrent handshakes respect the cap.
     shared.sockets.set(shared.sockets.get() + 1);
     let _slot = SocketSlot(&shared);
+    let addr = crate::throttle::address_key(client);
+    let addr_full = shared.sockets_per.borrow().address(addr) >= shared.cfg.max_sockets_per_address;
+    let _addr_slot = PerSlot::address(&shared, addr);
+    // Set once the token is accepted: the `sub` is counted from then on.
+    let sub_slot: RefCell<Option<PerSlot>> = RefCell::new(None);
 
     let mut decision: Option<Result<crate::jwt::VerifiedClaims, Rejection>> = None;
     let keys = shared.keys();
@@ -535,7 +546,18 @@ async fn upgrade(
             full,
             is_revoked: &revoked,
         };
-        let d = gate::authorize(request, &shared.cfg.gate, &keys, &ctx);
+        let d = if addr_full && throttled.is_none() && !full {
+            Err(Rejection::TooManySocketsForAddress)
+        } else {
+            gate::authorize(request, &shared.cfg.gate, &keys, &ctx)
+        };
+        let d = d.and_then(|c| {
+            if shared.sockets_per.borrow().sub(&c.sub) >= shared.cfg.max_sockets_per_sub {
+                return Err(Rejection::TooManySocketsForSub);
+            }
+            *sub_slot.borrow_mut() = Some(PerSlot::sub(&shared, &c.sub));
+            Ok(c)
+        });
         let out = match &d {
             Ok(_) => Ok(response),
             Err(rej) => Err(to_ws_error(&rej.response())),
@@ -611,6 +633,64 @@ async fn upgrade(
             );
         }
         (Ok(_), None) => {}
+    }
+}
+
+/// Sockets per `sub` and per address (`--max-sockets-per-sub`,
+/// `--max-sockets-per-address`).
+#[derive(Default)]
+pub struct SocketCounts {
+    subs: HashMap<String, usize>,
+    addresses: HashMap<IpAddr, usize>,
+}
+
+impl SocketCounts {
+    pub fn sub(&self, sub: &str) -> usize {
+        self.subs.get(sub).copied().unwrap_or(0)
+    }
+
+    pub fn address(&self, addr: IpAddr) -> usize {
+        self.addresses.get(&addr).copied().unwrap_or(0)
+    }
+}
+
+/// One counted socket of a `sub` or an address, given back on drop.
+struct PerSlot<'a> {
+    shared: &'a Shared,
+    key: Result<String, IpAddr>,
+}
+
+impl<'a> PerSlot<'a> {
+    fn sub(shared: &'a Shared, sub: &str) -> PerSlot<'a> {
+        *shared.sockets_per.borrow_mut().subs.entry(sub.to_string()).or_default() += 1;
+        PerSlot {
+            shared,
+            key: Ok(sub.to_string()),
+        }
+    }
+
+    fn address(shared: &'a Shared, addr: IpAddr) -> PerSlot<'a> {
+        *shared.sockets_per.borrow_mut().addresses.entry(addr).or_default() += 1;
+        PerSlot { shared, key: Err(addr) }
+    }
+}
+
+impl Drop for PerSlot<'_> {
+    fn drop(&mut self) {
+        fn give_back<K: std::hash::Hash + Eq>(m: &mut HashMap<K, usize>, k: &K) {
+            let left = m.get_mut(k).map(|c| {
+                *c = c.saturating_sub(1);
+                *c
+            });
+            if left == Some(0) {
+                m.remove(k);
+            }
+        }
+        let mut per = self.shared.sockets_per.borrow_mut();
+        match &self.key {
+            Ok(sub) => give_back(&mut per.subs, sub),
+            Err(addr) => give_back(&mut per.addresses, addr),
+        }
     }
 }
 

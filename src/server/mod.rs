@@ -66,6 +66,11 @@ pub struct Config {
     pub trusted_proxies: Vec<crate::http::Cidr>,
     pub metrics_listen: Option<SocketAddr>,
     pub max_sessions_per_user: usize,
+    pub max_subscriptions: usize,
+    pub max_channels: usize,
+    pub max_commands_per_sec: u32,
+    pub max_sockets_per_sub: usize,
+    pub max_sockets_per_address: usize,
 }
 
 impl Config {
@@ -89,6 +94,11 @@ impl Config {
             ("--max-pending", a.max_pending),
             ("--max-pending-per-address", a.max_pending_per_address),
             ("--max-sessions-per-user", a.max_sessions_per_user),
+            ("--max-subscriptions", a.max_subscriptions),
+            ("--max-channels", a.max_channels),
+            ("--max-commands-per-sec", a.max_commands_per_sec as usize),
+            ("--max-sockets-per-sub", a.max_sockets_per_sub),
+            ("--max-sockets-per-address", a.max_sockets_per_address),
         ] {
             if v == 0 {
                 return Err(Failure::usage(format!("{name}: must be at least 1")));
@@ -149,6 +159,16 @@ impl Config {
             trusted_proxies: a.trusted_proxy.clone(),
             metrics_listen,
             max_sessions_per_user: a.max_sessions_per_user,
+            max_subscriptions: a.max_subscriptions,
+            max_channels: a.max_channels,
+            max_commands_per_sec: a.max_commands_per_sec,
+            // One agent never takes every slot: at most all but one.
+            max_sockets_per_sub: if a.max_connections > 1 {
+                a.max_sockets_per_sub.min(a.max_connections - 1)
+            } else {
+                a.max_sockets_per_sub
+            },
+            max_sockets_per_address: a.max_sockets_per_address,
             listen,
             secret_file: a.secret_file.clone(),
             access_ttl: a.access_ttl,
@@ -198,6 +218,10 @@ pub struct Shared {
     next_id: Cell<u64>,
     /// Sockets mid-handshake or open, for `--max-connections`.
     pub sockets: Cell<usize>,
+    /// Open sockets (and accepted handshakes) per token `sub`
+    /// (`--max-sockets-per-sub`) and per client address, IPv6 by /64,
+    /// counting handshakes in progress (`--max-sockets-per-address`).
+    pub sockets_per: RefCell<conn::SocketCounts>,
     pub shutting_down: Cell<bool>,
     /// Sockets over their queue depth, which may hold publishers back.
     pub congested: RefCell<Vec<(crate::hub::ConnId, Rc<ConnHandle>)>>,
@@ -299,11 +323,17 @@ pub fn serve(args: &cli::Serve) -> Result<(), Failure> {
             (crate::history::History::new(cfg.history, seed), None)
         }
     };
+    let mut history = history;
+    let mut salt = [0u8; 32];
+    getrandom::fill(&mut salt).map_err(|e| Failure::usage(format!("no randomness from the OS: {e}")))?;
+    history.set_salt(salt);
+    let mut hub = Hub::with_history(cfg.levels.clone(), history);
+    hub.set_limits(cfg.max_subscriptions, cfg.max_channels);
     let shared = Rc::new(Shared {
         disk: RefCell::new(disk),
         disk_dirty: event_listener::Event::new(),
         disk_syncing: Cell::new(false),
-        hub: RefCell::new(Hub::with_history(cfg.levels.clone(), history)),
+        hub: RefCell::new(hub),
         congested: RefCell::default(),
         room: event_listener::Event::new(),
         dummy_hash: RefCell::new(auth::dummy_hash(&users)),
@@ -327,6 +357,7 @@ pub fn serve(args: &cli::Serve) -> Result<(), Failure> {
         log,
         next_id: Cell::new(0),
         sockets: Cell::new(0),
+        sockets_per: RefCell::default(),
         shutting_down: Cell::new(false),
     });
     let ex = Rc::new(LocalExecutor::new());
@@ -914,7 +945,12 @@ async fn expire_history(shared: Rc<Shared>) {
         if shared.shutting_down.get() {
             return;
         }
-        shared.hub.borrow_mut().history_mut().expire(now_millis());
+        let now = now_millis();
+        let mut hub = shared.hub.borrow_mut();
+        hub.history_mut().expire(now);
+        // Idle channels without subscribers go once nothing is retained
+        // (issue 14: channels are not kept forever).
+        hub.prune_idle(now);
     }
 }
 

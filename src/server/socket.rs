@@ -245,6 +245,7 @@ async fn room_for_socket<T>(
     me: ConnId,
     channel: &str,
     sent: &mut u64,
+    deadline: Instant,
 ) -> Wrote
 where
     T: Sink<Message> + Unpin,
@@ -253,6 +254,9 @@ where
         if handle.close.get().is_some() {
             return Wrote::Closed;
         }
+        if Instant::now() >= deadline {
+            return Wrote::Deadline;
+        }
         let room = shared.room.listen();
         let own = handle.wake.listen();
         if !must_wait(shared, channel, Some(me)) {
@@ -260,14 +264,14 @@ where
         }
         let out = handle.take_queued(&shared.room);
         if !out.is_empty() {
-            let wrote = write_all(tx, handle, out, sent).await;
+            let wrote = write_all(tx, handle, out, sent, deadline).await;
             if wrote != Wrote::Done {
                 return wrote;
             }
             continue;
         }
         smol::future::or(smol::future::or(room, own), async {
-            smol::Timer::after(RECHECK).await;
+            smol::Timer::after(RECHECK.min(deadline.saturating_duration_since(Instant::now()))).await;
         })
         .await;
     }
@@ -347,13 +351,18 @@ enum Wrote {
     Done,
     /// The hub ordered the socket closed before the write finished.
     Closed,
+    /// The token's expiry or the pong deadline passed before the write
+    /// finished (a peer that does not read cannot outlive either).
+    Deadline,
     Failed,
 }
 
 /// Writes `msgs` in order with one flush, and counts the text frames sent.
 /// A close order interrupts it: a peer that stopped reading must not keep
-/// the task in a write that 4008, 4003 or 1001 cannot cut short.
-async fn write_all<T>(tx: &mut T, handle: &ConnHandle, msgs: Vec<Message>, sent: &mut u64) -> Wrote
+/// the task in a write that 4008, 4003 or 1001 cannot cut short. So does
+/// `deadline` ([`Timers::write_deadline`]: the token's expiry, the pong
+/// deadline).
+async fn write_all<T>(tx: &mut T, handle: &ConnHandle, msgs: Vec<Message>, sent: &mut u64, deadline: Instant) -> Wrote
 where
     T: Sink<Message> + Unpin,
 {
@@ -385,7 +394,11 @@ where
             handle.wake.listen().await;
         }
     };
-    let wrote = smol::future::or(write, killed).await;
+    let expired = async {
+        smol::Timer::at(deadline).await;
+        Wrote::Deadline
+    };
+    let wrote = smol::future::or(smol::future::or(write, killed), expired).await;
     if wrote == Wrote::Done {
         *sent += texts;
     }
@@ -433,17 +446,25 @@ where
     );
     const OPEN: (u16, &str) = (1000, "");
     let mut code: (u16, &'static str) = OPEN;
-    let mut wrote = write_all(&mut tx, &handle, vec![Message::text(welcome)], &mut msgs_out).await;
-
     let leeway = cfg.gate.verify.leeway;
     let mut timers = Timers::new(&claims, leeway, cfg.ping_interval);
     let mut awaiting_pong = false;
+    let mut budget = Budget::new(cfg.max_commands_per_sec, mono_ms());
+    let mut wrote = write_all(
+        &mut tx,
+        &handle,
+        vec![Message::text(welcome)],
+        &mut msgs_out,
+        timers.write_deadline(awaiting_pong, cfg.ping_interval),
+    )
+    .await;
+
     // One timer for the socket's life, moved only when the next deadline is
     // earlier than the one set (or after it fired): re-arming it on every
     // wake-up would cost two reactor operations per delivered frame.
     let mut alarm_at = timers.next_deadline(now_unix(), Instant::now());
     let mut alarm = smol::Timer::at(alarm_at);
-    let mut budget = TURN_BUDGET;
+    let mut turn_left = TURN_BUDGET;
 
     loop {
         // A close order wins over everything, also one that cut a write short.
@@ -453,6 +474,14 @@ where
         }
         if wrote == Wrote::Failed {
             code = (1006, "write failed");
+            break;
+        }
+        if wrote == Wrote::Deadline {
+            code = if now_unix() >= timers.close_at {
+                (4001, "token expired")
+            } else {
+                (1006, "no pong")
+            };
             break;
         }
 
@@ -487,7 +516,8 @@ where
             }
         }
         if !out.is_empty() {
-            wrote = write_all(&mut tx, &handle, out, &mut msgs_out).await;
+            let deadline = timers.write_deadline(awaiting_pong, cfg.ping_interval);
+            wrote = write_all(&mut tx, &handle, out, &mut msgs_out, deadline).await;
             if wrote != Wrote::Done {
                 continue;
             }
@@ -531,17 +561,45 @@ where
             Ev::In(Some(Ok(msg))) => {
                 awaiting_pong = false;
                 took_input = true;
+                // Publishes are paced by their readers instead (SPEC §4.3
+                // fairness) and bounded by the history and --max-channels.
+                let parsed = match &msg {
+                    Message::Text(t) => Some(protocol::parse_client(t.as_str())),
+                    _ => None,
+                };
+                let publishing = matches!(&parsed, Some(Ok(m)) if matches!(m.command, Command::Publish { .. }));
+                let counted = !publishing && matches!(msg, Message::Text(_) | Message::Binary(_) | Message::Ping(_));
+                let verdict = if counted { budget.take(mono_ms()) } else { Spend::Ok };
                 let replies = match msg {
-                    Message::Text(t) => {
+                    _ if verdict == Spend::Close => {
+                        code = (1008, "rate limited");
+                        Vec::new()
+                    }
+                    Message::Text(_) | Message::Binary(_) if verdict == Spend::Over => {
                         msgs_in += 1;
                         add(&shared.metrics.messages_in, 1);
-                        let parsed = protocol::parse_client(t.as_str());
+                        let reference = match &parsed {
+                            Some(Ok(m)) => m.reference.as_deref(),
+                            Some(Err(bad)) => bad.reference.as_deref(),
+                            None => None,
+                        };
+                        vec![protocol::error(
+                            "rate_limited",
+                            "too many messages on this socket; slow down",
+                            reference,
+                        )]
+                    }
+                    Message::Text(_) => {
+                        msgs_in += 1;
+                        add(&shared.metrics.messages_in, 1);
+                        let Some(parsed) = parsed else { continue };
                         if let Ok(m) = &parsed
                             && let Command::Publish { channel, .. } = &m.command
                             && crate::hub::may_publish(&rights, channel, shared.hub.borrow().levels()).is_ok()
                         {
                             // Boxed: the wait's state must not size every socket's task.
-                            let wait = room_for_socket(&shared, &handle, &mut tx, id, channel, &mut msgs_out);
+                            let deadline = timers.write_deadline(awaiting_pong, cfg.ping_interval);
+                            let wait = room_for_socket(&shared, &handle, &mut tx, id, channel, &mut msgs_out, deadline);
                             wrote = Box::pin(wait).await;
                         }
                         let r = if wrote == Wrote::Done {
@@ -573,7 +631,8 @@ where
                     // `unsubscribed`.
                     let mut out = handle.take_queued(&shared.room);
                     out.extend(replies.into_iter().map(Message::text));
-                    wrote = write_all(&mut tx, &handle, out, &mut msgs_out).await;
+                    let deadline = timers.write_deadline(awaiting_pong, cfg.ping_interval);
+                    wrote = write_all(&mut tx, &handle, out, &mut msgs_out, deadline).await;
                 }
             }
         }
@@ -589,9 +648,9 @@ where
         // fed) run before this socket reads more. Not one message per turn:
         // the subscribers would then write each frame with its own syscall.
         if took_input {
-            budget -= 1;
-            if budget == 0 {
-                budget = TURN_BUDGET;
+            turn_left -= 1;
+            if turn_left == 0 {
+                turn_left = TURN_BUDGET;
                 smol::future::yield_now().await;
             }
         }
@@ -662,6 +721,20 @@ impl Timers {
         self.close_at = claims.expires_at_with_leeway(leeway);
     }
 
+    /// How long a write may take: until the token's `close_at` (4001) or
+    /// the pong deadline (the next ping when one is unanswered, else the
+    /// one after), whichever is first.
+    fn write_deadline(&self, awaiting_pong: bool, ping: Duration) -> Instant {
+        let mono = Instant::now();
+        let close = mono + Duration::from_secs(self.close_at.saturating_sub(now_unix()));
+        let pong = if awaiting_pong {
+            self.ping_at
+        } else {
+            self.ping_at + ping
+        };
+        close.min(pong)
+    }
+
     fn next_deadline(&self, now: u64, mono: Instant) -> Instant {
         let wall = if self.notice_sent {
             self.close_at
@@ -671,6 +744,63 @@ impl Timers {
         let wall = mono + Duration::from_secs(wall.saturating_sub(now));
         // Re-check at least every second: wall-clock deadlines are whole seconds.
         wall.min(self.ping_at).min(mono + Duration::from_secs(1)).max(mono)
+    }
+}
+
+/// What a client message costs against the socket's budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Spend {
+    Ok,
+    /// Over budget: refuse it with `rate_limited`.
+    Over,
+    /// Over budget for a second's worth of messages in a row: close 1008.
+    Close,
+}
+
+/// A socket's burst: this many seconds' worth of its command budget (an
+/// agent subscribing to all of `--max-subscriptions` at once fits).
+const BURST: u64 = 4;
+
+/// A socket's command budget (`--max-commands-per-sec`): a token bucket
+/// of `rate` a second holding up to [`BURST`] times that, in
+/// milli-commands. Refused messages count as strikes until the bucket is
+/// full again; `rate` strikes close the socket. Sans-IO: `now_ms` is passed.
+struct Budget {
+    rate: u64,
+    milli: u64,
+    last_ms: u64,
+    strikes: u64,
+}
+
+impl Budget {
+    fn new(rate: u32, now_ms: u64) -> Budget {
+        let rate = u64::from(rate.max(1));
+        Budget {
+            rate,
+            milli: rate * BURST * 1000,
+            last_ms: now_ms,
+            strikes: 0,
+        }
+    }
+
+    fn take(&mut self, now_ms: u64) -> Spend {
+        let cap = self.rate * BURST * 1000;
+        let elapsed = now_ms.saturating_sub(self.last_ms);
+        self.last_ms = self.last_ms.max(now_ms);
+        self.milli = self.milli.saturating_add(elapsed.saturating_mul(self.rate)).min(cap);
+        if self.milli >= cap {
+            self.strikes = 0;
+        }
+        if self.milli >= 1000 {
+            self.milli -= 1000;
+            return Spend::Ok;
+        }
+        self.strikes += 1;
+        if self.strikes >= self.rate {
+            Spend::Close
+        } else {
+            Spend::Over
+        }
     }
 }
 
@@ -801,5 +931,50 @@ fn command(
             );
             out
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn budget_allows_a_burst_then_refuses_then_closes() {
+        let mut b = Budget::new(10, 1000);
+        for _ in 0..40 {
+            assert_eq!(b.take(1000), Spend::Ok);
+        }
+        for _ in 0..9 {
+            assert_eq!(b.take(1000), Spend::Over);
+        }
+        assert_eq!(b.take(1000), Spend::Close);
+    }
+
+    #[test]
+    fn budget_refills_at_its_rate_and_forgives_when_full() {
+        let mut b = Budget::new(10, 0);
+        for _ in 0..40 {
+            assert_eq!(b.take(0), Spend::Ok);
+        }
+        assert_eq!(b.take(0), Spend::Over);
+        // 100 ms at 10/s: one more.
+        assert_eq!(b.take(100), Spend::Ok);
+        assert_eq!(b.take(100), Spend::Over);
+        // A steady 10/s client is never refused.
+        let mut t = 100;
+        for _ in 0..50 {
+            t += 100;
+            assert_eq!(b.take(t), Spend::Ok);
+        }
+        // Four quiet seconds refill the burst and clear the strikes.
+        t += 4000;
+        for _ in 0..40 {
+            assert_eq!(b.take(t), Spend::Ok);
+        }
+        for _ in 0..9 {
+            assert_eq!(b.take(t), Spend::Over);
+        }
+        // A clock that goes backwards refills nothing.
+        assert_eq!(b.take(0), Spend::Close);
     }
 }
