@@ -50,7 +50,8 @@ printf '%s\n' "$password" | "$BIN" useradd --users "$dir/users" --name alice --i
 
 # shellcheck disable=SC2086 # SERVE_ARGS is a list of flags
 taskset -c 0 "$BIN" serve --listen "127.0.0.1:$PORT" --users "$dir/users" \
-    --max-connections $((FAN_C + HS_K + SUBFLOOD + 100)) $SERVE_ARGS 2>"$dir/server.log" >/dev/null &
+    --max-connections $((FAN_C + HS_K + SUBFLOOD + 100)) \
+    --max-sockets-per-address $((FAN_C + HS_K + 100)) $SERVE_ARGS 2>"$dir/server.log" >/dev/null &
 server=$!
 attacker=
 cleanup() {

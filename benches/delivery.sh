@@ -49,7 +49,7 @@ kit() { # LABEL SCENARIO-ENV... -- SERVER CMD...
   env LABEL="$label" PAUSE=1 "${envs[@]}" bash "$KIT/bench-peers.sh" "$PORT" "$@" 2>>"$OUT.log" | tee -a "$OUT"
 }
 
-tessera_cmd() { echo "$TESSERA_BIN serve --listen 127.0.0.1:$PORT --max-connections 20000 --log-format text $*"; }
+tessera_cmd() { echo "$TESSERA_BIN serve --listen 127.0.0.1:$PORT --max-connections 20000 --max-sockets-per-address 20000 --log-format text $*"; }
 
 for what in $WHAT; do
   case $what in
