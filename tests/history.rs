@@ -353,6 +353,11 @@ fn spec10_boundary_race_while_publisher_streams() {
     block_on(async {
         let (publisher, _) = ws_bearer(s.addr, &hq()).await;
         let (mut tx, mut rx) = publisher.split();
+        // The reader raises this just before it subscribes; the publisher
+        // holds a third of the way in until then, so the subscribe always
+        // lands mid-stream however slow the machine (or an emulator) is.
+        let reader_ready = std::rc::Rc::new(std::cell::Cell::new(false));
+        let ready = reader_ready.clone();
         let send_all = async move {
             for n in 0..N {
                 let m = json!({"type":"publish","channel":"race","data":n});
@@ -361,6 +366,9 @@ fn spec10_boundary_race_while_publisher_streams() {
                     .unwrap();
                 if n % 100 == 0 {
                     smol::Timer::after(Duration::from_millis(2)).await;
+                }
+                while n == N / 3 && !ready.get() {
+                    smol::Timer::after(Duration::from_millis(1)).await;
                 }
             }
             tx
@@ -376,6 +384,7 @@ fn spec10_boundary_race_while_publisher_streams() {
         let reader = async {
             smol::Timer::after(Duration::from_millis(20)).await;
             let (mut ws, _) = ws_bearer(s.addr, &token("r", 0, 600, |_| {})).await;
+            reader_ready.set(true);
             let r = subscribe(&mut ws, "race", Some(json!({"last":1000}))).await;
             assert_eq!(r["recovered"], true);
             let at = r["offset"].as_u64().unwrap();
