@@ -599,42 +599,6 @@ fn spec10_history_dir_survives_sigterm_with_the_same_epoch() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// The epoch a reader is told for `channel` (no `since`).
-fn epoch_of(s: &Server, channel: &str) -> String {
-    block_on(async {
-        let (mut ws, _) = ws_bearer(s.addr, &token("reader", 0, 600, |_| {})).await;
-        let r = subscribe(&mut ws, channel, None).await;
-        assert_eq!(r["offset"].as_u64(), Some(0), "{r}");
-        r["epoch"].as_str().unwrap().to_string()
-    })
-}
-
-#[test]
-fn spec10_history_dir_keeps_the_epoch_of_a_channel_that_never_had_a_message() {
-    // An agent resuming its still-empty personal channel after a restart must
-    // not be told `recovered:false` for nothing.
-    let dir = temp_dir("empty");
-    let d = dir.to_str().unwrap();
-    let mut s = Server::start(&["--history-dir", d]);
-    let before = epoch_of(&s, "quiet");
-    s.signal("KILL");
-    let _ = s.wait_exit(Duration::from_secs(5));
-    let s = Server::start(&["--history-dir", d]);
-    assert_eq!(epoch_of(&s, "quiet"), before);
-    let (r, got) = resume_all(&s, "quiet", &before, 0);
-    assert_eq!(r["recovered"].as_bool(), Some(true), "{r}");
-    assert!(got.is_empty());
-    drop(s);
-    // Without the directory there is nothing to keep it: a new epoch.
-    let a = Server::start(&[]);
-    let first = epoch_of(&a, "quiet");
-    drop(a);
-    let b = Server::start(&[]);
-    assert_ne!(epoch_of(&b, "quiet"), first);
-    drop(b);
-    let _ = std::fs::remove_dir_all(&dir);
-}
-
 #[test]
 fn spec10_history_dir_sigkill_loses_no_acknowledged_message() {
     let dir = temp_dir("kill");

@@ -244,28 +244,6 @@ pub struct Opened {
     /// Every record kept, in append order (per channel: offsets ascending).
     pub records: Vec<Record>,
     pub cuts: Vec<Cut>,
-    /// The directory's epoch seed (file `seed`, 32 random bytes made at the
-    /// first start): epochs of channels that never had a message derive
-    /// from it, so they too survive a restart. `None` when the file had to
-    /// be made anew over a damaged one (epochs change: `recovered:false`).
-    pub seed: [u8; 32],
-    /// True when `seed` was just made (first start, or the file was damaged).
-    pub new_seed: bool,
-}
-
-/// Reads `dir/seed`, or makes it (random, written atomically) when it is
-/// missing or not exactly 32 bytes.
-fn load_seed(dir: &Path) -> io::Result<([u8; 32], bool)> {
-    let path = dir.join("seed");
-    if let Ok(bytes) = std::fs::read(&path)
-        && let Ok(seed) = <[u8; 32]>::try_from(bytes.as_slice())
-    {
-        return Ok((seed, false));
-    }
-    let mut seed = [0u8; 32];
-    getrandom::fill(&mut seed).map_err(|e| io::Error::other(format!("no randomness from the OS: {e}")))?;
-    crate::auth::state_file::write_atomic(&path, &seed)?;
-    Ok((seed, true))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -407,14 +385,7 @@ impl Log {
             unsynced: false,
             scratch: Vec::new(),
         };
-        let (seed, new_seed) = load_seed(dir)?;
-        Ok(Opened {
-            log,
-            records,
-            cuts,
-            seed,
-            new_seed,
-        })
+        Ok(Opened { log, records, cuts })
     }
 
     /// Appends one record with a single `write` before returning: once this
@@ -580,7 +551,6 @@ mod tests {
         let mut v: Vec<String> = std::fs::read_dir(dir)
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .filter(|n| n.starts_with("history-"))
             .collect();
         v.sort();
         v
@@ -790,22 +760,6 @@ mod tests {
             (1..=15).collect::<Vec<_>>()
         );
         assert_eq!(o.log.disk_bytes(), on_disk);
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[test]
-    fn spec10_the_epoch_seed_survives_a_restart_and_a_damaged_one_is_replaced() {
-        let dir = tmpdir("seed");
-        let first = Log::open(&dir).unwrap();
-        assert!(first.new_seed);
-        let again = Log::open(&dir).unwrap();
-        assert!(!again.new_seed);
-        assert_eq!(again.seed, first.seed);
-        std::fs::write(dir.join("seed"), b"short").unwrap();
-        let fresh = Log::open(&dir).unwrap();
-        assert!(fresh.new_seed);
-        assert_ne!(fresh.seed, first.seed);
-        assert_eq!(std::fs::read(dir.join("seed")).unwrap(), fresh.seed);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

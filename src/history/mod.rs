@@ -9,10 +9,8 @@
 //! call that may expire messages takes `now_ms`.
 //!
 //! A channel that never had a message has no log: its epoch is derived from
-//! a random seed and its name, and its offset is 0. The seed is new for
-//! every process, so such epochs change at a restart, except with
-//! `--history-dir`, whose seed is kept in the directory (`disk::Opened::seed`)
-//! so a resume of a still-empty channel (an agent's `@sub`) stays recovered. The first publish
+//! the process's random seed and its name (so it is stable while the process
+//! lives and new after a restart), and its offset is 0. The first publish
 //! creates the log with that epoch. Logs restored from disk keep their epoch.
 //!
 //! ```

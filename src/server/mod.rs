@@ -312,16 +312,12 @@ pub fn serve(args: &cli::Serve) -> Result<(), Failure> {
         .map_err(|e| Failure::usage(format!("--listen: {e}")))?;
     let listener = smol::Async::new(listener).map_err(|e| Failure::usage(format!("--listen {}: {e}", cfg.listen)))?;
 
-    let (history, disk) = match &cfg.history_dir {
-        Some(dir) => {
-            let (h, d) = open_history(dir, cfg.history, &log)?;
-            (h, Some(d))
-        }
-        None => {
-            let mut seed = [0u8; 32];
-            getrandom::fill(&mut seed).map_err(|e| Failure::usage(format!("no randomness from the OS: {e}")))?;
-            (crate::history::History::new(cfg.history, seed), None)
-        }
+    let mut seed = [0u8; 32];
+    getrandom::fill(&mut seed).map_err(|e| Failure::usage(format!("no randomness from the OS: {e}")))?;
+    let mut history = crate::history::History::new(cfg.history, seed);
+    let disk = match &cfg.history_dir {
+        Some(dir) => Some(open_history(dir, &mut history, &log)?),
+        None => None,
     };
     let mut history = history;
     let mut salt = [0u8; 32];
@@ -801,14 +797,11 @@ async fn demo_ticker(shared: Rc<Shared>) {
 /// last offset). Exit 2 only for real I/O errors, never for content.
 fn open_history(
     dir: &std::path::Path,
-    limits: crate::history::Limits,
+    history: &mut crate::history::History,
     log: &Logger,
-) -> Result<(crate::history::History, crate::history::disk::Log), Failure> {
+) -> Result<crate::history::disk::Log, Failure> {
     let opened = crate::history::disk::Log::open(dir)
         .map_err(|e| Failure::usage(format!("--history-dir {}: {e}", dir.display())))?;
-    // Epochs of channels without a message derive from the directory's seed,
-    // so they survive restarts like the logged ones.
-    let mut history = crate::history::History::new(limits, opened.seed);
     for cut in &opened.cuts {
         log.warn(
             "history_tail_cut",
@@ -842,10 +835,9 @@ fn open_history(
             ("retained", (history.retained_len() as u64).into()),
             ("skipped", skipped.into()),
             ("disk_bytes", opened.log.disk_bytes().into()),
-            ("new_seed", opened.new_seed.into()),
         ],
     );
-    Ok((history, opened.log))
+    Ok(opened.log)
 }
 
 /// How long appended history may wait for its `fdatasync`.
