@@ -189,24 +189,53 @@ async function reasonOf(res) {
   }
 }
 
-async function login(username, password) {
+async function login(username, password, otp) {
   note('login-note', 'checking…');
   let res;
   try {
-    res = await post('/auth/login', { username, password });
+    res = await post('/auth/login', otp ? { username, password, otp } : { username, password });
   } catch {
     return note('login-note', 'cannot reach the server', 'bad');
   }
-  if (!res.ok) {
-    const words = res.status === 401 ? 'wrong username or password' : await reasonOf(res);
-    return note('login-note', words, 'bad');
-  }
+  if (!res.ok) return loginRefused(res);
+  hideOtp();
   // The body holds the tokens: deliberately not read (see the top of this file).
   // The channels wanted survive a re-login after expiry; Log out clears them.
   localStorage.setItem(SESSION_FLAG, '1');
   note('login-note', '');
   $('login-form').password.value = '';
   connect();
+}
+
+// ---- second factor (SPEC §11): the code field appears when the server asks ----
+
+function askOtp(words) {
+  const input = $('login-form').otp;
+  $('otp-row').hidden = false;
+  input.value = '';
+  input.focus();
+  note('login-note', words, 'bad');
+}
+
+function hideOtp() {
+  $('otp-row').hidden = true;
+  $('login-form').otp.value = '';
+}
+
+async function loginRefused(res) {
+  let e = {};
+  try {
+    e = await res.json();
+  } catch {
+    // not JSON: the status says enough
+  }
+  if (e.error === 'mfa_required') return askOtp('enter the 6-digit code from your authenticator app');
+  if (e.error === 'invalid_otp') return askOtp('wrong or already used code: enter the next one');
+  if (res.status === 401) {
+    hideOtp();
+    return note('login-note', 'wrong username or password', 'bad');
+  }
+  note('login-note', e.message || e.error || 'status ' + res.status, 'bad');
 }
 
 // One refresh at a time: two refreshes with the same cookie would look like
@@ -421,7 +450,7 @@ function onError(m, what) {
 $('login-form').onsubmit = (e) => {
   e.preventDefault();
   const f = e.target;
-  login(f.username.value.trim(), f.password.value);
+  login(f.username.value.trim(), f.password.value, f.otp.value.trim());
 };
 
 function subscribe(channel) {

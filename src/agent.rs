@@ -154,34 +154,95 @@ struct Creds {
     refresh: Option<String>,
 }
 
-/// Logs in; `Err` carries the exit failure for bad credentials.
+/// Logs in; `Err` carries the exit failure for bad credentials. A server
+/// that asks for a second factor (`mfa_required`, SPEC §11) gets a code
+/// from `TESSERA_OTP` (sent with the first attempt, once) or from a prompt
+/// on the terminal.
 async fn login(t: &Target, user: &str, password: &str) -> Result<(String, Option<String>), Failure> {
-    let (status, body) = post_json(t, "/auth/login", &json!({"username": user, "password": password}))
-        .await
-        .map_err(|e| Failure {
+    match login_once(t, user, password, take_env_otp().as_deref()).await {
+        Err((_, code)) if code == "mfa_required" => {
+            let otp = prompt_otp()?;
+            login_once(t, user, password, Some(&otp)).await.map_err(|(f, _)| f)
+        }
+        other => other.map_err(|(f, _)| f),
+    }
+}
+
+/// `TESSERA_OTP`, the first time only: a code works once, so a later
+/// login (after a refresh failure) must ask for a new one.
+fn take_env_otp() -> Option<String> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static TAKEN: AtomicBool = AtomicBool::new(false);
+    if TAKEN.swap(true, Ordering::Relaxed) {
+        return None;
+    }
+    std::env::var("TESSERA_OTP")
+        .ok()
+        .map(|c| c.trim().to_string())
+        .filter(|c| !c.is_empty())
+}
+
+/// Asks for a one-time code on the terminal (`Err` when there is none).
+fn prompt_otp() -> Result<String, Failure> {
+    use std::io::IsTerminal;
+    if !std::io::stdin().is_terminal() {
+        return Err(Failure {
             code: 1,
-            message: format!("login to {}:{} failed: {e}", t.host, t.port),
-        })?;
+            message: "login refused (401 mfa_required): set TESSERA_OTP to the code of your authenticator app, or run on a terminal".into(),
+        });
+    }
+    eprint!("one-time code: ");
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .map_err(|e| Failure::usage(format!("stdin: {}", e.kind())))?;
+    Ok(line.trim().to_string())
+}
+
+/// One login request (with a one-time code when given); `Err` carries the
+/// failure and the server's error code.
+async fn login_once(
+    t: &Target,
+    user: &str,
+    password: &str,
+    otp: Option<&str>,
+) -> Result<(String, Option<String>), (Failure, String)> {
+    let mut req = json!({"username": user, "password": password});
+    if let Some(code) = otp {
+        req["otp"] = json!(code);
+    }
+    let (status, body) = post_json(t, "/auth/login", &req).await.map_err(|e| {
+        (
+            Failure {
+                code: 1,
+                message: format!("login to {}:{} failed: {e}", t.host, t.port),
+            },
+            String::new(),
+        )
+    })?;
     match status {
         200 => {
             let access = body["access_token"].as_str().unwrap_or_default().to_string();
             let refresh = body["refresh_token"].as_str().map(String::from);
             if access.is_empty() {
-                return Err(Failure {
-                    code: 1,
-                    message: "login answered without an access token".into(),
-                });
+                return Err((
+                    Failure {
+                        code: 1,
+                        message: "login answered without an access token".into(),
+                    },
+                    String::new(),
+                ));
             }
             Ok((access, refresh))
         }
-        _ => Err(Failure {
-            code: 1,
-            message: format!(
-                "login refused ({status} {}): {}",
-                body["error"].as_str().unwrap_or("?"),
+        _ => {
+            let code = body["error"].as_str().unwrap_or("?").to_string();
+            let message = format!(
+                "login refused ({status} {code}): {}",
                 body["message"].as_str().unwrap_or("")
-            ),
-        }),
+            );
+            Err((Failure { code: 1, message }, code))
+        }
     }
 }
 

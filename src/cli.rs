@@ -65,6 +65,10 @@ pub struct Token {
     /// sign with the key of this id in a multi-key file [the first key]
     #[argh(option)]
     pub kid: Option<String>,
+    /// comma-separated authentication methods to put in `amr` (RFC 8176),
+    /// e.g. pwd,otp for a token that passes --mfa-min-clearance
+    #[argh(option)]
+    pub amr: Option<String>,
     /// issuer to put in `iss`
     #[argh(option)]
     pub issuer: Option<String>,
@@ -110,8 +114,8 @@ pub struct Serve {
     /// signing key file (else env TESSERA_SECRET); reloaded on SIGHUP
     #[argh(option)]
     pub secret_file: Option<PathBuf>,
-    /// users file (NAME:CLEARANCE:PUBLISH:CHANNELS:HASH lines); reloaded on
-    /// SIGHUP
+    /// users file (NAME:CLEARANCE:PUBLISH:CHANNELS:HASH[:totp:SECRET]
+    /// lines); reloaded on SIGHUP
     #[argh(option)]
     pub users: Option<PathBuf>,
     /// state file for sessions and revocations (written atomically); without
@@ -139,6 +143,11 @@ pub struct Serve {
     /// minimum clearance to open a socket [0]
     #[argh(option, default = "0")]
     pub min_clearance: u32,
+    /// users with at least this clearance must log in with a TOTP code
+    /// (others: 403 mfa_not_enrolled), and sockets with a token of at least
+    /// this clearance need `otp` in its `amr` (403 mfa_required) [off]
+    #[argh(option)]
+    pub mfa_min_clearance: Option<u32>,
     /// clearance needed for a channel, NAME=LEVEL (repeatable; unlisted: 0)
     #[argh(option, from_str_fn(parse_channel_level))]
     pub channel: Vec<(String, u32)>,
@@ -212,7 +221,8 @@ fn parse_channel_level(s: &str) -> Result<(String, u32), String> {
 
 /// Add a user to a users file, or update one. The password is read from
 /// stdin (without echo on a terminal), never from a flag. The file is
-/// rewritten atomically; comments survive.
+/// rewritten atomically; comments survive. Re-adding a user keeps its TOTP
+/// secret unless --totp or --no-totp says otherwise.
 #[derive(FromArgs, Debug)]
 #[argh(subcommand, name = "useradd")]
 pub struct Useradd {
@@ -235,12 +245,21 @@ pub struct Useradd {
     /// PBKDF2 iterations [600000]; lower only for slow devices or tests
     #[argh(option, default = "crate::auth::users::DEFAULT_ITERATIONS")]
     pub iterations: u32,
+    /// enrol in the second factor: make a new TOTP secret and print its
+    /// otpauth:// URI and a QR code of it for an authenticator app
+    #[argh(switch)]
+    pub totp: bool,
+    /// remove the user's TOTP secret (log in with the password alone)
+    #[argh(switch)]
+    pub no_totp: bool,
 }
 
 /// The field client: log in, connect, subscribe, and print every server
 /// message as one JSON line on stdout. Refreshes before expiry and
 /// reconnects after drops. The password comes from env TESSERA_PASSWORD,
-/// --password-file, or a prompt on a terminal.
+/// --password-file, or a prompt on a terminal. When the server asks for a
+/// second factor, the one-time code comes from env TESSERA_OTP (used once)
+/// or a prompt on a terminal.
 #[derive(FromArgs, Debug)]
 #[argh(subcommand, name = "agent")]
 pub struct Agent {

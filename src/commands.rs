@@ -1,4 +1,4 @@
-//! The offline subcommands: `keygen`, `token`, `verify`. Each returns
+//! The offline subcommands: `keygen`, `token`, `verify`, `useradd`. Each returns
 //! `Ok(())` or a [`Failure`] that `main` turns into one stderr line and an
 //! exit code.
 
@@ -83,6 +83,10 @@ pub fn token(args: &cli::Token) -> Result<(), Failure> {
             .map(String::from)
             .collect::<Vec<_>>()
     });
+    let amr = match &args.amr {
+        None => None,
+        Some(list) => Some(parse_amr(list)?),
+    };
     let claims = Claims {
         sub: args.sub.clone(),
         exp: exp as f64,
@@ -92,11 +96,29 @@ pub fn token(args: &cli::Token) -> Result<(), Failure> {
         clearance: args.clearance,
         channels,
         publish: args.publish,
+        amr,
         ..Claims::default()
     };
     let token = jwt::sign(&claims, &keys, args.kid.as_deref()).map_err(|e| Failure::usage(format!("--kid: {e}")))?;
     println!("{token}");
     Ok(())
+}
+
+/// `--amr pwd,otp`: RFC 8176 method names, 1-32 of `a-z A-Z 0-9 _ -`.
+fn parse_amr(list: &str) -> Result<Vec<String>, Failure> {
+    let methods: Vec<String> = list
+        .split(',')
+        .map(str::trim)
+        .filter(|m| !m.is_empty())
+        .map(String::from)
+        .collect();
+    let ok = |m: &String| {
+        (1..=32).contains(&m.len()) && m.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    };
+    if methods.is_empty() || !methods.iter().all(ok) {
+        return Err(Failure::usage("--amr: a comma list of method names, e.g. pwd,otp"));
+    }
+    Ok(methods)
 }
 
 /// `tessera verify`: the token comes from stdin.
@@ -204,15 +226,29 @@ pub fn useradd(args: &cli::Useradd) -> Result<(), Failure> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => UsersFile::default(),
         Err(e) => return Err(Failure::usage(format!("--users {}: {}", path.display(), e.kind()))),
     };
+    if args.totp && args.no_totp {
+        return Err(Failure::usage("--totp and --no-totp: choose one"));
+    }
     let password = read_password()?;
     let hash = PasswordHash::new(password.as_bytes(), args.iterations, random16()?);
-    let replaced = file.get(&args.name).is_some();
+    let old = file.get(&args.name);
+    let replaced = old.is_some();
+    // SPEC §11: re-adding without --totp/--no-totp keeps the secret.
+    let totp = if args.totp {
+        Some(new_totp_secret()?)
+    } else if args.no_totp {
+        None
+    } else {
+        old.and_then(|u| u.totp.clone())
+    };
+    let enrolled = totp.clone().filter(|_| args.totp);
     file.upsert(User {
         name: args.name.clone(),
         clearance: args.clearance,
         publish: args.publish,
         channels,
         hash,
+        totp,
     });
     crate::auth::state_file::write_atomic(path, file.render().as_bytes())
         .map_err(|e| Failure::usage(format!("--users {}: {}", path.display(), e.kind())))?;
@@ -222,5 +258,48 @@ pub fn useradd(args: &cli::Useradd) -> Result<(), Failure> {
         args.name,
         path.display()
     );
+    if let Some(secret) = enrolled {
+        print_enrolment(&args.name, &secret);
+    } else if args.no_totp {
+        eprintln!(
+            "tessera: {:?} logs in with the password alone (no TOTP secret)",
+            args.name
+        );
+    }
     Ok(())
+}
+
+/// A new 20-byte TOTP secret from the OS.
+fn new_totp_secret() -> Result<crate::auth::totp::TotpSecret, Failure> {
+    let mut b = [0u8; crate::auth::totp::NEW_SECRET_BYTES];
+    getrandom::fill(&mut b).map_err(|e| Failure::usage(format!("no randomness from the OS: {e}")))?;
+    crate::auth::totp::TotpSecret::from_bytes(&b).map_err(Failure::usage)
+}
+
+/// Prints the `otpauth://` URI and its QR code on stdout, for the person
+/// enrolling (and only for them: it goes nowhere else).
+fn print_enrolment(name: &str, secret: &crate::auth::totp::TotpSecret) {
+    let uri = secret.otpauth_uri(name);
+    println!("Scan this QR code with an authenticator app (or enter the secret by hand):");
+    match terminal_qr(&uri) {
+        Some(qr) => println!("{qr}"),
+        None => println!("(the URI is too long for a QR code)"),
+    }
+    println!("{uri}");
+    println!("secret: {}", secret.to_base32());
+}
+
+/// `text` as a QR code drawn with half blocks, two modules a character, for
+/// a dark terminal: light modules (and the quiet zone) are drawn, dark ones
+/// left blank, as `qrencode -t UTF8` does.
+pub fn terminal_qr(text: &str) -> Option<String> {
+    use qrcode::render::unicode::Dense1x2;
+    let code = qrcode::QrCode::with_error_correction_level(text, qrcode::EcLevel::M).ok()?;
+    Some(
+        code.render::<Dense1x2>()
+            .dark_color(Dense1x2::Light)
+            .light_color(Dense1x2::Dark)
+            .quiet_zone(true)
+            .build(),
+    )
 }

@@ -7,7 +7,9 @@
 //! source (Bearer header, `tessera_access` cookie, then `?access_token=`
 //! only when allowed; none → 401 `missing_token`), browser origin (403),
 //! the token itself (401 with the SPEC §3 reason), revoked session (401
-//! `token_revoked`), clearance (403).
+//! `token_revoked`), clearance (403), then the second factor: with
+//! `--mfa-min-clearance N`, a token with clearance ≥ N needs `otp` in its
+//! `amr` (403 `mfa_required`, SPEC §11).
 
 use crate::http::{self, Response};
 use crate::jwt::{self, Reject, VerifiedClaims, VerifyOptions};
@@ -61,6 +63,16 @@ pub struct GateConfig {
     pub allow_query_token: bool,
     /// Whether the server speaks TLS (for the Host-derived origin).
     pub tls: bool,
+    /// `--mfa-min-clearance`: tokens at or above it need `otp` in `amr`.
+    pub mfa_min_clearance: Option<u32>,
+}
+
+impl GateConfig {
+    /// Whether a user or token of this clearance must have used a second
+    /// factor (SPEC §11).
+    pub fn needs_mfa(&self, clearance: u32) -> bool {
+        self.mfa_min_clearance.is_some_and(|n| clearance >= n)
+    }
 }
 
 /// Where the token came from.
@@ -78,6 +90,8 @@ pub enum Rejection {
     Token(Reject),
     InsufficientClearance,
     OriginNotAllowed,
+    /// `--mfa-min-clearance`: the token's `amr` lacks `otp`.
+    MfaRequired,
     /// Throttled; seconds until the block ends.
     Throttled(u64),
     ServerFull,
@@ -91,6 +105,7 @@ impl Rejection {
             Rejection::Token(r) => r.as_str(),
             Rejection::InsufficientClearance => "insufficient_clearance",
             Rejection::OriginNotAllowed => "origin_not_allowed",
+            Rejection::MfaRequired => "mfa_required",
             Rejection::Throttled(_) => "too_many_attempts",
             Rejection::ServerFull => "server_full",
         }
@@ -99,7 +114,7 @@ impl Rejection {
     pub fn status(self) -> u16 {
         match self {
             Rejection::MissingToken | Rejection::Token(_) => 401,
-            Rejection::InsufficientClearance | Rejection::OriginNotAllowed => 403,
+            Rejection::InsufficientClearance | Rejection::OriginNotAllowed | Rejection::MfaRequired => 403,
             Rejection::Throttled(_) => 429,
             Rejection::ServerFull => 503,
         }
@@ -118,6 +133,7 @@ impl Rejection {
             Rejection::Token(r) => r.message(),
             Rejection::InsufficientClearance => "your clearance is too low for this server",
             Rejection::OriginNotAllowed => "this page's origin may not open a socket here",
+            Rejection::MfaRequired => "your clearance needs a login with a one-time code (amr lacks otp)",
             Rejection::Throttled(_) => "too many failed attempts from your address; wait and retry",
             Rejection::ServerFull => "the server is at its connection limit",
         };
@@ -203,6 +219,9 @@ pub fn authorize(
     }
     if claims.clearance < cfg.min_clearance {
         return Err(Rejection::InsufficientClearance);
+    }
+    if cfg.needs_mfa(claims.clearance) && !claims.has_amr("otp") {
+        return Err(Rejection::MfaRequired);
     }
     Ok(claims)
 }
@@ -340,6 +359,42 @@ mod tests {
         );
         let ctx = Context { throttled: None, ..ctx };
         assert_eq!(authorize(&r, &cfg, &keys(), &ctx).unwrap_err(), Rejection::ServerFull);
+    }
+
+    #[test]
+    fn spec11_mfa_min_clearance_needs_otp_in_amr() {
+        let cfg = GateConfig {
+            mfa_min_clearance: Some(3),
+            ..GateConfig::default()
+        };
+        let mint = |clearance: u32, amr: Option<&[&str]>| {
+            let c = Claims {
+                sub: "a".into(),
+                exp: (NOW + 100) as f64,
+                clearance,
+                amr: amr.map(|a| a.iter().map(|m| m.to_string()).collect()),
+                ..Claims::default()
+            };
+            format!("Authorization: Bearer {}\r\n", jwt::sign(&c, &keys(), None).unwrap())
+        };
+        assert!(decide(&mint(2, None), &cfg).is_ok(), "below N: no second factor needed");
+        assert!(decide(&mint(2, Some(&["pwd"])), &cfg).is_ok());
+        for amr in [None, Some(&["pwd"][..]), Some(&[][..]), Some(&["OTP", "pwd"][..])] {
+            assert_eq!(
+                decide(&mint(3, amr), &cfg).unwrap_err(),
+                Rejection::MfaRequired,
+                "{amr:?}"
+            );
+        }
+        assert!(decide(&mint(3, Some(&["pwd", "otp"])), &cfg).is_ok());
+        assert!(decide(&mint(u32::MAX, Some(&["otp"])), &cfg).is_ok());
+        assert!(decide(&mint(9, None), &GateConfig::default()).is_ok(), "off by default");
+        let r = String::from_utf8(Rejection::MfaRequired.response().to_bytes(false)).unwrap();
+        assert!(r.starts_with("HTTP/1.1 403 ") && r.contains(r#""error":"mfa_required""#));
+        assert!(
+            !Rejection::MfaRequired.is_auth_failure(),
+            "a 403 is not a failed authentication"
+        );
     }
 
     #[test]

@@ -142,6 +142,10 @@ pub struct Claims {
     pub sid: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub jti: Option<String>,
+    /// How the login was authenticated (RFC 8176 §2), e.g. `["pwd","otp"]`
+    /// (SPEC §11); an array of strings when present.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub amr: Option<Vec<String>>,
 }
 
 fn is_zero(v: &u32) -> bool {
@@ -171,6 +175,11 @@ fn ser_aud<S: serde::Serializer>(v: &[String], s: S) -> Result<S::Ok, S::Error> 
 }
 
 impl Claims {
+    /// Whether `amr` names the method `m` (RFC 8176 §2), e.g. `"otp"`.
+    pub fn has_amr(&self, m: &str) -> bool {
+        self.amr.as_ref().is_some_and(|a| a.iter().any(|x| x == m))
+    }
+
     /// `exp` as whole Unix seconds (rounded down), for messages.
     pub fn exp_secs(&self) -> u64 {
         self.exp as u64
@@ -469,6 +478,7 @@ enum Claim {
     Publish,
     Sid,
     Jti,
+    Amr,
 }
 
 impl Claim {
@@ -485,6 +495,7 @@ impl Claim {
             "publish" => Claim::Publish,
             "sid" => Claim::Sid,
             "jti" => Claim::Jti,
+            "amr" => Claim::Amr,
             _ => return None,
         })
     }
@@ -528,6 +539,7 @@ fn parse_claims(json: &[u8], c: &mut Claims) -> Result<(), Reject> {
             Claim::Publish => put(&mut c.publish, r.bool()?),
             Claim::Sid => r.string_into(c.sid.insert(String::new()))?,
             Claim::Jti => r.string_into(c.jti.insert(String::new()))?,
+            Claim::Amr => r.strings_into(c.amr.insert(Vec::new()), false)?,
         };
     }
     r.finish()?;

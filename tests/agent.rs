@@ -26,6 +26,7 @@ fn users_file(dir: &Path) -> String {
         publish: true,
         channels: vec![],
         hash: PasswordHash::new(b"hq-pass", 1000, [1; 16]),
+        totp: None,
     });
     f.upsert(User {
         name: "agent-7".into(),
@@ -33,6 +34,7 @@ fn users_file(dir: &Path) -> String {
         publish: false,
         channels: vec![],
         hash: PasswordHash::new(b"a7-pass", 1000, [2; 16]),
+        totp: None,
     });
     let p = dir.join("users");
     std::fs::write(&p, f.render()).unwrap();

@@ -75,6 +75,7 @@ fn as_claims(p: &Peer) -> Claims {
         publish: p.publish.unwrap_or(false),
         sid: p.sid.clone(),
         jti: p.jti.clone(),
+        amr: None,
     }
 }
 

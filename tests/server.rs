@@ -558,6 +558,7 @@ fn spec2_sighup_reloads_keys_and_users_without_dropping_sockets() {
             publish: false,
             channels: vec![],
             hash: PasswordHash::new(b"pw", 1000, [3; 16]),
+            totp: None,
         });
         std::fs::write(&users_file, users.render()).unwrap();
         s.signal("HUP");

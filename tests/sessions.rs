@@ -29,6 +29,7 @@ fn users_file(dir: &std::path::Path) -> PathBuf {
         publish: true,
         channels: vec![],
         hash: PasswordHash::new(b"hq-pass", 1000, [1; 16]),
+        totp: None,
     });
     f.upsert(User {
         name: "agent-7".into(),
@@ -36,6 +37,7 @@ fn users_file(dir: &std::path::Path) -> PathBuf {
         publish: false,
         channels: vec!["ops".into(), "team.*".into()],
         hash: PasswordHash::new(b"a7-pass", 1000, [2; 16]),
+        totp: None,
     });
     let p = dir.join("users");
     std::fs::write(&p, f.render()).unwrap();

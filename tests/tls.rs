@@ -182,6 +182,7 @@ fn tls_login_cookies_always_secure_and_insecure_flag_refused() {
         publish: true,
         channels: vec![],
         hash: tessera::auth::users::PasswordHash::new(b"pw", 1000, [1; 16]),
+        totp: None,
     });
     let uf = d.join("users");
     std::fs::write(&uf, users.render()).unwrap();
@@ -209,6 +210,7 @@ fn tls_agent_over_wss_with_ca_file() {
         publish: false,
         channels: vec![],
         hash: tessera::auth::users::PasswordHash::new(b"pw", 1000, [2; 16]),
+        totp: None,
     });
     let uf = d.join("users");
     std::fs::write(&uf, users.render()).unwrap();

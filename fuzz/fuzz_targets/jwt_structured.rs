@@ -315,6 +315,7 @@ const CLAIM_NAMES: &[&str] = &[
     "publish",
     "sid",
     "jti",
+    "amr",
     "scope",
     "roles",
     "Sub",
@@ -623,7 +624,7 @@ fn check_claims(members: &[(String, J)], is_object: bool, opts: &VerifyOptions) 
     if !is_object {
         return Err([Reject::MalformedToken].into());
     }
-    const NAMES: [&str; 11] = [
+    const NAMES: [&str; 12] = [
         "sub",
         "exp",
         "nbf",
@@ -635,10 +636,11 @@ fn check_claims(members: &[(String, J)], is_object: bool, opts: &VerifyOptions) 
         "publish",
         "sid",
         "jti",
+        "amr",
     ];
     let mut dup = false;
     let found = known(members, &NAMES, &mut dup);
-    let [sub, exp, nbf, iat, iss, aud, clearance, channels, publish, sid, jti] = found[..] else {
+    let [sub, exp, nbf, iat, iss, aud, clearance, channels, publish, sid, jti, amr] = found[..] else {
         unreachable!()
     };
     let mut why = Reasons::new();
@@ -714,6 +716,14 @@ fn check_claims(members: &[(String, J)], is_object: bool, opts: &VerifyOptions) 
             false
         }
     };
+    // RFC 8176 §2 (SPEC §11): an array of strings.
+    let amr = match amr {
+        None => None,
+        Some(j) => strs(j).or_else(|| {
+            bad();
+            None
+        }),
+    };
     if members
         .iter()
         .any(|(name, j)| NAMES.contains(&name.as_str()) && j.has_unrepresentable_number())
@@ -756,6 +766,7 @@ fn check_claims(members: &[(String, J)], is_object: bool, opts: &VerifyOptions) 
         publish,
         sid,
         jti,
+        amr,
     })
 }
 

@@ -1,6 +1,7 @@
 //! `users_file`: arbitrary text through the users-file parser that `serve
 //! --users`, SIGHUP and `useradd` call. A file that parses must render back
-//! to text that parses to the same users; no hash may reach `Debug`.
+//! to text that parses to the same users; no hash or TOTP secret may reach
+//! `Debug`, and a parsed secret goes through the TOTP check without harm.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -27,6 +28,14 @@ fuzz_target!(|data: &[u8]| {
             !shown.contains(&phc) && !shown.contains(digest),
             "hash in Debug output: {shown}"
         );
+        if let Some(secret) = &u.totp {
+            let b32 = secret.to_base32();
+            assert!(!shown.contains(&b32), "TOTP secret in Debug output: {shown}");
+            assert!(u.to_line().ends_with(&format!(":totp:{b32}")));
+            let now = u64::from(u.clearance).wrapping_mul(30);
+            let code = secret.code_at(tessera::auth::totp::step_of(now));
+            assert_eq!(tessera::auth::totp::check(secret, &code, now, None), Some(now / 30));
+        }
         assert!(tessera::auth::users::name_ok(&u.name));
     }
 });

@@ -7,6 +7,11 @@
 //! its access tokens are refused by `sid` until they expire. Randomness and
 //! `now` come from the caller.
 //!
+//! A session remembers how its login was authenticated (`amr`, RFC 8176),
+//! so that refreshed tokens keep it. The TOTP replay memory lives here too
+//! (SPEC §11): the last time step used per user, saved in the state file
+//! with the sessions so a code stays used across a restart.
+//!
 //! ```
 //! use tessera::auth::sessions::{Sessions, RefreshError};
 //! let mut s = Sessions::default();
@@ -33,6 +38,10 @@ pub struct Session {
     /// The latest `exp` of an access token issued in it.
     pub access_expires: u64,
     pub revoked: bool,
+    /// How the login was authenticated (RFC 8176 `amr`), e.g. `["pwd","otp"]`;
+    /// empty for sessions from a state file written before SPEC §11.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub amr: Vec<String>,
 }
 
 /// A stored refresh token (by its SHA-256).
@@ -73,6 +82,8 @@ impl RefreshError {
 pub struct Sessions {
     sessions: HashMap<String, Session>,
     refresh: HashMap<[u8; 32], RefreshEntry>,
+    /// The last TOTP time step accepted for each user (SPEC §11).
+    totp_steps: HashMap<String, u64>,
 }
 
 fn digest(token: &str) -> [u8; 32] {
@@ -90,6 +101,7 @@ impl Sessions {
                 refresh_expires: 0,
                 access_expires: access_exp,
                 revoked: false,
+                amr: Vec::new(),
             },
         );
         (sid, refresh)
@@ -155,6 +167,30 @@ impl Sessions {
         Ok((entry.sid, session.sub, new))
     }
 
+    /// Records how the login of `sid` was authenticated (RFC 8176 `amr`).
+    pub fn set_amr(&mut self, sid: &str, amr: &[&str]) {
+        if let Some(s) = self.sessions.get_mut(sid) {
+            s.amr = amr.iter().map(|m| m.to_string()).collect();
+        }
+    }
+
+    /// The `amr` of the login of `sid` (empty when unknown).
+    pub fn amr(&self, sid: &str) -> Vec<String> {
+        self.sessions.get(sid).map(|s| s.amr.clone()).unwrap_or_default()
+    }
+
+    /// The last TOTP time step accepted for `user`, if any.
+    pub fn totp_last_step(&self, user: &str) -> Option<u64> {
+        self.totp_steps.get(user).copied()
+    }
+
+    /// Records that `user` used the code of `step`: no code of that step or
+    /// an earlier one is accepted again. Never moves backwards.
+    pub fn use_totp_step(&mut self, user: &str, step: u64) {
+        let last = self.totp_steps.entry(user.to_string()).or_insert(step);
+        *last = (*last).max(step);
+    }
+
     /// Records the `exp` of a new access token in `sid`.
     pub fn issued_access(&mut self, sid: &str, exp: u64) {
         if let Some(s) = self.sessions.get_mut(sid) {
@@ -215,6 +251,15 @@ impl Sessions {
             .map(|(h, e)| (URL_SAFE_NO_PAD.encode(h), e))
             .collect();
         refresh.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut totp: Vec<TotpRow> = self
+            .totp_steps
+            .iter()
+            .map(|(user, step)| TotpRow {
+                user: user.clone(),
+                step: *step,
+            })
+            .collect();
+        totp.sort_by(|a, b| a.user.cmp(&b.user));
         let file = StateFile {
             version: 1,
             sessions: sessions
@@ -231,6 +276,7 @@ impl Sessions {
                     entry: e.clone(),
                 })
                 .collect(),
+            totp,
         };
         serde_json::to_string_pretty(&file).unwrap_or_default()
     }
@@ -260,6 +306,11 @@ impl Sessions {
                 return Err("a refresh entry appears twice".into());
             }
         }
+        for row in file.totp {
+            if s.totp_steps.insert(row.user, row.step).is_some() {
+                return Err("a totp entry appears twice".into());
+            }
+        }
         Ok(s)
     }
 }
@@ -270,6 +321,16 @@ struct StateFile {
     version: u32,
     sessions: Vec<SessionRow>,
     refresh: Vec<RefreshRow>,
+    /// Last TOTP step used per user; absent in files from before SPEC §11.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    totp: Vec<TotpRow>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TotpRow {
+    user: String,
+    step: u64,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -327,6 +388,27 @@ mod tests {
         assert!(s.is_revoked(&sid), "kept while its access token may still be presented");
         s.prune(100, 30);
         assert!(s.is_empty());
+    }
+
+    #[test]
+    fn spec11_amr_and_totp_steps_survive_the_state_file() {
+        let mut s = Sessions::default();
+        let (sid, _) = s.login("a", 0, 60, 1000, [1; 16], [7; 32]);
+        s.set_amr(&sid, &["pwd", "otp"]);
+        assert_eq!(s.totp_last_step("a"), None);
+        s.use_totp_step("a", 100);
+        s.use_totp_step("a", 99);
+        assert_eq!(s.totp_last_step("a"), Some(100), "never moves backwards");
+        let back = Sessions::from_json(&s.to_json()).unwrap();
+        assert_eq!(back, s);
+        assert_eq!(back.amr(&sid), ["pwd", "otp"]);
+        assert_eq!(back.totp_last_step("a"), Some(100));
+        // A file from before SPEC §11 (no amr, no totp) still loads.
+        let old = "{\"version\":1,\"sessions\":[{\"sid\":\"x\",\"sub\":\"a\",\"refresh_expires\":5,\"access_expires\":5,\"revoked\":false}],\"refresh\":[]}";
+        let o = Sessions::from_json(old).unwrap();
+        assert!(o.amr("x").is_empty() && o.totp_last_step("a").is_none());
+        let twice = "{\"version\":1,\"sessions\":[],\"refresh\":[],\"totp\":[{\"user\":\"a\",\"step\":1},{\"user\":\"a\",\"step\":2}]}";
+        assert!(Sessions::from_json(twice).is_err());
     }
 
     #[test]

@@ -1,10 +1,12 @@
 //! The users file (SPEC §6) and PBKDF2-HMAC-SHA256 password hashes.
 //!
-//! One user a line, `NAME:CLEARANCE:PUBLISH:CHANNELS:HASH`, `#` comments.
-//! HASH is a PHC string `$pbkdf2-sha256$i=<iterations>,l=32$<salt>$<hash>`
-//! (salt and hash in PHC B64: standard alphabet, no padding). Comments and
-//! blank lines survive a rewrite by `tessera useradd`. No hash or password
-//! appears in `Debug` output.
+//! One user a line, `NAME:CLEARANCE:PUBLISH:CHANNELS:HASH`, `#` comments,
+//! and an optional sixth field `totp:<base32 secret>` (SPEC §11): the
+//! user's second factor. HASH is a PHC string
+//! `$pbkdf2-sha256$i=<iterations>,l=32$<salt>$<hash>` (salt and hash in PHC
+//! B64: standard alphabet, no padding). Comments and blank lines survive a
+//! rewrite by `tessera useradd`. No hash, TOTP secret or password appears
+//! in `Debug` output or in a parse error.
 //!
 //! ```
 //! use tessera::auth::users::{PasswordHash, UsersFile};
@@ -15,6 +17,7 @@
 //! assert!(!format!("{hq:?}").contains(&h.to_phc()));
 //! ```
 
+use super::totp::TotpSecret;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD_NO_PAD as PHC_B64;
 use sha2::Sha256;
@@ -115,19 +118,26 @@ pub struct User {
     /// Empty: unrestricted.
     pub channels: Vec<String>,
     pub hash: PasswordHash,
+    /// The TOTP secret of a user enrolled in the second factor (SPEC §11).
+    pub totp: Option<TotpSecret>,
 }
 
 impl User {
     /// The file line for this user.
     pub fn to_line(&self) -> String {
-        format!(
+        let mut line = format!(
             "{}:{}:{}:{}:{}",
             self.name,
             self.clearance,
             u8::from(self.publish),
             self.channels.join(","),
             self.hash.to_phc()
-        )
+        );
+        if let Some(t) = &self.totp {
+            line.push_str(":totp:");
+            line.push_str(&t.to_base32());
+        }
+        line
     }
 }
 
@@ -211,9 +221,11 @@ impl UsersFile {
 }
 
 fn parse_user(line: &str) -> Result<User, String> {
-    let f: Vec<&str> = line.splitn(5, ':').collect();
-    let [name, clearance, publish, channels, hash] = f[..] else {
-        return Err("expected NAME:CLEARANCE:PUBLISH:CHANNELS:HASH".into());
+    let f: Vec<&str> = line.splitn(7, ':').collect();
+    let (name, clearance, publish, channels, hash, totp) = match f[..] {
+        [n, c, p, ch, h] => (n, c, p, ch, h, None),
+        [n, c, p, ch, h, "totp", t] => (n, c, p, ch, h, Some(t)),
+        _ => return Err("expected NAME:CLEARANCE:PUBLISH:CHANNELS:HASH[:totp:SECRET]".into()),
     };
     if !name_ok(name) {
         return Err("NAME must be 1-128 bytes without ':' or spaces".into());
@@ -238,12 +250,14 @@ fn parse_user(line: &str) -> Result<User, String> {
         }
     }
     let hash = PasswordHash::parse(hash).map_err(String::from)?;
+    let totp = totp.map(TotpSecret::from_base32).transpose().map_err(String::from)?;
     Ok(User {
         name: name.to_string(),
         clearance,
         publish,
         channels,
         hash,
+        totp,
     })
 }
 
@@ -309,6 +323,7 @@ mod tests {
             publish: false,
             channels: vec![],
             hash: h("c"),
+            totp: None,
         });
         let out = f.render();
         assert!(out.starts_with("# ops team\n\nhq:5:1::"));
@@ -336,6 +351,38 @@ mod tests {
         let digest = phc.rsplit('$').next().unwrap();
         assert!(!format!("{:?}", u.hash).contains(digest));
         assert_eq!(UsersFile::parse(&f.render()).unwrap(), f);
+    }
+
+    #[test]
+    fn spec11_sixth_field_totp() {
+        let seed = "GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ";
+        let five = format!("hq:5:1::{}", h("a").to_phc());
+        let six = format!("{five}:totp:{seed}\nold:1:0:ops:{}\n", h("b").to_phc());
+        let f = UsersFile::parse(&six).unwrap();
+        assert_eq!(
+            f.render(),
+            six,
+            "rewrite keeps the sixth field and old lines as written"
+        );
+        let hq = f.get("hq").unwrap();
+        assert_eq!(hq.totp.as_ref().map(TotpSecret::to_base32).as_deref(), Some(seed));
+        assert!(f.get("old").unwrap().totp.is_none());
+        assert!(!format!("{f:?}").contains(seed), "Debug shows no secret");
+        for bad in [
+            format!("{five}:totp:"),
+            format!("{five}:totp:gezdgnbvgy3tqojqgezdgnbvgy3tqojq"),
+            format!("{five}:totp:GEZDGNBVGY3TQOJQGEZDGNBV"),
+            format!("{five}:hotp:{seed}"),
+            format!("{five}:totp:{seed}:x"),
+            format!("{five}:{seed}"),
+        ] {
+            let e = UsersFile::parse(&bad).unwrap_err();
+            assert!(e.starts_with("line 1:"), "{e}");
+            assert!(
+                !e.contains("GEZ") && !e.contains("gez"),
+                "the error quotes no secret: {e}"
+            );
+        }
     }
 
     #[test]

@@ -78,6 +78,7 @@ fn round_trip_with_every_claim() {
         publish: true,
         sid: Some("s1".into()),
         jti: Some("j1".into()),
+        amr: Some(vec!["pwd".into(), "otp".into()]),
     };
     let t = sign(&c, &keys(), None).unwrap();
     assert!(t.starts_with("eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9."));
@@ -498,6 +499,7 @@ fn reference_claims(json: &[u8]) -> Option<Result<Claims, Reject>> {
         "publish",
         "sid",
         "jti",
+        "amr",
     ];
     let mut by_name = std::collections::HashMap::new();
     for (k, v) in members {
@@ -550,6 +552,10 @@ fn reference_claims(json: &[u8]) -> Option<Result<Claims, Reject>> {
             None => false,
             Some(v) => v.as_bool().ok_or(())?,
         };
+        let amr = match by_name.get("amr") {
+            None => None,
+            Some(v) => Some(strings(v).ok_or(())?),
+        };
         Ok(Claims {
             sub,
             exp: date(by_name.get("exp"))?.ok_or(())?,
@@ -562,6 +568,7 @@ fn reference_claims(json: &[u8]) -> Option<Result<Claims, Reject>> {
             publish,
             sid: string(by_name.get("sid"))?,
             jti: string(by_name.get("jti"))?,
+            amr,
         })
     })();
     match c {
@@ -576,6 +583,7 @@ fn reference_claims(json: &[u8]) -> Option<Result<Claims, Reject>> {
 fn property_claims_parse_agrees_with_serde_json_reference() {
     let seeds = [
         r#"{"sub":"agent-7","exp":1700000600,"nbf":1699999000.5,"iat":1700000000,"iss":"hq","aud":["hub","x"],"clearance":3,"channels":["ops","team.*"],"publish":true,"sid":"s\u00e9","jti":"j","x":{"y":[1,null]}}"#,
+        r#"{"sub":"a","exp":1700000600,"amr":["pwd","otp"]}"#,
         r#" { "sub" : "a" , "exp" : 17e8 , "aud" : "hub" , "publish" : false , "clearance" : 0 } "#,
     ];
     let noise = br#"{}[]",:0123456789.eE+-\ tfnul"subexpiatclearancepublish"#;
@@ -636,4 +644,33 @@ fn property_mutated_headers_never_panic() {
         }
     }
     assert!(accepted > 1_000, "{accepted}");
+}
+
+/// RFC 8176 §2 / SPEC §11: `amr` is an array of strings; anything else is
+/// `invalid_claims`, and `tessera verify` shows it as signed.
+#[test]
+fn rfc8176_2_amr_claim() {
+    let ok = forge(HS, r#"{"sub":"a","exp":2000000000,"amr":["pwd","otp"]}"#, &keys());
+    let c = verify(&ok, &keys(), &VerifyOptions::default(), NOW).unwrap();
+    assert!(c.has_amr("otp") && c.has_amr("pwd") && !c.has_amr("mfa"));
+    assert!(serde_json::to_string(&c).unwrap().contains(r#""amr":["pwd","otp"]"#));
+    let none = forge(HS, r#"{"sub":"a","exp":2000000000}"#, &keys());
+    assert!(
+        !verify(&none, &keys(), &VerifyOptions::default(), NOW)
+            .unwrap()
+            .has_amr("otp")
+    );
+    for bad in [r#""otp""#, "[1]", r#"["otp",null]"#, "{}"] {
+        let t = forge(HS, &format!(r#"{{"sub":"a","exp":2000000000,"amr":{bad}}}"#), &keys());
+        assert_eq!(
+            verify(&t, &keys(), &VerifyOptions::default(), NOW).unwrap_err(),
+            Reject::InvalidClaims,
+            "{bad}"
+        );
+    }
+    let twice = forge(HS, r#"{"sub":"a","exp":2000000000,"amr":[],"amr":[]}"#, &keys());
+    assert_eq!(
+        verify(&twice, &keys(), &VerifyOptions::default(), NOW).unwrap_err(),
+        Reject::MalformedToken
+    );
 }

@@ -8,9 +8,18 @@
 //! that hands out a refresh token is sent only once the state holding it is
 //! on disk (with `--state`): [`Persist`] groups concurrent changes into one
 //! atomic write.
+//!
+//! The second factor (SPEC §11) is looked at only after a correct password,
+//! so a wrong password reads the same with or without it: `mfa_required`
+//! when the code is missing, `invalid_otp` when it is wrong, malformed or
+//! used already (the used step is saved with the session before the token
+//! goes out), 403 `mfa_not_enrolled` under `--mfa-min-clearance` without a
+//! secret. Every 401 counts toward the address's throttle. No code or secret
+//! is ever logged.
 
 use super::{Shared, socket};
 use crate::auth::state_file;
+use crate::auth::totp;
 use crate::auth::users::{PasswordHash, User};
 use crate::commands::now_unix;
 use crate::gate::{self, Rejection};
@@ -161,6 +170,8 @@ fn cookie(shared: &Shared, name: &str, value: &str, path: &str, max_age: u64) ->
 fn token_response(shared: &Shared, user: &User, sid: &str, refresh: &str, now: u64) -> Response {
     let cfg = &shared.cfg;
     let exp = now + cfg.access_ttl;
+    // RFC 8176: how the login was made; refreshes keep it.
+    let amr = shared.sessions.borrow().amr(sid);
     let claims = Claims {
         sub: user.name.clone(),
         exp: exp as f64,
@@ -173,6 +184,7 @@ fn token_response(shared: &Shared, user: &User, sid: &str, refresh: &str, now: u
         sid: Some(sid.to_string()),
         jti: None,
         nbf: None,
+        amr: (!amr.is_empty()).then_some(amr),
     };
     let access = match jwt::sign(&claims, &shared.keys(), None) {
         Ok(t) => t,
@@ -220,6 +232,10 @@ pub async fn login(shared: &Shared, req: &Request, body: &[u8], peer: SocketAddr
     struct Body {
         username: String,
         password: String,
+        /// SPEC §11: the one-time code; anything but a string is a
+        /// malformed code (`invalid_otp`), `null` is no code.
+        #[serde(default)]
+        otp: Option<serde_json::Value>,
     }
     let Ok(b) = serde_json::from_slice::<Body>(body) else {
         return Response::error(400, "bad_request", "body must be {\"username\":…,\"password\":…}");
@@ -249,22 +265,13 @@ pub async fn login(shared: &Shared, req: &Request, body: &[u8], peer: SocketAddr
     let user = match (ok, user) {
         (true, Some(u)) => u,
         _ => {
-            crate::metrics::add(&shared.metrics.logins_failed, 1);
-            shared.log.info(
-                "login_failed",
-                &[("user", (&b.username).into()), ("peer", (&peer.to_string()).into())],
-            );
-            if shared.throttle.borrow_mut().failure(peer.ip(), now) {
-                shared.log.warn(
-                    "ip_throttled",
-                    &[
-                        ("peer", (&peer.ip().to_string()).into()),
-                        ("seconds", crate::throttle::WINDOW_SECS.into()),
-                    ],
-                );
-            }
+            login_failed(shared, &b.username, peer, now, "invalid_credentials");
             return Response::error(401, "invalid_credentials", "unknown user or wrong password");
         }
+    };
+    let amr = match second_factor(shared, &user, b.otp.as_ref(), peer) {
+        Ok(amr) => amr,
+        Err(r) => return r,
     };
     let (Some(sid_bytes), Some(tok)) = (random::<16>(), random::<32>()) else {
         return Response::error(503, "busy", "no randomness from the OS");
@@ -277,6 +284,7 @@ pub async fn login(shared: &Shared, req: &Request, body: &[u8], peer: SocketAddr
         sid_bytes,
         tok,
     );
+    shared.sessions.borrow_mut().set_amr(&sid, amr);
     let response = token_response(shared, &user, &sid, &refresh, now);
     if !shared.persist.commit().await {
         return Response::error(503, "state_unavailable", "the state file could not be written");
@@ -287,6 +295,78 @@ pub async fn login(shared: &Shared, req: &Request, body: &[u8], peer: SocketAddr
         &[("user", (&user.name).into()), ("peer", (&peer.to_string()).into())],
     );
     response
+}
+
+/// Counts and logs a failed login (`reason` is a code, never what was
+/// sent); a 401 also counts toward the address's throttle (SPEC §7).
+fn login_failed(shared: &Shared, username: &str, peer: SocketAddr, now: u64, reason: &'static str) {
+    crate::metrics::add(&shared.metrics.logins_failed, 1);
+    shared.log.info(
+        "login_failed",
+        &[
+            ("user", username.into()),
+            ("peer", (&peer.to_string()).into()),
+            ("reason", reason.into()),
+        ],
+    );
+    if reason != "mfa_not_enrolled" && shared.throttle.borrow_mut().failure(peer.ip(), now) {
+        shared.log.warn(
+            "ip_throttled",
+            &[
+                ("peer", (&peer.ip().to_string()).into()),
+                ("seconds", crate::throttle::WINDOW_SECS.into()),
+            ],
+        );
+    }
+}
+
+/// The second factor after a correct password (SPEC §11): the `amr` of the
+/// login, or the refusal. An accepted code's step is marked used at once
+/// (no await between the check and the mark), so two logins racing with
+/// one code cannot both pass.
+fn second_factor(
+    shared: &Shared,
+    user: &User,
+    otp: Option<&serde_json::Value>,
+    peer: SocketAddr,
+) -> Result<&'static [&'static str], Response> {
+    let now = now_unix();
+    let Some(secret) = &user.totp else {
+        if shared.cfg.gate.needs_mfa(user.clearance) {
+            login_failed(shared, &user.name, peer, now, "mfa_not_enrolled");
+            return Err(Response::error(
+                403,
+                "mfa_not_enrolled",
+                "your clearance needs a second factor; ask for TOTP enrolment (tessera useradd --totp)",
+            ));
+        }
+        return Ok(&["pwd"]);
+    };
+    let Some(otp) = otp else {
+        login_failed(shared, &user.name, peer, now, "mfa_required");
+        return Err(Response::error(
+            401,
+            "mfa_required",
+            "send the 6-digit code of your authenticator app as \"otp\"",
+        ));
+    };
+    // A JSON number or anything else but a string is a malformed code.
+    let code = otp.as_str().unwrap_or("");
+    let last = shared.sessions.borrow().totp_last_step(&user.name);
+    match totp::check(secret, code, now, last) {
+        Some(step) => {
+            shared.sessions.borrow_mut().use_totp_step(&user.name, step);
+            Ok(&["pwd", "otp"])
+        }
+        None => {
+            login_failed(shared, &user.name, peer, now, "invalid_otp");
+            Err(Response::error(
+                401,
+                "invalid_otp",
+                "the code is wrong, malformed or already used; wait for the next one",
+            ))
+        }
+    }
 }
 
 #[derive(Deserialize, Default)]

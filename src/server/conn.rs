@@ -213,6 +213,10 @@ async fn publish(shared: &Shared, req: &Request, body: &[u8], peer: SocketAddr) 
         Ok(c) => c,
         Err(r) => return Rejection::Token(r).response(),
     };
+    // SPEC §11: the same second-factor rule as the handshake.
+    if shared.cfg.gate.needs_mfa(claims.clearance) && !claims.has_amr("otp") {
+        return Rejection::MfaRequired.response();
+    }
     if !is_json(req) {
         return Response::error(415, "unsupported_media_type", "send Content-Type: application/json");
     }

@@ -137,6 +137,7 @@ impl Config {
                 allowed_origins: a.allowed_origin.clone(),
                 allow_query_token: a.allow_query_token,
                 tls: tls.is_some(),
+                mfa_min_clearance: a.mfa_min_clearance,
             },
             levels,
             max_connections: a.max_connections,
@@ -465,6 +466,7 @@ fn load_users(cfg: &Config) -> Result<(UsersFile, Vec<(String, String)>), Failur
                 publish,
                 channels: Vec::new(),
                 hash,
+                totp: None,
             });
             passwords.push((name.to_string(), pw));
         }

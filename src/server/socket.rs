@@ -720,6 +720,14 @@ fn command(
                 let rej = Rejection::InsufficientClearance;
                 return vec![protocol::error(rej.code(), "the new token's clearance is too low", r)];
             }
+            if shared.cfg.gate.needs_mfa(c.clearance) && !c.has_amr("otp") {
+                let rej = Rejection::MfaRequired;
+                return vec![protocol::error(
+                    rej.code(),
+                    "the new token's login had no one-time code",
+                    r,
+                )];
+            }
             let new_rights = Rights::from_claims(&c);
             let dropped = shared.hub.borrow_mut().update_rights(id, new_rights.clone());
             *rights = new_rights;
