@@ -9,6 +9,7 @@
 //! - [`protocol`]: WebSocket messages;
 //! - [`hub`]: channels, subscriptions, fan-out to bounded queues;
 //! - [`throttle`]: failed-authentication limits per address;
+//! - [`events`]: the bounded ring of security events (SPEC §13);
 //! - [`log`], [`metrics`]: events and counters.
 //!
 //! [`server`] is the thin async shell that owns sockets and timers;
@@ -19,6 +20,7 @@ pub mod agent;
 pub mod auth;
 pub mod cli;
 pub mod commands;
+pub mod events;
 pub mod gate;
 pub mod history;
 pub mod http;
