@@ -4,6 +4,7 @@
 
 use super::{Shared, socket};
 use crate::commands::now_unix;
+use crate::events::Kind;
 use crate::gate::{self, Context, Rejection};
 use crate::http::{self, BodyLength, Head, Request, Response, Route};
 use crate::hub::Rights;
@@ -91,6 +92,9 @@ pub async fn serve_connection(
             Route::Logout => super::auth::logout(&shared, &req, &body, peer).await,
             // Boxed: the wait for room must not size every connection's task.
             Route::Publish => Box::pin(publish(&shared, &req, &body, peer)).await,
+            Route::AdminConnections | Route::AdminEvents | Route::AdminRevoke => {
+                Box::pin(super::admin::handle(&shared, &req, route, &body, peer)).await
+            }
             _ => respond(&shared, &req, route),
         };
         let head_only = req.method == "HEAD";
@@ -186,7 +190,12 @@ fn respond(shared: &Shared, req: &Request, route: Route) -> Response {
         }
         Route::Console => super::console::page(req),
         Route::NotFound => Response::error(404, "not_found", "no such path"),
-        Route::Login | Route::Refresh | Route::Logout => Response::error(500, "internal", "routed elsewhere"),
+        Route::Login
+        | Route::Refresh
+        | Route::Logout
+        | Route::AdminConnections
+        | Route::AdminEvents
+        | Route::AdminRevoke => Response::error(500, "internal", "routed elsewhere"),
         Route::WebSocket => Response::error(426, "upgrade_required", "GET /ws is a WebSocket endpoint"),
     }
 }
@@ -391,6 +400,10 @@ async fn upgrade(shared: Rc<Shared>, stream: Stream, buf: Vec<u8>, req: Request,
         }
         (_, Some(Err(rej))) => {
             shared.metrics.reject(rej.code());
+            if !matches!(rej, Rejection::Throttled(_) | Rejection::ServerFull) {
+                shared.metrics.auth_failure(rej.code());
+            }
+            super::admin::security_event(&shared, Kind::WsReject, rej.code(), Some(&peer_s), None, None);
             shared.log.info(
                 "ws_reject",
                 &[
@@ -400,6 +413,8 @@ async fn upgrade(shared: Rc<Shared>, stream: Stream, buf: Vec<u8>, req: Request,
                 ],
             );
             if rej.is_auth_failure() && shared.throttle.borrow_mut().failure(peer.ip(), now) {
+                let ip = peer.ip().to_string();
+                super::admin::security_event(&shared, Kind::IpThrottled, "too_many_failures", Some(&ip), None, None);
                 shared.log.warn(
                     "ip_throttled",
                     &[
@@ -411,6 +426,7 @@ async fn upgrade(shared: Rc<Shared>, stream: Stream, buf: Vec<u8>, req: Request,
         }
         (Err(e), _) => {
             shared.metrics.reject("bad_handshake");
+            super::admin::security_event(&shared, Kind::WsReject, "bad_handshake", Some(&peer_s), None, None);
             shared.log.info(
                 "ws_reject",
                 &[

@@ -7,6 +7,7 @@
 //! ticker. [`conn`] serves one TCP connection's HTTP requests; [`socket`]
 //! runs one authenticated WebSocket.
 
+mod admin;
 mod auth;
 mod conn;
 mod console;
@@ -31,6 +32,7 @@ use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::Duration;
 
+pub use admin::operator_rule;
 pub use socket::ConnHandle;
 
 /// Everything `serve` was told, validated.
@@ -55,6 +57,8 @@ pub struct Config {
     pub handshake_timeout: Duration,
     pub log_format: Format,
     pub demo: bool,
+    /// `--admin-min-clearance` (SPEC §13); `None`: the admin API is off.
+    pub admin_min_clearance: Option<u32>,
     /// `--tls-cert` and `--tls-key`.
     pub tls: Option<(PathBuf, PathBuf)>,
 }
@@ -153,6 +157,7 @@ impl Config {
             handshake_timeout: Duration::from_secs(a.handshake_timeout),
             log_format,
             demo: a.demo,
+            admin_min_clearance: a.admin_min_clearance.or(a.demo.then_some(5)),
             tls,
         })
     }
@@ -174,6 +179,8 @@ pub struct Shared {
     pub congested: RefCell<Vec<(crate::hub::ConnId, Rc<ConnHandle>)>>,
     /// Notified when a congested socket takes its queue.
     pub room: event_listener::Event,
+    /// Recent security events (SPEC §13), for `/admin/events`.
+    pub events: RefCell<crate::events::Events>,
     pub users: RefCell<Rc<UsersFile>>,
     /// Hashed against when a login names an unknown user.
     pub dummy_hash: PasswordHash,
@@ -245,6 +252,7 @@ pub fn serve(args: &cli::Serve) -> Result<(), Failure> {
         hub: RefCell::new(Hub::with_history(cfg.levels.clone(), history)),
         congested: RefCell::default(),
         room: event_listener::Event::new(),
+        events: RefCell::default(),
         dummy_hash: auth::dummy_hash(&users),
         users: RefCell::new(Rc::new(users)),
         sessions: RefCell::new(sessions),
