@@ -232,7 +232,11 @@ mod tests {
         // Kept: 6..=15.
         assert_eq!(ids(&r.page(None, 3)), [13, 14, 15]);
         assert_eq!(ids(&r.page(None, 100)), (6..=15).collect::<Vec<_>>());
-        assert_eq!(ids(&r.page(Some(0), 2)), [6, 7], "after an id long gone: the oldest kept");
+        assert_eq!(
+            ids(&r.page(Some(0), 2)),
+            [6, 7],
+            "after an id long gone: the oldest kept"
+        );
         assert_eq!(ids(&r.page(Some(9), 3)), [10, 11, 12]);
         assert_eq!(ids(&r.page(Some(14), 3)), [15]);
         assert!(r.page(Some(15), 3).is_empty());
@@ -245,8 +249,7 @@ mod tests {
     fn fields_are_clipped_and_json_has_the_spec_members() {
         let mut r = Events::default();
         let long = "é".repeat(200);
-        let e = r
-            .record(Kind::Revoked, "operator", Some("1.2.3.4:5"), Some(&long), Some("hq"), 7);
+        let e = r.record(Kind::Revoked, "operator", Some("1.2.3.4:5"), Some(&long), Some("hq"), 7);
         assert!(e.sub.as_ref().unwrap().len() <= MAX_FIELD);
         let v: serde_json::Value = serde_json::from_str(&e.to_json()).unwrap();
         for k in ["id", "ts", "event", "reason", "peer", "sub", "by"] {

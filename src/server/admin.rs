@@ -134,6 +134,8 @@ pub async fn handle(shared: &Shared, req: &Request, route: Route, body: &[u8], p
 struct Connection<'a> {
     conn: u64,
     sub: &'a str,
+    /// The session of its token (for `POST /admin/revoke {"sid"}`), if any.
+    sid: Option<String>,
     clearance: u32,
     peer: String,
     since_ms: u64,
@@ -153,6 +155,7 @@ fn connections(shared: &Shared) -> Response {
             Connection {
                 conn,
                 sub: &rights.sub,
+                sid: handle.session(),
                 clearance: rights.clearance,
                 peer: s.peer.to_string(),
                 since_ms: s.since_ms,
@@ -164,10 +167,7 @@ fn connections(shared: &Shared) -> Response {
         })
         .collect();
     list.sort_unstable_by_key(|c| c.conn);
-    Response::json(
-        200,
-        &serde_json::json!({ "connections": list, "now_ms": now_millis() }),
-    )
+    Response::json(200, &serde_json::json!({ "connections": list, "now_ms": now_millis() }))
 }
 
 /// `GET /admin/events?after=ID&limit=N`: oldest first; without `after`, the
@@ -193,10 +193,7 @@ fn events(shared: &Shared, req: &Request) -> Response {
     let limit = limit.map_or(DEFAULT_PAGE, |l| usize::try_from(l).unwrap_or(usize::MAX));
     let ring = shared.events.borrow();
     let page = ring.page(after, limit);
-    Response::json(
-        200,
-        &serde_json::json!({ "events": page, "last_id": ring.last_id() }),
-    )
+    Response::json(200, &serde_json::json!({ "events": page, "last_id": ring.last_id() }))
 }
 
 /// `POST /admin/revoke` with `{"sub":S}` or `{"sid":ID}`: revokes the
@@ -217,8 +214,14 @@ async fn revoke(shared: &Shared, req: &Request, body: &[u8], by: &Claims, peer: 
         sid: Option<String>,
     }
     let target = match serde_json::from_slice::<Body>(body) {
-        Ok(Body { sub: Some(s), sid: None }) if !s.is_empty() => Target::Sub(s),
-        Ok(Body { sub: None, sid: Some(s) }) if !s.is_empty() => Target::Sid(s),
+        Ok(Body {
+            sub: Some(s),
+            sid: None,
+        }) if !s.is_empty() => Target::Sub(s),
+        Ok(Body {
+            sub: None,
+            sid: Some(s),
+        }) if !s.is_empty() => Target::Sid(s),
         _ => return Response::error(400, "bad_request", "body must be {\"sub\":…} or {\"sid\":…}"),
     };
     let (revoked, sub) = {

@@ -623,7 +623,14 @@ where
     }
     if code.0 == 4008 {
         let sub = Some(rights.sub.as_str());
-        super::admin::security_event(&shared, Kind::SlowConsumer, "queue_over_depth", Some(&peer_s), sub, None);
+        super::admin::security_event(
+            &shared,
+            Kind::SlowConsumer,
+            "queue_over_depth",
+            Some(&peer_s),
+            sub,
+            None,
+        );
     }
     shared.log.info(
         "ws_close",
