@@ -7,7 +7,7 @@
 //! ```
 //! use tessera::protocol::{parse_client, Command};
 //! let m = parse_client(r#"{"type":"subscribe","channel":"ops","ref":7}"#).unwrap();
-//! assert!(matches!(m.command, Command::Subscribe(ref c) if c == "ops"));
+//! assert!(matches!(m.command, Command::Subscribe { ref channel, .. } if channel == "ops"));
 //! assert_eq!(m.reference.unwrap().get(), "7");
 //! ```
 
