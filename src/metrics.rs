@@ -20,6 +20,11 @@ pub struct Metrics {
     pub auth_failures: std::cell::RefCell<std::collections::BTreeMap<&'static str, u64>>,
     /// Security events recorded, by event (SPEC §13).
     pub security_events: std::cell::RefCell<std::collections::BTreeMap<&'static str, u64>>,
+    /// Gauges set before rendering: messages and frame bytes the history
+    /// retains, and the bytes of `--history-dir`.
+    pub history_messages: Cell<u64>,
+    pub history_bytes: Cell<u64>,
+    pub history_disk_bytes: Cell<u64>,
 }
 
 /// Adds `n` to a counter.
@@ -105,13 +110,32 @@ impl Metrics {
             ),
             (
                 "tessera_slow_consumers_total",
-                "Sockets closed with 4008 (outbound queue full).",
+                "Sockets closed with 4008 (slow consumer).",
                 &self.slow_consumers,
             ),
         ] {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", v.get());
         }
         self.render_security(&mut out);
+        for (name, help, v) in [
+            (
+                "tessera_history_messages",
+                "Messages retained for resume, all channels.",
+                &self.history_messages,
+            ),
+            (
+                "tessera_history_bytes",
+                "Bytes of retained messages (serialised frames).",
+                &self.history_bytes,
+            ),
+            (
+                "tessera_history_disk_bytes",
+                "Bytes of the --history-dir log (0 without it).",
+                &self.history_disk_bytes,
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {}", v.get());
+        }
         out
     }
 }
@@ -136,6 +160,8 @@ mod tests {
             "tessera_slow_consumers_total 0",
             "tessera_security_events_total{event=\"ws_reject\"} 0",
             "tessera_security_events_total{event=\"slow_consumer\"} 0",
+            "tessera_history_messages 0",
+            "tessera_history_disk_bytes 0",
         ] {
             assert!(t.contains(name), "{name} missing in\n{t}");
         }

@@ -5,9 +5,9 @@
 //! and never re-encoded.
 //!
 //! ```
-//! use tessera::protocol::{parse_client, Command};
-//! let m = parse_client(r#"{"type":"subscribe","channel":"ops","ref":7}"#).unwrap();
-//! assert!(matches!(m.command, Command::Subscribe { ref channel, .. } if channel == "ops"));
+//! use tessera::protocol::{parse_client, Command, Since};
+//! let m = parse_client(r#"{"type":"subscribe","channel":"ops","since":{"last":5},"ref":7}"#).unwrap();
+//! assert!(matches!(m.command, Command::Subscribe { ref channel, since: Some(Since::Last(5)) } if channel == "ops"));
 //! assert_eq!(m.reference.unwrap().get(), "7");
 //! ```
 
@@ -268,15 +268,22 @@ pub fn message(channel: &str, id: u64, ts_ms: u64, from: &str, data: &RawValue) 
         from: &'a str,
         data: &'a RawValue,
     }
-    serde_json::to_string(&Message {
+    // Sized up front: the frame may be kept in the history for an hour, and
+    // `to_string`'s doubling growth would keep up to twice its length.
+    let mut out = Vec::with_capacity(96 + channel.len() + from.len() + data.get().len());
+    let m = Message {
         kind: "message",
         channel,
         id,
         ts: ts_ms,
         from,
         data,
-    })
-    .unwrap_or_default()
+    };
+    if serde_json::to_writer(&mut out, &m).is_err() {
+        return String::new();
+    }
+    out.shrink_to_fit();
+    String::from_utf8(out).unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -102,10 +102,53 @@ fn spec4_3_websocket_burst_far_over_queue_depth_reaches_every_reader() {
     assert!(m.contains("tessera_slow_consumers_total 0"), "{m}");
 }
 
+/// `POST /publish` × `n` pipelined on one keep-alive connection (written
+/// all at once by a writer thread while this one reads the answers); the
+/// status of each answer.
+fn pipelined_publishes(addr: std::net::SocketAddr, token: &str, channel: &str, n: u64) -> Vec<u16> {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let stream = std::net::TcpStream::connect(addr).unwrap();
+    let mut w = stream.try_clone().unwrap();
+    let mut reqs = Vec::new();
+    for i in 0..n {
+        let body = json!({"channel":channel,"data":i}).to_string();
+        reqs.extend_from_slice(
+            format!(
+                "POST /publish HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        );
+    }
+    let writer = std::thread::spawn(move || w.write_all(&reqs).unwrap());
+    let mut r = BufReader::new(stream);
+    let mut statuses = Vec::new();
+    for _ in 0..n {
+        let mut line = String::new();
+        r.read_line(&mut line).unwrap();
+        statuses.push(line.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0));
+        let mut len = 0;
+        loop {
+            let mut h = String::new();
+            r.read_line(&mut h).unwrap();
+            if h == "\r\n" || h.is_empty() {
+                break;
+            }
+            if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+                len = v.trim().parse().unwrap();
+            }
+        }
+        let mut body = vec![0; len];
+        r.read_exact(&mut body).unwrap();
+    }
+    writer.join().unwrap();
+    statuses
+}
+
 #[test]
 fn spec4_3_http_burst_from_many_connections_reaches_every_reader() {
-    const THREADS: u64 = 8;
-    const EACH: u64 = 250;
+    const THREADS: u64 = 4;
+    const EACH: u64 = 500;
     let s = Server::start(&["--queue-depth", "16"]);
     block_on(async {
         let mut subs = Vec::new();
@@ -116,15 +159,7 @@ fn spec4_3_http_burst_from_many_connections_reaches_every_reader() {
         }
         let addr = s.addr;
         let publishers: Vec<_> = (0..THREADS)
-            .map(|_| {
-                std::thread::spawn(move || {
-                    let t = hq();
-                    for n in 0..EACH {
-                        let r = publish_as(addr, &t, &json!({"channel":"burst","data":n}).to_string());
-                        assert_eq!(status(&r), 202, "{r}");
-                    }
-                })
-            })
+            .map(|_| std::thread::spawn(move || pipelined_publishes(addr, &hq(), "burst", EACH)))
             .collect();
         let total = (THREADS * EACH) as usize;
         join_all(subs.iter_mut().map(|ws| async move {
@@ -133,7 +168,7 @@ fn spec4_3_http_burst_from_many_connections_reaches_every_reader() {
         }))
         .await;
         for p in publishers {
-            p.join().unwrap();
+            assert!(p.join().unwrap().iter().all(|&c| c == 202));
         }
     });
     assert!(!s.logs().contains("\"code\":4008"), "{}", s.logs());
@@ -243,6 +278,9 @@ fn spec10_every_since_form() {
         assert_eq!(r["recovered"], true);
         assert_eq!(ids(&mut ws, "c", 6).await, [1, 2, 3, 4, 5, 6]);
     });
+    let m = http(s.addr, "GET", "/metrics", &[], "");
+    assert!(m.contains("tessera_history_messages 6\n"), "{m}");
+    assert!(m.contains("tessera_history_disk_bytes 0\n"), "{m}");
 }
 
 #[test]
@@ -488,4 +526,164 @@ fn spec4_3_publishers_that_subscribe_to_their_own_burst_are_not_closed() {
         .await;
     });
     assert!(!s.logs().contains("\"code\":4008"), "{}", s.logs());
+}
+
+fn temp_dir(tag: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("tessera-history-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+/// The `.log` segment files in `dir`.
+fn segments(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut v: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .collect();
+    v.sort();
+    v
+}
+
+/// Resumes `channel` from offset 0 of `epoch` and returns `subscribed` and
+/// the ids replayed (`n` of them).
+fn resume_all(s: &Server, channel: &str, epoch: &str, n: usize) -> (Value, Vec<u64>) {
+    block_on(async {
+        let (mut ws, _) = ws_bearer(s.addr, &token("reader", 0, 600, |_| {})).await;
+        let r = subscribe(&mut ws, channel, Some(json!({"epoch":epoch,"offset":0}))).await;
+        let got = ids(&mut ws, channel, n).await;
+        quiet(&mut ws).await;
+        (r, got)
+    })
+}
+
+#[test]
+fn spec10_history_dir_survives_sigterm_with_the_same_epoch() {
+    let dir = temp_dir("term");
+    let d = dir.to_str().unwrap();
+    let mut s = Server::start(&["--history-dir", d]);
+    let mut epoch = String::new();
+    for n in 1..=20 {
+        epoch = publish_http(&s, "ops", json!(n))["epoch"].as_str().unwrap().into();
+    }
+    // And one over WebSocket.
+    block_on(async {
+        let (mut p, _) = ws_bearer(s.addr, &hq()).await;
+        send(&mut p, json!({"type":"publish","channel":"ops","data":21})).await;
+        let a = recv(&mut p).await;
+        assert_eq!((a["id"].as_u64(), a["epoch"].as_str()), (Some(21), Some(&*epoch)));
+    });
+    s.signal("TERM");
+    assert_eq!(s.wait_exit(Duration::from_secs(5)), Some(0));
+    let s = Server::start(&["--history-dir", d]);
+    s.wait_log(&["history_loaded", "\"records\":21"]);
+    let (r, got) = resume_all(&s, "ops", &epoch, 21);
+    assert_eq!(
+        (r["epoch"].as_str(), r["offset"].as_u64(), r["recovered"].as_bool()),
+        (Some(&*epoch), Some(21), Some(true))
+    );
+    assert_eq!(got, (1..=21).collect::<Vec<_>>());
+    // Offsets go on from there, in the same epoch.
+    let b = publish_http(&s, "ops", json!(22));
+    assert_eq!((b["id"].as_u64(), b["epoch"].as_str()), (Some(22), Some(&*epoch)));
+    drop(s);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn spec10_history_dir_sigkill_loses_no_acknowledged_message() {
+    let dir = temp_dir("kill");
+    let d = dir.to_str().unwrap();
+    let s = Server::start(&["--history-dir", d]);
+    let mut epoch = String::new();
+    for n in 1..=200 {
+        epoch = publish_http(&s, "c", json!(n))["epoch"].as_str().unwrap().into();
+    }
+    s.signal("KILL");
+    drop(s);
+    let s = Server::start(&["--history-dir", d]);
+    let (r, got) = resume_all(&s, "c", &epoch, 100);
+    // --history 100: the last 100 are kept, the first 100 are gone.
+    assert_eq!(
+        (r["epoch"].as_str(), r["offset"].as_u64(), r["recovered"].as_bool()),
+        (Some(&*epoch), Some(200), Some(false))
+    );
+    assert_eq!(got, (101..=200).collect::<Vec<_>>());
+    drop(s);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn spec10_history_dir_torn_tail_is_cut_and_logged() {
+    let dir = temp_dir("torn");
+    let d = dir.to_str().unwrap();
+    let mut s = Server::start(&["--history-dir", d]);
+    let mut epoch = String::new();
+    for n in 1..=5 {
+        epoch = publish_http(&s, "c", json!(n))["epoch"].as_str().unwrap().into();
+    }
+    s.signal("TERM");
+    assert_eq!(s.wait_exit(Duration::from_secs(5)), Some(0));
+    // Garbage after the last record.
+    let seg = segments(&dir).pop().expect("a segment file");
+    let len = std::fs::metadata(&seg).unwrap().len();
+    {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new().append(true).open(&seg).unwrap();
+        f.write_all(b"\x17\x00\x00\x00garbage that is not a record").unwrap();
+    }
+    let mut s = Server::start(&["--history-dir", d]);
+    let line = s.wait_log(&["history_tail_cut"]);
+    assert!(line.contains(&format!("\"kept_bytes\":{len}")), "{line}");
+    let (r, got) = resume_all(&s, "c", &epoch, 5);
+    assert_eq!(r["recovered"], true);
+    assert_eq!(got, [1, 2, 3, 4, 5]);
+    s.signal("TERM");
+    assert_eq!(s.wait_exit(Duration::from_secs(5)), Some(0));
+    // A record cut in the middle (a write torn by a crash).
+    let seg = segments(&dir).pop().unwrap();
+    let len = std::fs::metadata(&seg).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&seg)
+        .unwrap()
+        .set_len(len - 7)
+        .unwrap();
+    let s = Server::start(&["--history-dir", d]);
+    s.wait_log(&["history_tail_cut"]);
+    let (r, got) = resume_all(&s, "c", &epoch, 4);
+    assert_eq!((r["epoch"].as_str(), r["offset"].as_u64()), (Some(&*epoch), Some(4)));
+    assert_eq!(got, [1, 2, 3, 4]);
+    drop(s);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn spec10_history_dir_space_is_bounded_by_the_same_limits() {
+    let dir = temp_dir("compact");
+    let d = dir.to_str().unwrap();
+    let mut s = Server::start(&["--history-dir", d, "--history", "10"]);
+    let pad = "y".repeat(10_000);
+    let mut epoch = String::new();
+    for _ in 0..500 {
+        epoch = publish_http(&s, "c", json!(pad))["epoch"].as_str().unwrap().into();
+    }
+    publish_http(&s, "quiet", json!(1));
+    s.wait_log(&["history_compacted"]);
+    let size: u64 = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum();
+    assert!(size < 4 << 20, "{size}");
+    s.signal("TERM");
+    assert_eq!(s.wait_exit(Duration::from_secs(5)), Some(0));
+    let s = Server::start(&["--history-dir", d, "--history", "10"]);
+    let (r, got) = resume_all(&s, "c", &epoch, 10);
+    assert_eq!(
+        (r["offset"].as_u64(), r["recovered"].as_bool()),
+        (Some(500), Some(false))
+    );
+    assert_eq!(got, (491..=500).collect::<Vec<_>>());
+    drop(s);
+    let _ = std::fs::remove_dir_all(&dir);
 }

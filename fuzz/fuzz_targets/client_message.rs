@@ -7,13 +7,20 @@
 
 use libfuzzer_sys::fuzz_target;
 use serde_json::value::RawValue;
-use tessera::hub::{self, Hub, Levels, Outbox, Rights};
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use tessera::hub::{self, Hub, Levels, Offer, Outbox, Rights};
 use tessera::protocol::{self, Command};
 
-struct Sink;
+#[derive(Default)]
+struct Sink(RefCell<VecDeque<hub::Frame>>);
 impl Outbox for Sink {
-    fn offer(&self, _: &hub::Frame) -> bool {
-        true
+    fn offer(&self, m: &hub::Frame) -> Offer {
+        self.0.borrow_mut().push_back(m.clone());
+        Offer::Queued
+    }
+    fn resume(&self, ch: &str, after: u64, rejoined: bool, head: hub::Frame, replay: Vec<(u64, hub::Frame)>) {
+        hub::splice_resume(&mut self.0.borrow_mut(), ch, after, rejoined, head, replay)
     }
 }
 
@@ -45,8 +52,13 @@ fuzz_target!(|data: &[u8]| {
         channels: None,
         publish: true,
     };
-    hub.join(1, agent.clone(), Sink);
-    hub.join(2, hq.clone(), Sink);
+    hub.join(1, agent.clone(), Sink::default());
+    hub.join(2, hq.clone(), Sink::default());
+    // Some history to replay.
+    let one = json("1");
+    for ch in ["ops", "team.a", "@agent-7"] {
+        let _ = hub.publish(&hq, ch, one, 0);
+    }
     match protocol::parse_client(text) {
         Err(bad) => {
             if let Some(r) = &bad.reference {
@@ -57,12 +69,31 @@ fuzz_target!(|data: &[u8]| {
         Ok(m) => {
             let r: Option<&RawValue> = m.reference.as_deref();
             match m.command {
-                Command::Subscribe(c) => {
-                    let a = hub.subscribe(1, &c);
-                    let b = hub.subscribe(2, &c);
+                Command::Subscribe { channel: c, since } => {
+                    let a = hub.subscribe_since(1, &c, since.as_ref(), r, 0);
+                    let b = hub.subscribe_since(2, &c, since.as_ref(), r, 0);
                     assert_eq!(a.is_ok(), hub::may_subscribe(&agent, &c, hub.levels()).is_ok());
                     if c.starts_with('@') && c != "@hq" {
                         assert!(b.is_err(), "personal channels are private");
+                    }
+                    // What was queued: the reply first, then this channel's
+                    // messages in strictly rising order.
+                    if let (Ok(s), Some(q)) = (&a, hub.outbox(1)) {
+                        let q = q.0.borrow();
+                        let texts: Vec<&str> = q.iter().map(|f| f.as_str()).collect();
+                        let head = texts.iter().position(|t| t.starts_with(r#"{"type":"subscribed""#));
+                        let head = head.expect("a subscribed reply");
+                        json_object(texts[head]);
+                        let ids: Vec<u64> = texts[head + 1..]
+                            .iter()
+                            .filter_map(|t| protocol::message_position(t))
+                            .map(|(ch, id)| {
+                                assert_eq!(ch, c);
+                                id
+                            })
+                            .collect();
+                        assert_eq!(ids.len(), s.replayed);
+                        assert!(ids.windows(2).all(|w| w[0] < w[1]));
                     }
                     let _ = hub.unsubscribe(1, &c);
                 }
@@ -78,7 +109,11 @@ fuzz_target!(|data: &[u8]| {
                     if let Ok(p) = hub.publish(&hq, &channel, &data, 0) {
                         assert!(p.id >= 1);
                     }
-                    json_object(&protocol::message(&channel, 1, 0, "hq", &data));
+                    let m = protocol::message(&channel, 1, 0, "hq", &data);
+                    json_object(&m);
+                    if hub::channel_name_ok(&channel) {
+                        assert_eq!(protocol::message_position(&m), Some((channel.as_str(), 1)));
+                    }
                 }
                 Command::Refresh(_) | Command::Ping => {}
             }

@@ -26,6 +26,8 @@
 //! assert_eq!(r.frames.iter().map(|f| f.0).collect::<Vec<_>>(), [2, 3]);
 //! ```
 
+pub mod disk;
+
 pub use crate::hub::Frame;
 use crate::protocol::Since;
 use sha2::{Digest, Sha256};

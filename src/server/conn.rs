@@ -182,6 +182,12 @@ fn respond(shared: &Shared, req: &Request, route: Route) -> Response {
         ),
         Route::Metrics => {
             shared.metrics.connections.set(shared.hub.borrow().len() as u64);
+            let hub = shared.hub.borrow();
+            let m = &shared.metrics;
+            m.history_messages.set(hub.history().retained_len() as u64);
+            m.history_bytes.set(hub.history().retained_bytes());
+            m.history_disk_bytes
+                .set(shared.disk.borrow().as_ref().map_or(0, |l| l.disk_bytes()));
             Response::with_body(200, "text/plain; version=0.0.4", shared.metrics.render().into_bytes())
         }
         Route::Publish => Response::error(500, "internal", "routed elsewhere"),

@@ -181,6 +181,12 @@ pub struct Shared {
     pub room: event_listener::Event,
     /// Recent security events (SPEC §13), for `/admin/events`.
     pub events: RefCell<crate::events::Events>,
+    /// The durable history log (`--history-dir`).
+    pub disk: RefCell<Option<crate::history::disk::Log>>,
+    /// Notified after an append: the sync task starts its interval.
+    pub disk_dirty: event_listener::Event,
+    /// A sync runs off the event loop now.
+    pub disk_syncing: Cell<bool>,
     pub users: RefCell<Rc<UsersFile>>,
     /// Hashed against when a login names an unknown user.
     pub dummy_hash: PasswordHash,
@@ -247,8 +253,15 @@ pub fn serve(args: &cli::Serve) -> Result<(), Failure> {
 
     let mut seed = [0u8; 32];
     getrandom::fill(&mut seed).map_err(|e| Failure::usage(format!("no randomness from the OS: {e}")))?;
-    let history = crate::history::History::new(cfg.history, seed);
+    let mut history = crate::history::History::new(cfg.history, seed);
+    let disk = match &cfg.history_dir {
+        Some(dir) => Some(open_history(dir, &mut history, &log)?),
+        None => None,
+    };
     let shared = Rc::new(Shared {
+        disk: RefCell::new(disk),
+        disk_dirty: event_listener::Event::new(),
+        disk_syncing: Cell::new(false),
         hub: RefCell::new(Hub::with_history(cfg.levels.clone(), history)),
         congested: RefCell::default(),
         room: event_listener::Event::new(),
@@ -316,6 +329,9 @@ async fn run(
     }
     ex.spawn(auth::persist_task(shared.clone())).detach();
     ex.spawn(expire_history(shared.clone())).detach();
+    if shared.disk.borrow().is_some() {
+        ex.spawn(sync_history(shared.clone())).detach();
+    }
     if shared.cfg.demo {
         print_demo(&shared, addr, demo_key, &demo_passwords);
         ex.spawn(demo_ticker(shared.clone())).detach();
@@ -358,6 +374,7 @@ async fn run(
         Timer::after(Duration::from_millis(20)).await;
     }
     auth::persist_now(&shared);
+    sync_history_now(&shared).await;
     log.info("stopped", &[]);
     Ok(())
 }
@@ -555,6 +572,151 @@ async fn demo_ticker(shared: Rc<Shared>) {
             Err(_) => continue,
         };
         let _ = socket::publish(&shared, &hq, "ops", &raw);
+    }
+}
+
+/// Opens `--history-dir`, logs every torn tail it cut, and fills `history`
+/// from it (records with an empty frame are channel markers: an epoch and a
+/// last offset). Exit 2 only for real I/O errors, never for content.
+fn open_history(
+    dir: &std::path::Path,
+    history: &mut crate::history::History,
+    log: &Logger,
+) -> Result<crate::history::disk::Log, Failure> {
+    let opened = crate::history::disk::Log::open(dir)
+        .map_err(|e| Failure::usage(format!("--history-dir {}: {e}", dir.display())))?;
+    for cut in &opened.cuts {
+        log.warn(
+            "history_tail_cut",
+            &[
+                ("file", (&cut.file.display().to_string()).into()),
+                ("kept_bytes", cut.kept_bytes.into()),
+                ("dropped_bytes", cut.dropped_bytes.into()),
+                ("reason", cut.reason.into()),
+            ],
+        );
+    }
+    let now = now_millis();
+    let (mut loaded, mut skipped) = (0u64, 0u64);
+    for rec in opened.records {
+        if !crate::hub::channel_name_ok(&rec.channel) || !crate::history::epoch_ok(&rec.epoch) {
+            skipped += 1;
+            continue;
+        }
+        if rec.frame.is_empty() {
+            history.restore_marker(&rec.channel, &rec.epoch, rec.offset);
+        } else {
+            history.restore(&rec.channel, &rec.epoch, rec.offset, rec.ts_ms, rec.frame.into(), now);
+            loaded += 1;
+        }
+    }
+    log.info(
+        "history_loaded",
+        &[
+            ("dir", (&dir.display().to_string()).into()),
+            ("records", loaded.into()),
+            ("retained", (history.retained_len() as u64).into()),
+            ("skipped", skipped.into()),
+            ("disk_bytes", opened.log.disk_bytes().into()),
+        ],
+    );
+    Ok(opened.log)
+}
+
+/// How long appended history may wait for its `fdatasync`.
+const SYNC_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Syncs the durable history about [`SYNC_INTERVAL`] after the first
+/// unsynced append (off the event loop), and compacts it when it holds far
+/// more than the history retains.
+async fn sync_history(shared: Rc<Shared>) {
+    loop {
+        let dirty = shared.disk_dirty.listen();
+        let unsynced = shared.disk.borrow().as_ref().is_some_and(|l| l.has_unsynced());
+        if !unsynced {
+            dirty.await;
+        }
+        Timer::after(SYNC_INTERVAL).await;
+        if shared.shutting_down.get() {
+            return;
+        }
+        let job = shared.disk.borrow_mut().as_mut().and_then(|l| l.take_sync_job());
+        if let Some(file) = job {
+            shared.disk_syncing.set(true);
+            let r = smol::unblock(move || file.sync_data()).await;
+            shared.disk_syncing.set(false);
+            if let Err(e) = r {
+                shared
+                    .log
+                    .warn("history_sync_failed", &[("error", (&e.to_string()).into())]);
+            }
+        }
+        compact_history(&shared);
+    }
+}
+
+/// Rewrites the disk log as what the history retains, when it has grown to
+/// far more than that (blocking, like the sync at shutdown; bounded by
+/// `--history-max-bytes`).
+fn compact_history(shared: &Shared) {
+    let mut disk = shared.disk.borrow_mut();
+    let Some(log) = disk.as_mut() else { return };
+    if log.disk_bytes() <= crate::history::disk::SEGMENT_BYTES {
+        return;
+    }
+    let hub = shared.hub.borrow();
+    let retained: u64 = hub
+        .history()
+        .retained()
+        .filter(durable)
+        .map(|r| crate::history::disk::Log::encoded_len(as_ref(r)))
+        .sum();
+    if !log.wants_compaction(retained) {
+        return;
+    }
+    let before = log.disk_bytes();
+    match log.compact(hub.history().retained().filter(durable).map(as_ref)) {
+        Ok(()) => shared.log.info(
+            "history_compacted",
+            &[
+                ("before_bytes", before.into()),
+                ("after_bytes", log.disk_bytes().into()),
+            ],
+        ),
+        Err(e) => shared
+            .log
+            .warn("history_compact_failed", &[("error", (&e.to_string()).into())]),
+    }
+}
+
+/// Whether a retained message belongs on disk: `$security` (SPEC §13)
+/// stays in memory.
+fn durable(r: &crate::history::Retained<'_>) -> bool {
+    r.channel != crate::hub::SECURITY
+}
+
+fn as_ref(r: crate::history::Retained<'_>) -> crate::history::disk::RecordRef<'_> {
+    crate::history::disk::RecordRef {
+        channel: r.channel,
+        epoch: r.epoch,
+        offset: r.offset,
+        ts_ms: r.ts_ms,
+        frame: r.frame,
+    }
+}
+
+/// At shutdown: wait for a sync in flight, then sync what is left.
+async fn sync_history_now(shared: &Shared) {
+    let until = std::time::Instant::now() + Duration::from_secs(2);
+    while shared.disk_syncing.get() && std::time::Instant::now() < until {
+        Timer::after(Duration::from_millis(10)).await;
+    }
+    if let Some(log) = shared.disk.borrow_mut().as_mut()
+        && let Err(e) = log.sync()
+    {
+        shared
+            .log
+            .warn("history_sync_failed", &[("error", (&e.to_string()).into())]);
     }
 }
 

@@ -38,6 +38,9 @@ use std::time::{Duration, Instant};
 /// taking its queue before it is closed with 4008.
 pub const STALL: Duration = Duration::from_secs(3);
 
+/// Bytes written within one batch that count as write progress.
+const PROGRESS_BYTES: usize = 16 * 1024;
+
 /// A live queue this many times `--queue-depth` long closes the socket at
 /// once (4008), whatever its progress.
 pub const HARD_CAP_FACTOR: usize = 4;
@@ -321,12 +324,29 @@ pub fn publish(
     channel: &str,
     data: &serde_json::value::RawValue,
 ) -> Result<Published, PublishError<std::io::Error>> {
+    let mut disk = shared.disk.borrow_mut();
     let result = shared
         .hub
         .borrow_mut()
-        .publish_with(rights, channel, data, now_millis(), |_rec| Ok::<(), std::io::Error>(()));
+        .publish_with(rights, channel, data, now_millis(), |rec| match disk.as_mut() {
+            Some(log) => log.append(crate::history::disk::RecordRef {
+                channel: rec.channel,
+                epoch: rec.epoch,
+                offset: rec.offset,
+                ts_ms: rec.ts_ms,
+                frame: rec.frame,
+            }),
+            None => Ok(()),
+        });
+    let appended = disk.is_some();
+    drop(disk);
     match &result {
-        Ok(p) => after_publish(shared, p),
+        Ok(p) => {
+            if appended {
+                shared.disk_dirty.notify(1);
+            }
+            after_publish(shared, p)
+        }
         Err(PublishError::Store(e)) => shared.log.warn(
             "history_append_failed",
             &[("channel", channel.into()), ("error", (&e.to_string()).into())],
@@ -381,9 +401,17 @@ where
 {
     let texts = msgs.iter().filter(|m| m.is_text()).count() as u64;
     let write = async {
+        // Write progress inside a long batch (a big replay on a slow link)
+        // counts too: every PROGRESS_BYTES taken by the socket.
+        let mut fed = 0usize;
         for m in msgs {
+            fed += m.len();
             if tx.feed(m).await.is_err() {
                 return Wrote::Failed;
+            }
+            if fed >= PROGRESS_BYTES {
+                fed = 0;
+                handle.progress_ms.set(mono_ms());
             }
         }
         if tx.flush().await.is_err() {
