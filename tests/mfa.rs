@@ -424,7 +424,8 @@ fn run_useradd(users: &Path, name: &str, pw: &str, extra: &[&str]) -> std::proce
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    c.stdin.take().unwrap().write_all(format!("{pw}\n").as_bytes()).unwrap();
+    // A refused flag exits before reading stdin: a broken pipe is fine.
+    let _ = c.stdin.take().unwrap().write_all(format!("{pw}\n").as_bytes());
     c.wait_with_output().unwrap()
 }
 
