@@ -506,6 +506,7 @@ const ops = {
   skew: 0, // server clock minus ours, in ms
   sort: { key: 'since_ms', dir: 1 },
   events: new Map(), // id -> event
+  drawPending: false, // an events redraw is scheduled
   armed: '', // the agent whose revoke awaits confirmation
   armedTimer: 0,
   presence: new Map(), // channel -> count
@@ -542,7 +543,17 @@ function opsMessage(m) {
   }
   if (m.type === 'message' && m.data && typeof m.data.id === 'number') {
     ops.events.set(m.data.id, m.data);
-    renderEvents();
+    // At most five redraws a second, however fast events come: a flood of
+    // refused upgrades must not make this page too slow to read its socket.
+    // (A timer, not an animation frame: those stop in a hidden tab, and the
+    // redraw is also what trims the list.)
+    if (!ops.drawPending) {
+      ops.drawPending = true;
+      setTimeout(() => {
+        ops.drawPending = false;
+        renderEvents();
+      }, 200);
+    }
   }
   return true; // subscribed/unsubscribed/errors of $security are ours
 }
