@@ -33,7 +33,7 @@ const CLOSE_WORDS = {
   1008: 'closed by policy',
   1009: 'message too big',
   4001: 'session expired, log in again',
-  4003: 'session revoked (logged out elsewhere or token reuse)',
+  4003: 'session revoked (logged out elsewhere, token reuse, or by an operator)',
   4008: 'too slow, reconnect',
 };
 
