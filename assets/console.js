@@ -42,7 +42,7 @@ const CLOSE_WORDS = {
   1008: 'closed by policy',
   1009: 'message too big',
   4001: 'session expired, log in again',
-  4003: 'session revoked (logged out elsewhere or token reuse)',
+  4003: 'session revoked (logged out elsewhere, token reuse, or by an operator)',
   4008: 'too slow, reconnect',
 };
 
@@ -96,6 +96,7 @@ function note(id, text, kind) {
 
 function showLogin(message) {
   clearTimeout(state.refreshTimer);
+  opsStop();
   localStorage.removeItem(SESSION_FLAG);
   state.me = null;
   $('live').hidden = true;
@@ -162,7 +163,7 @@ function renderSubs() {
     x.title = 'unsubscribe from ' + ch;
     x.setAttribute('aria-label', x.title);
     x.onclick = () => send({ type: 'unsubscribe', channel: ch });
-    li.append(ch, x);
+    li.append(ch, presenceBadge(ch), x);
     ul.append(li);
   }
 }
@@ -367,6 +368,7 @@ function connect() {
     } catch {
       return;
     }
+    if (ws === state.ws && opsMessage(m)) return; // operations view and presence
     if (m.type === 'welcome') {
       if (ws !== state.ws) return ws.close(1000); // superseded before it was ready
       welcomed = true;
@@ -383,6 +385,7 @@ function connect() {
       scheduleRefresh();
       setConnected(true);
       setStatus('connected as ' + m.sub, 'on');
+      opsStart();
       // The server subscribes every agent to its personal channel; the others
       // are asked for again and listed once the server says `subscribed`.
       // Every one of them, the personal channel too, is resumed (or shows its
@@ -551,6 +554,282 @@ function onError(m, what) {
   if (!what) return logEvent('error: ' + words, true);
   if (what.kind === 'publish') return note('pub-note', 'not published to ' + what.channel + ': ' + words, 'bad');
   note('sub-note', 'not subscribed to ' + what.channel + ': ' + words, 'bad');
+}
+
+// ---- operations view (SPEC §13) and presence ----
+//
+// Every agent sees, next to each subscribed channel, how many distinct
+// agents are subscribed to it now (the `presence` command, asked again
+// every 10 s). An operator (the server answers GET /admin/connections with
+// 200; others get 403, or 404 when the admin API is off) also sees the
+// live connections (polled every 3 s, sortable), the security events
+// (the last 100 from GET /admin/events, then live on the `$security`
+// channel, newest first, in plain words) and a revoke button per agent
+// that asks for confirmation. The admin requests carry the cookie; the
+// browser marks them same-origin (Sec-Fetch-Site, Origin on the POST).
+
+const EVENT_WORDS = {
+  ws_reject: 'socket refused',
+  login_failed: 'login failed',
+  ip_throttled: 'address blocked',
+  refresh_reused: 'refresh token reused',
+  revoked: 'sessions revoked',
+  slow_consumer: 'slow consumer closed',
+};
+const SERIOUS = new Set(['ip_throttled', 'refresh_reused', 'revoked']);
+
+const REASON_WORDS = {
+  missing_token: 'no token sent',
+  malformed_token: 'malformed token',
+  unsupported_alg: 'unsupported signing algorithm',
+  unknown_kid: 'unknown key id',
+  bad_signature: 'bad signature (forged, or signed with another key)',
+  invalid_claims: 'invalid claims',
+  token_expired: 'expired token',
+  token_not_yet_valid: 'token not yet valid',
+  wrong_issuer: 'wrong issuer',
+  wrong_audience: 'wrong audience',
+  token_revoked: 'token of a revoked session',
+  insufficient_clearance: 'clearance too low for this server',
+  origin_not_allowed: 'web page from another origin',
+  mfa_required: 'no one-time code at login',
+  too_many_attempts: 'address blocked for failures',
+  server_full: 'server at its connection limit',
+  bad_handshake: 'broken WebSocket handshake',
+  wrong_password: 'wrong password',
+  unknown_user: 'unknown user name',
+  invalid_otp: 'wrong one-time code',
+  mfa_not_enrolled: 'second factor not set up',
+  too_many_failures: '10 failed attempts within 60 s: blocked for 60 s',
+  refresh_token_reused: 'a used refresh token came back (possible theft): session revoked',
+  operator: 'by an operator',
+  queue_over_depth: 'stopped reading its updates',
+};
+
+const ops = {
+  on: false, // this page's agent is an operator
+  timer: 0, // connections poll
+  presenceTimer: 0,
+  conns: [],
+  skew: 0, // server clock minus ours, in ms
+  sort: { key: 'since_ms', dir: 1 },
+  events: new Map(), // id -> event
+  drawPending: false, // an events redraw is scheduled
+  armed: '', // the agent whose revoke awaits confirmation
+  armedTimer: 0,
+  presence: new Map(), // channel -> count
+  badges: new Map(), // channel -> its badge element
+};
+
+function presenceBadge(ch) {
+  const b = el('span', 'presence', ops.presence.has(ch) ? '· ' + ops.presence.get(ch) : '');
+  b.title = 'agents subscribed now';
+  ops.badges.set(ch, b);
+  return b;
+}
+
+function askPresence(ch) {
+  const ws = state.ws;
+  if (ws && ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify({ type: 'presence', channel: ch }));
+}
+
+function askAllPresence() {
+  for (const ch of state.subs) askPresence(ch);
+}
+
+// Messages for this part of the page; true when handled here.
+function opsMessage(m) {
+  if (m.type === 'presence') {
+    ops.presence.set(m.channel, m.subs.length);
+    const b = ops.badges.get(m.channel);
+    if (b) b.textContent = '· ' + m.subs.length;
+    return true;
+  }
+  if (m.channel !== '$security') {
+    if (m.type === 'subscribed') setTimeout(() => askPresence(m.channel), 0);
+    return false;
+  }
+  if (m.type === 'message' && m.data && typeof m.data.id === 'number') {
+    ops.events.set(m.data.id, m.data);
+    // At most five redraws a second, however fast events come: a flood of
+    // refused upgrades must not make this page too slow to read its socket.
+    // (A timer, not an animation frame: those stop in a hidden tab, and the
+    // redraw is also what trims the list.)
+    if (!ops.drawPending) {
+      ops.drawPending = true;
+      setTimeout(() => {
+        ops.drawPending = false;
+        renderEvents();
+      }, 200);
+    }
+  }
+  return true; // subscribed/unsubscribed/errors of $security are ours
+}
+
+async function adminGet(path) {
+  try {
+    const res = await fetch(path, { credentials: 'same-origin', cache: 'no-store' });
+    return res.ok ? await res.json() : { status: res.status };
+  } catch {
+    return { status: 0 };
+  }
+}
+
+// After every welcome: am I an operator? Then fill and follow the view.
+async function opsStart() {
+  clearInterval(ops.presenceTimer);
+  ops.presenceTimer = setInterval(askAllPresence, 10_000);
+  const first = await loadConns();
+  ops.on = !!first;
+  $('ops').hidden = !ops.on;
+  if (!ops.on) return;
+  const ws = state.ws;
+  if (ws && ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify({ type: 'subscribe', channel: '$security' }));
+  // What came while no socket listened (first load, or a reconnect).
+  const last = Math.max(0, ...ops.events.keys());
+  const page = await adminGet(last ? '/admin/events?limit=1000&after=' + last : '/admin/events?limit=100');
+  for (const e of page.events || []) ops.events.set(e.id, e);
+  renderEvents();
+  clearInterval(ops.timer);
+  ops.timer = setInterval(loadConns, 3000);
+}
+
+function opsStop() {
+  clearInterval(ops.timer);
+  clearInterval(ops.presenceTimer);
+  ops.on = false;
+  ops.events.clear();
+  $('ops').hidden = true;
+}
+
+async function loadConns() {
+  const r = await adminGet('/admin/connections');
+  if (!r.connections) return false;
+  ops.conns = r.connections;
+  ops.skew = r.now_ms - Date.now();
+  renderConns();
+  return true;
+}
+
+function age(ms) {
+  const s = Math.max(0, Math.round(ms / 1000));
+  if (s < 90) return s + ' s';
+  if (s < 5400) return Math.round(s / 60) + ' min';
+  return Math.round(s / 3600) + ' h';
+}
+
+function sortConns(list) {
+  const { key, dir } = ops.sort;
+  return list.slice().sort((a, b) => {
+    const x = a[key];
+    const y = b[key];
+    const c = typeof x === 'number' ? x - y : String(x).localeCompare(String(y), undefined, { numeric: true });
+    return c * dir || a.conn - b.conn;
+  });
+}
+
+function renderConns() {
+  const now = Date.now() + ops.skew;
+  const body = $('ops-conns').tBodies[0];
+  body.replaceChildren();
+  for (const c of sortConns(ops.conns)) {
+    const tr = document.createElement('tr');
+    if (state.me && c.sub === state.me.sub) tr.className = 'you';
+    const since = el('td', '', age(now - c.since_ms));
+    since.title = 'since ' + new Date(c.since_ms).toLocaleString();
+    tr.append(
+      el('td', '', c.sub),
+      el('td', '', c.peer),
+      since,
+      el('td', '', String(c.clearance)),
+      channelsCell(c.channels),
+      el('td', '', c.messages_in + ' / ' + c.messages_out),
+      el('td', '', String(c.queued)),
+      revokeCell(c.sub),
+    );
+    body.append(tr);
+  }
+  $('ops-count').textContent = ops.conns.length + ' open';
+  for (const b of document.querySelectorAll('button.sort')) {
+    b.dataset.dir = b.dataset.key === ops.sort.key ? String(ops.sort.dir) : '';
+  }
+}
+
+function channelsCell(channels) {
+  const td = el('td', 'chs', '');
+  for (const ch of channels) td.append(el('span', '', ch), ' ');
+  return td;
+}
+
+function revokeCell(sub) {
+  const td = document.createElement('td');
+  const b = el('button', 'revoke', 'Revoke');
+  b.type = 'button';
+  b.title = 'revoke every session of ' + sub + ' and close its sockets';
+  if (ops.armed === sub) {
+    b.className = 'revoke armed';
+    b.textContent = 'Confirm: revoke ' + sub;
+    const no = el('button', 'cancel', 'Cancel');
+    no.type = 'button';
+    no.onclick = () => arm('');
+    b.onclick = () => revokeAgent(sub);
+    td.append(b, no);
+  } else {
+    b.onclick = () => arm(sub);
+    td.append(b);
+  }
+  return td;
+}
+
+// The first click arms the button; a second within 8 s revokes.
+function arm(sub) {
+  clearTimeout(ops.armedTimer);
+  ops.armed = sub;
+  if (sub) ops.armedTimer = setTimeout(() => arm(''), 8000);
+  renderConns();
+}
+
+async function revokeAgent(sub) {
+  arm('');
+  note('ops-note', 'revoking ' + sub + '…');
+  let res;
+  try {
+    res = await post('/admin/revoke', { sub });
+  } catch {
+    return note('ops-note', 'cannot reach the server', 'bad');
+  }
+  if (!res.ok) return note('ops-note', 'not revoked: ' + (await reasonOf(res)), 'bad');
+  const r = await res.json();
+  const s = (n, one, many) => n + ' ' + (n === 1 ? one : many);
+  note('ops-note', sub + ': ' + s(r.revoked, 'session', 'sessions') + ' revoked, ' + s(r.closed, 'socket', 'sockets') + ' closed', 'ok');
+  loadConns();
+}
+
+function renderEvents() {
+  const ids = [...ops.events.keys()].sort((a, b) => b - a);
+  for (const id of ids.slice(300)) ops.events.delete(id);
+  const list = $('ops-events');
+  list.replaceChildren();
+  for (const id of ids.slice(0, 300)) {
+    const e = ops.events.get(id);
+    const li = document.createElement('li');
+    const what = el('span', SERIOUS.has(e.event) ? 'what high' : 'what', EVENT_WORDS[e.event] || e.event);
+    li.append(el('span', 'meta', time(e.ts) + '  '), what, ': ' + (REASON_WORDS[e.reason] || e.reason));
+    const who = [];
+    if (e.sub) who.push('agent ' + e.sub);
+    if (e.by) who.push('by ' + e.by);
+    if (e.peer) who.push('from ' + e.peer);
+    if (who.length) li.append(el('div', 'meta', who.join(' · ')));
+    list.append(li);
+  }
+}
+
+for (const b of document.querySelectorAll('button.sort')) {
+  b.onclick = () => {
+    const key = b.dataset.key;
+    ops.sort = { key, dir: ops.sort.key === key ? -ops.sort.dir : 1 };
+    renderConns();
+  };
 }
 
 // ---- wiring ----

@@ -149,6 +149,12 @@ pub struct Serve {
     /// this clearance need `otp` in its `amr` (403 mfa_required) [off]
     #[argh(option)]
     pub mfa_min_clearance: Option<u32>,
+    /// tokens with at least this clearance (and, with --mfa-min-clearance,
+    /// `otp` in `amr`) are operators: GET /admin/connections, GET
+    /// /admin/events, POST /admin/revoke and the `$security` channel
+    /// [off; 5 with --demo]
+    #[argh(option)]
+    pub admin_min_clearance: Option<u32>,
     /// clearance needed for a channel, NAME=LEVEL (repeatable; unlisted: 0)
     #[argh(option, from_str_fn(parse_channel_level))]
     pub channel: Vec<(String, u32)>,

@@ -512,6 +512,12 @@ pub enum Route {
     Login,
     Refresh,
     Logout,
+    /// `GET /admin/connections` (SPEC §13).
+    AdminConnections,
+    /// `GET /admin/events`.
+    AdminEvents,
+    /// `POST /admin/revoke`.
+    AdminRevoke,
     /// Known path, other method: 405 with this `Allow`.
     WrongMethod(&'static str),
     NotFound,
@@ -528,6 +534,9 @@ pub fn route(method: &str, path: &str) -> Route {
         "/auth/login" => ("POST", Route::Login),
         "/auth/refresh" => ("POST", Route::Refresh),
         "/auth/logout" => ("POST", Route::Logout),
+        "/admin/connections" => ("GET", Route::AdminConnections),
+        "/admin/events" => ("GET", Route::AdminEvents),
+        "/admin/revoke" => ("POST", Route::AdminRevoke),
         _ => return Route::NotFound,
     };
     if method == want || (want == "GET" && method == "HEAD") {
@@ -631,6 +640,9 @@ mod tests {
         assert_eq!(route("POST", "/ws"), Route::WrongMethod("GET"));
         assert_eq!(route("GET", "/auth/login"), Route::WrongMethod("POST"));
         assert_eq!(route("GET", "/nope"), Route::NotFound);
+        assert_eq!(route("GET", "/admin/events"), Route::AdminEvents);
+        assert_eq!(route("GET", "/admin/revoke"), Route::WrongMethod("POST"));
+        assert_eq!(route("POST", "/admin/connections"), Route::WrongMethod("GET"));
         assert_eq!(route("HEAD", "/healthz"), Route::Health);
     }
 

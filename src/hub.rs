@@ -202,6 +202,21 @@ pub fn may_subscribe(rights: &Rights, channel: &str, levels: &Levels) -> Result<
     general_access(rights, channel, levels)
 }
 
+/// The reserved channel of live security events (SPEC §13): operators only.
+/// `$` is not a channel-name character, so no other `$` name is valid.
+pub const SECURITY: &str = "$security";
+
+/// The `from` of messages the server itself publishes.
+pub const SERVER_SUB: &str = "$tessera";
+
+/// [`may_subscribe`], plus [`SECURITY`] for operators.
+pub fn may_read(rights: &Rights, operator: bool, channel: &str, levels: &Levels) -> Result<(), Denied> {
+    if channel == SECURITY {
+        return if operator { Ok(()) } else { Err(Denied::Forbidden) };
+    }
+    may_subscribe(rights, channel, levels)
+}
+
 /// May these rights publish to `channel`? Needs `publish`; a personal
 /// channel needs nothing more, others the same rights as reading.
 pub fn may_publish(rights: &Rights, channel: &str, levels: &Levels) -> Result<(), Denied> {
@@ -267,6 +282,8 @@ fn shrink_map<K: Eq + std::hash::Hash, V, S: std::hash::BuildHasher>(map: &mut H
 
 struct Conn<O> {
     rights: Rights,
+    /// May read [`SECURITY`] (SPEC §13).
+    operator: bool,
     subs: HashSet<Rc<str>>,
     outbox: O,
 }
@@ -399,6 +416,7 @@ impl<O: Outbox> Hub<O> {
             id,
             Conn {
                 rights,
+                operator: false,
                 subs: HashSet::new(),
                 outbox,
             },
@@ -463,7 +481,7 @@ impl<O: Outbox> Hub<O> {
         now_ms: u64,
     ) -> Result<Subscribed, Denied> {
         let conn = self.conns.get(&id).ok_or(Denied::Forbidden)?;
-        may_subscribe(&conn.rights, channel, &self.levels)?;
+        self.may_read(conn, channel)?;
         let rejoined = conn.subs.contains(channel);
         if !rejoined {
             if conn.subs.len() >= self.max_subscriptions {
@@ -508,7 +526,7 @@ impl<O: Outbox> Hub<O> {
 
     /// `unsubscribe`: always succeeds for a valid name.
     pub fn unsubscribe(&mut self, id: ConnId, channel: &str) -> Result<(), Denied> {
-        if !channel_name_ok(channel) {
+        if !channel_name_ok(channel) && channel != SECURITY {
             return Err(Denied::BadChannel);
         }
         if let Some(conn) = self.conns.get_mut(&id) {
@@ -565,13 +583,18 @@ impl<O: Outbox> Hub<O> {
         })
         .map_err(PublishError::Store)?;
         self.history.push(channel, id, ts_ms, msg.clone(), ts_ms);
+        Ok(self.offer_all(channel, &msg, id, next.epoch))
+    }
+
+    /// Offers `msg` to every subscriber of `channel`.
+    fn offer_all(&self, channel: &str, msg: &Frame, id: u64, epoch: Rc<str>) -> Published {
         let mut delivered = 0;
         let mut slow = Vec::new();
         let mut congested = Vec::new();
         if let Some(ch) = self.channels.get(channel) {
             for sid in &ch.subscribers {
                 if let Some(conn) = self.conns.get(sid) {
-                    match conn.outbox.offer(&msg) {
+                    match conn.outbox.offer(msg) {
                         Offer::Queued => delivered += 1,
                         Offer::Congested => {
                             delivered += 1;
@@ -582,13 +605,65 @@ impl<O: Outbox> Hub<O> {
                 }
             }
         }
-        Ok(Published {
+        Published {
             id,
-            epoch: next.epoch,
+            epoch,
             delivered,
             slow,
             congested,
-        })
+        }
+    }
+
+    /// Publishes to the reserved channel [`SECURITY`] as the server
+    /// (`from` is [`SERVER_SUB`]): no rights are checked, so only the shell
+    /// calls it. Kept in the in-memory history like any channel, so a
+    /// resuming operator gets what it missed; never written to disk.
+    pub fn publish_security(&mut self, data: &RawValue, ts_ms: u64) -> Published {
+        let next = self.history.next(SECURITY);
+        let msg = Frame::from(protocol::message(SECURITY, next.offset, ts_ms, SERVER_SUB, data));
+        self.history.push(SECURITY, next.offset, ts_ms, msg.clone(), ts_ms);
+        self.offer_all(SECURITY, &msg, next.offset, next.epoch)
+    }
+
+    /// Marks a connection as an operator (SPEC §13) or not: only operators
+    /// may subscribe to [`SECURITY`]. Call it before [`Hub::update_rights`]
+    /// when a refresh changes the token.
+    pub fn set_operator(&mut self, id: ConnId, operator: bool) {
+        if let Some(c) = self.conns.get_mut(&id) {
+            c.operator = operator;
+        }
+    }
+
+    /// Whether this connection may read `channel` now.
+    fn may_read(&self, conn: &Conn<O>, channel: &str) -> Result<(), Denied> {
+        may_read(&conn.rights, conn.operator, channel, &self.levels)
+    }
+
+    /// `presence` (SPEC §13): the distinct `sub`s subscribed to `channel`
+    /// now, sorted, for a connection that may subscribe to it.
+    pub fn presence(&self, id: ConnId, channel: &str) -> Result<Vec<String>, Denied> {
+        let conn = self.conns.get(&id).ok_or(Denied::Forbidden)?;
+        self.may_read(conn, channel)?;
+        let mut subs: Vec<String> = self
+            .channels
+            .get(channel)
+            .map(|ch| {
+                ch.subscribers
+                    .iter()
+                    .filter_map(|c| self.conns.get(c))
+                    .map(|c| c.rights.sub.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        subs.sort_unstable();
+        subs.dedup();
+        Ok(subs)
+    }
+
+    /// Every connection with its rights and subscriptions (for
+    /// `GET /admin/connections`).
+    pub fn connections(&self) -> impl Iterator<Item = (ConnId, &Rights, &HashSet<Rc<str>>, &O)> {
+        self.conns.iter().map(|(id, c)| (*id, &c.rights, &c.subs, &c.outbox))
     }
 
     /// Replaces a connection's rights after an in-band refresh and drops
@@ -600,9 +675,10 @@ impl<O: Outbox> Hub<O> {
         conn.rights = rights;
         let levels = &self.levels;
         let rights = &conn.rights;
+        let operator = conn.operator;
         let mut dropped: Vec<String> = Vec::new();
         conn.subs.retain(|c| {
-            let keep = may_subscribe(rights, c, levels).is_ok();
+            let keep = may_read(rights, operator, c, levels).is_ok();
             if !keep {
                 dropped.push(c.to_string());
             }
@@ -961,5 +1037,67 @@ mod tests {
         let raw = serde_json::value::to_raw_value(&1).unwrap();
         let p = hub.publish(&r("hq", 9, None, true), "ops", &raw, 0).unwrap();
         assert_eq!(p.delivered, 10);
+    }
+
+    #[test]
+    fn spec13_security_channel_is_for_operators_only() {
+        let mut hub = Hub::new(Levels::default());
+        let (qa, qb) = (q(10), q(10));
+        hub.join(1, r("hq", 5, None, true), qa.clone());
+        hub.join(2, r("a", 9, Some(&["*"]), true), qb.clone());
+        assert_eq!(hub.subscribe(1, SECURITY).map(|_| ()), Err(Denied::Forbidden));
+        hub.set_operator(1, true);
+        assert!(hub.subscribe(1, SECURITY).is_ok());
+        assert_eq!(hub.subscribe(2, SECURITY).map(|_| ()), Err(Denied::Forbidden));
+        for other in ["$other", "$", "$security2"] {
+            assert_eq!(hub.subscribe(1, other).map(|_| ()), Err(Denied::BadChannel), "{other}");
+        }
+        let hq = r("hq", 5, None, true);
+        assert_eq!(
+            hub.publish(&hq, SECURITY, &raw("1"), 0).map(|_| ()),
+            Err(Denied::BadChannel),
+            "nobody publishes there"
+        );
+        qa.texts();
+        let p = hub.publish_security(&raw(r#"{"id":1}"#), 5);
+        assert_eq!((p.id, p.delivered), (1, 1));
+        let got = qa.texts();
+        assert_eq!(ids(&got), ["$security#1"]);
+        assert!(got[0].contains(r#""from":"$tessera""#));
+        assert!(qb.texts().iter().all(|f| !f.contains("$security")));
+        // A refresh that ends operator rights drops the subscription.
+        hub.set_operator(1, false);
+        assert_eq!(hub.update_rights(1, hq.clone()), [SECURITY]);
+        hub.set_operator(1, true);
+        hub.subscribe(1, SECURITY).unwrap();
+        assert!(hub.update_rights(1, hq).is_empty(), "still an operator: kept");
+        assert_eq!(hub.unsubscribe(1, SECURITY), Ok(()));
+        assert!(!hub.is_subscribed(1, SECURITY));
+    }
+
+    #[test]
+    fn spec13_presence_lists_distinct_subs_for_readers_only() {
+        let lv = Levels([("secret".to_string(), 3)].into_iter().collect());
+        let mut hub = Hub::new(lv);
+        hub.join(1, r("b", 5, None, false), q(10));
+        hub.join(2, r("a", 5, None, false), q(10));
+        hub.join(3, r("a", 5, None, false), q(10));
+        hub.join(4, r("low", 0, None, false), q(10));
+        for id in 1..=3 {
+            hub.subscribe(id, "secret").unwrap();
+        }
+        assert_eq!(hub.presence(1, "secret").unwrap(), ["a", "b"]);
+        assert_eq!(hub.presence(4, "secret"), Err(Denied::Forbidden));
+        assert_eq!(hub.presence(4, "nobody-here").unwrap(), Vec::<String>::new());
+        assert_eq!(hub.presence(4, "@a"), Err(Denied::Forbidden));
+        assert_eq!(hub.presence(2, "@a").unwrap(), ["a"]);
+        assert_eq!(hub.presence(4, "bad name"), Err(Denied::BadChannel));
+        assert_eq!(hub.presence(4, SECURITY), Err(Denied::Forbidden));
+        hub.leave(3);
+        hub.unsubscribe(1, "secret").unwrap();
+        assert_eq!(hub.presence(2, "secret").unwrap(), ["a"]);
+        assert_eq!(hub.presence(99, "secret"), Err(Denied::Forbidden));
+        let n = hub.connections().count();
+        assert_eq!(n, 3);
     }
 }

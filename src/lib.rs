@@ -9,6 +9,7 @@
 //! - [`protocol`]: WebSocket messages;
 //! - [`hub`]: channels, subscriptions, fan-out to bounded queues;
 //! - [`throttle`]: failed-authentication limits per address;
+//! - [`events`]: the bounded ring of security events (SPEC §13);
 //! - [`log`], [`metrics`]: events and counters;
 //! - [`notify`]: systemd readiness and watchdog messages (`sd_notify`).
 //!
@@ -20,6 +21,7 @@ pub mod agent;
 pub mod auth;
 pub mod cli;
 pub mod commands;
+pub mod events;
 pub mod gate;
 pub mod history;
 pub mod http;

@@ -16,6 +16,10 @@ pub struct Metrics {
     pub messages_in: Cell<u64>,
     pub messages_out: Cell<u64>,
     pub slow_consumers: Cell<u64>,
+    /// Failed authentications by reason code (SPEC §13).
+    pub auth_failures: std::cell::RefCell<std::collections::BTreeMap<&'static str, u64>>,
+    /// Security events recorded, by event (SPEC §13).
+    pub security_events: std::cell::RefCell<std::collections::BTreeMap<&'static str, u64>>,
     /// Gauges set before rendering: messages and frame bytes the history
     /// retains, and the bytes of `--history-dir`.
     pub history_messages: Cell<u64>,
@@ -39,6 +43,39 @@ pub fn add(c: &Cell<u64>, n: u64) {
 impl Metrics {
     pub fn reject(&self, reason: &'static str) {
         *self.handshakes_rejected.borrow_mut().entry(reason).or_default() += 1;
+    }
+
+    /// Counts a failed authentication (a refused upgrade, login or refresh).
+    pub fn auth_failure(&self, reason: &'static str) {
+        *self.auth_failures.borrow_mut().entry(reason).or_default() += 1;
+    }
+
+    /// Counts a recorded security event.
+    pub fn security_event(&self, event: &'static str) {
+        *self.security_events.borrow_mut().entry(event).or_default() += 1;
+    }
+
+    /// `tessera_auth_failures_total` and `tessera_security_events_total`;
+    /// every event kind is listed, 0 or not.
+    fn render_security(&self, out: &mut String) {
+        let _ = writeln!(
+            out,
+            "# HELP tessera_auth_failures_total Failed authentications (upgrades, logins, refreshes) by reason."
+        );
+        let _ = writeln!(out, "# TYPE tessera_auth_failures_total counter");
+        for (reason, n) in self.auth_failures.borrow().iter() {
+            let _ = writeln!(out, "tessera_auth_failures_total{{reason=\"{reason}\"}} {n}");
+        }
+        let _ = writeln!(
+            out,
+            "# HELP tessera_security_events_total Security events recorded (GET /admin/events) by event."
+        );
+        let _ = writeln!(out, "# TYPE tessera_security_events_total counter");
+        let seen = self.security_events.borrow();
+        for kind in crate::events::Kind::ALL {
+            let n = seen.get(kind.as_str()).copied().unwrap_or(0);
+            let _ = writeln!(out, "tessera_security_events_total{{event=\"{}\"}} {n}", kind.as_str());
+        }
     }
 
     /// The exposition text.
@@ -102,6 +139,7 @@ impl Metrics {
         ] {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", v.get());
         }
+        self.render_security(&mut out);
         for (name, help, v) in [
             (
                 "tessera_history_messages",
@@ -148,10 +186,31 @@ mod tests {
             "tessera_messages_in_total 0",
             "tessera_messages_out_total 3",
             "tessera_slow_consumers_total 0",
+            "tessera_security_events_total{event=\"ws_reject\"} 0",
+            "tessera_security_events_total{event=\"slow_consumer\"} 0",
             "tessera_history_messages 0",
             "tessera_history_disk_bytes 0",
         ] {
             assert!(t.contains(name), "{name} missing in\n{t}");
+        }
+    }
+
+    #[test]
+    fn spec13_auth_failures_and_security_events_by_label() {
+        let m = Metrics::default();
+        m.auth_failure("bad_signature");
+        m.auth_failure("bad_signature");
+        m.auth_failure("wrong_password");
+        m.security_event("ws_reject");
+        let t = m.render();
+        for line in [
+            "# TYPE tessera_auth_failures_total counter",
+            "tessera_auth_failures_total{reason=\"bad_signature\"} 2",
+            "tessera_auth_failures_total{reason=\"wrong_password\"} 1",
+            "tessera_security_events_total{event=\"ws_reject\"} 1",
+            "tessera_security_events_total{event=\"revoked\"} 0",
+        ] {
+            assert!(t.contains(line), "{line} missing in\n{t}");
         }
     }
 }

@@ -29,6 +29,8 @@ pub enum Command {
     },
     Refresh(String),
     Ping,
+    /// `presence`: who is subscribed to a channel now (SPEC §13).
+    Presence(String),
 }
 
 /// Where a resuming subscriber stands (SPEC §10 `since`).
@@ -109,6 +111,7 @@ pub fn parse_client(text: &str) -> Result<ClientMessage, BadMessage> {
         },
         Some("refresh") => Command::Refresh(string(wire.token).ok_or_else(|| bad("token must be a string"))?),
         Some("ping") => Command::Ping,
+        Some("presence") => Command::Presence(string(wire.channel).ok_or_else(|| bad("channel must be a string"))?),
         _ => return Err(bad("unknown message type")),
     };
     Ok(ClientMessage { command, reference })
@@ -220,6 +223,26 @@ pub fn subscribed(
     .to_json()
 }
 
+/// `{"type":"presence","channel":C,"subs":[…][,"ref":R]}` (SPEC §13).
+pub fn presence(channel: &str, subs: &[String], reference: Option<&RawValue>) -> String {
+    #[derive(Serialize)]
+    struct Presence<'a> {
+        #[serde(rename = "type")]
+        kind: &'static str,
+        channel: &'a str,
+        subs: &'a [String],
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        reference: Option<&'a RawValue>,
+    }
+    serde_json::to_string(&Presence {
+        kind: "presence",
+        channel,
+        subs,
+        reference,
+    })
+    .unwrap_or_default()
+}
+
 /// The channel and id of a frame made by [`message`] (used to find frames
 /// of a channel still waiting in a queue); `None` for any other frame.
 pub fn message_position(frame: &str) -> Option<(&str, u64)> {
@@ -294,6 +317,23 @@ mod tests {
         assert!(parse_client(r#"{"type":"publish","channel":"c"}"#).is_err());
         assert!(parse_client(r#"[1]"#).is_err());
         assert!(parse_client(r#"{"type":"ping","type":"ping"}"#).is_err());
+    }
+
+    #[test]
+    fn spec13_presence_command_and_reply() {
+        let m = parse_client(r#"{"type":"presence","channel":"ops","ref":"p"}"#).unwrap();
+        assert!(matches!(m.command, Command::Presence(ref c) if c == "ops"));
+        assert!(parse_client(r#"{"type":"presence"}"#).is_err());
+        assert!(parse_client(r#"{"type":"presence","channel":["ops"]}"#).is_err());
+        let r = RawValue::from_string(r#""p""#.into()).unwrap();
+        assert_eq!(
+            presence("ops", &["a".into(), "b\"".into()], Some(&r)),
+            r#"{"type":"presence","channel":"ops","subs":["a","b\""],"ref":"p"}"#
+        );
+        assert_eq!(
+            presence("x", &[], None),
+            r#"{"type":"presence","channel":"x","subs":[]}"#
+        );
     }
 
     #[test]

@@ -115,6 +115,15 @@ fuzz_target!(|data: &[u8]| {
                         assert_eq!(protocol::message_position(&m), Some((channel.as_str(), 1)));
                     }
                 }
+                Command::Presence(c) => {
+                    // SPEC §13: answered exactly when the asker may read it.
+                    let p = hub.presence(1, &c);
+                    assert_eq!(p.is_ok(), hub::may_subscribe(&agent, &c, hub.levels()).is_ok());
+                    if let Ok(subs) = p {
+                        assert!(subs.windows(2).all(|w| w[0] < w[1]), "sorted, distinct");
+                        json_object(&protocol::presence(&c, &subs, r));
+                    }
+                }
                 Command::Refresh(_) | Command::Ping => {}
             }
             json_object(

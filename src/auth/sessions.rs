@@ -320,6 +320,21 @@ impl Sessions {
         }
     }
 
+    /// Revokes every live session of `sub`; returns their ids.
+    pub fn revoke_sub(&mut self, sub: &str) -> Vec<String> {
+        let mut sids: Vec<String> = self
+            .sessions
+            .iter_mut()
+            .filter(|(_, s)| s.sub == sub && !s.revoked)
+            .map(|(sid, s)| {
+                s.revoked = true;
+                sid.clone()
+            })
+            .collect();
+        sids.sort_unstable();
+        sids
+    }
+
     pub fn is_revoked(&self, sid: &str) -> bool {
         self.sessions.get(sid).is_some_and(|s| s.revoked)
     }
@@ -489,6 +504,22 @@ mod tests {
         let json = s.to_json();
         assert!(!json.contains(&t));
         assert_eq!(Sessions::from_json(&json).unwrap(), s);
+    }
+
+    #[test]
+    fn spec13_revoke_every_session_of_an_agent() {
+        let mut s = Sessions::default();
+        let (a1, t1) = s.login("a", 0, 100, 1000, [1; 16], [1; 32]);
+        let (a2, _) = s.login("a", 0, 100, 1000, [2; 16], [2; 32]);
+        let (b, tb) = s.login("b", 0, 100, 1000, [3; 16], [3; 32]);
+        let mut want = vec![a1.clone(), a2.clone()];
+        want.sort();
+        assert_eq!(s.revoke_sub("a"), want);
+        assert!(s.revoke_sub("a").is_empty(), "already revoked");
+        assert!(s.is_revoked(&a1) && s.is_revoked(&a2) && !s.is_revoked(&b));
+        assert_eq!(s.rotate(&t1, 1, 900, [9; 32]), Err(RefreshError::Revoked));
+        assert!(s.rotate(&tb, 1, 900, [8; 32]).is_ok());
+        assert!(s.revoke_sub("nobody").is_empty());
     }
 
     #[test]

@@ -24,6 +24,7 @@ use crate::auth::state_file;
 use crate::auth::totp;
 use crate::auth::users::{PasswordHash, User};
 use crate::commands::now_unix;
+use crate::events::Kind;
 use crate::gate::{self, Rejection};
 use crate::http::{Request, Response};
 use crate::jwt::{self, Claims};
@@ -406,6 +407,18 @@ fn login_failed(
     crate::metrics::add(&shared.metrics.logins_failed, 1);
     let shown = crate::log::clip(username, 64);
     let client_s = client.to_string();
+    // The event names a user only when one by that name exists: what was
+    // typed into the name field (maybe a password) is not kept.
+    let known = shared.users.borrow().get(username).is_some();
+    let why = match reason {
+        "invalid_credentials" if known => "wrong_password",
+        "invalid_credentials" => "unknown_user",
+        other => other,
+    };
+    shared.metrics.auth_failure(why);
+    let peer_s = peer.to_string();
+    let sub = known.then_some(username);
+    super::admin::security_event(shared, Kind::LoginFailed, why, Some(&peer_s), sub, None);
     shared.log.info(
         "login_failed",
         &[
@@ -418,6 +431,14 @@ fn login_failed(
     // 403 `mfa_not_enrolled` follows a correct password: nothing was guessed.
     let blocks = reserved.settle(reason != "mfa_not_enrolled");
     if blocks.address {
+        super::admin::security_event(
+            shared,
+            Kind::IpThrottled,
+            "too_many_failures",
+            Some(&client_s),
+            None,
+            None,
+        );
         shared.log.warn(
             "ip_throttled",
             &[
@@ -573,7 +594,17 @@ pub async fn refresh(shared: &Shared, req: &Request, body: &[u8], peer: SocketAd
             response
         }
         Err(e) => {
+            shared.metrics.auth_failure(e.code());
             if let crate::auth::sessions::RefreshError::Reused { sid } = &e {
+                let sub = shared.sessions.borrow().session(sid).map(|s| s.sub.clone());
+                super::admin::security_event(
+                    shared,
+                    Kind::RefreshReused,
+                    e.code(),
+                    Some(&peer_s),
+                    sub.as_deref(),
+                    None,
+                );
                 revoke_session(shared, sid);
                 shared.persist.commit().await;
                 shared

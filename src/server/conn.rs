@@ -8,6 +8,7 @@
 use super::pending::Admit;
 use super::{Shared, socket};
 use crate::commands::now_unix;
+use crate::events::Kind;
 use crate::gate::{self, Context, Rejection};
 use crate::http::{self, BodyLength, Expect, Head, Request, Response, Route};
 use crate::hub::Rights;
@@ -266,6 +267,9 @@ pub async fn serve_connection(
             Route::Logout => super::auth::logout(&shared, &req, &body, peer).await,
             // Boxed: the wait for room must not size every connection's task.
             Route::Publish => Box::pin(publish(&shared, &req, &body, peer)).await,
+            Route::AdminConnections | Route::AdminEvents | Route::AdminRevoke => {
+                Box::pin(super::admin::handle(&shared, &req, route, &body, peer)).await
+            }
             _ => respond(&shared, &req, route),
         };
         let head_only = req.method == "HEAD";
@@ -368,7 +372,12 @@ fn respond(shared: &Shared, req: &Request, route: Route) -> Response {
         }
         Route::Console => super::console::page(req),
         Route::NotFound => Response::error(404, "not_found", "no such path"),
-        Route::Login | Route::Refresh | Route::Logout => Response::error(500, "internal", "routed elsewhere"),
+        Route::Login
+        | Route::Refresh
+        | Route::Logout
+        | Route::AdminConnections
+        | Route::AdminEvents
+        | Route::AdminRevoke => Response::error(500, "internal", "routed elsewhere"),
         Route::WebSocket => Response::error(426, "upgrade_required", "GET /ws is a WebSocket endpoint"),
     }
 }
@@ -601,6 +610,10 @@ async fn upgrade(
         }
         (_, Some(Err(rej))) => {
             shared.metrics.reject(rej.code());
+            if !matches!(rej, Rejection::Throttled(_) | Rejection::ServerFull) {
+                shared.metrics.auth_failure(rej.code());
+            }
+            super::admin::security_event(&shared, Kind::WsReject, rej.code(), Some(&peer_s), None, None);
             shared.log.info(
                 "ws_reject",
                 &[
@@ -611,6 +624,8 @@ async fn upgrade(
                 ],
             );
             if rej.is_auth_failure() && shared.throttle.borrow_mut().failure(client, now) {
+                let ip = client.to_string();
+                super::admin::security_event(&shared, Kind::IpThrottled, "too_many_failures", Some(&ip), None, None);
                 shared.log.warn(
                     "ip_throttled",
                     &[
@@ -623,6 +638,7 @@ async fn upgrade(
         }
         (Err(e), _) => {
             shared.metrics.reject("bad_handshake");
+            super::admin::security_event(&shared, Kind::WsReject, "bad_handshake", Some(&peer_s), None, None);
             shared.log.info(
                 "ws_reject",
                 &[

@@ -7,6 +7,7 @@
 //! ticker. [`conn`] serves one TCP connection's HTTP requests; [`socket`]
 //! runs one authenticated WebSocket.
 
+mod admin;
 mod auth;
 mod conn;
 mod console;
@@ -32,6 +33,7 @@ use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::Duration;
 
+pub use admin::operator_rule;
 pub use socket::ConnHandle;
 
 /// Everything `serve` was told, validated.
@@ -56,6 +58,8 @@ pub struct Config {
     pub handshake_timeout: Duration,
     pub log_format: Format,
     pub demo: bool,
+    /// `--admin-min-clearance` (SPEC §13); `None`: the admin API is off.
+    pub admin_min_clearance: Option<u32>,
     /// `--tls-cert` and `--tls-key`.
     pub tls: Option<(PathBuf, PathBuf)>,
     // Hostile clients (README "What a careful user should know").
@@ -202,6 +206,7 @@ impl Config {
             handshake_timeout: Duration::from_secs(a.handshake_timeout),
             log_format,
             demo: a.demo,
+            admin_min_clearance: a.admin_min_clearance.or(a.demo.then_some(5)),
             tls,
         })
     }
@@ -227,6 +232,8 @@ pub struct Shared {
     pub congested: RefCell<Vec<(crate::hub::ConnId, Rc<ConnHandle>)>>,
     /// Notified when a congested socket takes its queue.
     pub room: event_listener::Event,
+    /// Recent security events (SPEC §13), for `/admin/events`.
+    pub events: RefCell<crate::events::Events>,
     /// The durable history log (`--history-dir`).
     pub disk: RefCell<Option<crate::history::disk::Log>>,
     /// Notified after an append: the sync task starts its interval.
@@ -332,6 +339,7 @@ pub fn serve(args: &cli::Serve) -> Result<(), Failure> {
         hub: RefCell::new(hub),
         congested: RefCell::default(),
         room: event_listener::Event::new(),
+        events: RefCell::default(),
         dummy_hash: RefCell::new(auth::dummy_hash(&users)),
         users: RefCell::new(Rc::new(users)),
         sessions: RefCell::new(sessions),
@@ -885,13 +893,14 @@ fn compact_history(shared: &Shared) {
     let retained: u64 = hub
         .history()
         .retained()
+        .filter(durable)
         .map(|r| crate::history::disk::Log::encoded_len(as_ref(r)))
         .sum();
     if !log.wants_compaction(retained) {
         return;
     }
     let before = log.disk_bytes();
-    match log.compact(hub.history().retained().map(as_ref)) {
+    match log.compact(hub.history().retained().filter(durable).map(as_ref)) {
         Ok(()) => shared.log.info(
             "history_compacted",
             &[
@@ -903,6 +912,12 @@ fn compact_history(shared: &Shared) {
             .log
             .warn("history_compact_failed", &[("error", (&e.to_string()).into())]),
     }
+}
+
+/// Whether a retained message belongs on disk: `$security` (SPEC §13)
+/// stays in memory.
+fn durable(r: &crate::history::Retained<'_>) -> bool {
+    r.channel != crate::hub::SECURITY
 }
 
 fn as_ref(r: crate::history::Retained<'_>) -> crate::history::disk::RecordRef<'_> {

@@ -14,6 +14,7 @@
 
 use super::{Shared, now_millis};
 use crate::commands::now_unix;
+use crate::events::Kind;
 use crate::gate::Rejection;
 use crate::hub::{ConnId, Frame, Offer, Outbox, PublishError, Published, Rights};
 use crate::jwt::{self, Reject, VerifiedClaims};
@@ -67,10 +68,15 @@ pub struct ConnHandle {
     close: Cell<Option<(u16, &'static str)>>,
     /// The session of the token the socket holds now.
     sid: RefCell<Option<String>>,
+    /// What `GET /admin/connections` shows (SPEC §13).
+    peer: SocketAddr,
+    since_ms: u64,
+    messages_in: Cell<u64>,
+    messages_out: Cell<u64>,
 }
 
 impl ConnHandle {
-    fn new(depth: usize) -> ConnHandle {
+    fn new(depth: usize, peer: SocketAddr, since_ms: u64) -> ConnHandle {
         ConnHandle {
             queue: RefCell::default(),
             depth: u32::try_from(depth).unwrap_or(u32::MAX),
@@ -80,6 +86,10 @@ impl ConnHandle {
             wake: Event::new(),
             close: Cell::new(None),
             sid: RefCell::default(),
+            peer,
+            since_ms,
+            messages_in: Cell::new(0),
+            messages_out: Cell::new(0),
         }
     }
 
@@ -104,6 +114,27 @@ impl ConnHandle {
         out
     }
 
+    /// What an operator sees of this socket (SPEC §13).
+    pub fn stats(&self) -> Stats {
+        Stats {
+            peer: self.peer,
+            since_ms: self.since_ms,
+            messages_in: self.messages_in.get(),
+            messages_out: self.messages_out.get(),
+            queued: self.queue.borrow().len(),
+        }
+    }
+
+    /// The session of the token the socket holds now.
+    pub fn session(&self) -> Option<String> {
+        self.sid.borrow().clone()
+    }
+
+    /// Whether a close was ordered.
+    pub fn closing(&self) -> bool {
+        self.close.get().is_some()
+    }
+
     /// Orders the socket closed with `code` (the first order wins).
     pub fn close(&self, code: u16, reason: &'static str) {
         if self.close.get().is_none() {
@@ -111,6 +142,17 @@ impl ConnHandle {
         }
         self.wake.notify(usize::MAX);
     }
+}
+
+/// A socket's numbers for `GET /admin/connections`.
+pub struct Stats {
+    pub peer: SocketAddr,
+    /// Unix milliseconds of the upgrade.
+    pub since_ms: u64,
+    pub messages_in: u64,
+    pub messages_out: u64,
+    /// Frames waiting to be written.
+    pub queued: usize,
 }
 
 impl Outbox for Rc<ConnHandle> {
@@ -401,6 +443,7 @@ where
     let wrote = smol::future::or(smol::future::or(write, killed), expired).await;
     if wrote == Wrote::Done {
         *sent += texts;
+        handle.messages_out.set(*sent);
     }
     wrote
 }
@@ -419,11 +462,13 @@ where
     let id = shared.next_id();
     let started = Instant::now();
     let cfg = &shared.cfg;
-    let handle = Rc::new(ConnHandle::new(cfg.queue_depth));
+    let handle = Rc::new(ConnHandle::new(cfg.queue_depth, peer, now_millis()));
     let mut rights = Rights::from_claims(&claims);
     let mut claims = claims.into_inner();
     *handle.sid.borrow_mut() = claims.sid.clone();
     shared.hub.borrow_mut().join(id, rights.clone(), handle.clone());
+    let operator = super::admin::is_operator(cfg, &claims);
+    shared.hub.borrow_mut().set_operator(id, operator);
     let _member = Membership { shared: &shared, id };
     let peer_s = peer.to_string();
     shared.log.info(
@@ -577,6 +622,7 @@ where
                     }
                     Message::Text(_) | Message::Binary(_) if verdict == Spend::Over => {
                         msgs_in += 1;
+                        handle.messages_in.set(msgs_in);
                         add(&shared.metrics.messages_in, 1);
                         let reference = match &parsed {
                             Some(Ok(m)) => m.reference.as_deref(),
@@ -612,6 +658,7 @@ where
                     }
                     Message::Binary(_) => {
                         msgs_in += 1;
+                        handle.messages_in.set(msgs_in);
                         add(&shared.metrics.messages_in, 1);
                         vec![protocol::error(
                             "bad_message",
@@ -677,6 +724,17 @@ where
             smol::Timer::after(Duration::from_secs(1)).await;
         })
         .await;
+    }
+    if code.0 == 4008 {
+        let sub = Some(rights.sub.as_str());
+        super::admin::security_event(
+            &shared,
+            Kind::SlowConsumer,
+            "queue_over_depth",
+            Some(&peer_s),
+            sub,
+            None,
+        );
     }
     shared.log.info(
         "ws_close",
@@ -820,6 +878,10 @@ fn command(
     let r = msg.reference.as_deref();
     let deny = |d: crate::hub::Denied| protocol::error(d.as_str(), d.message(), r);
     match msg.command {
+        Command::Presence(channel) => match shared.hub.borrow().presence(id, &channel) {
+            Ok(subs) => vec![protocol::presence(&channel, &subs, r)],
+            Err(d) => vec![deny(d)],
+        },
         Command::Ping => vec![
             Reply {
                 kind: "pong",
@@ -904,6 +966,8 @@ fn command(
                 )];
             }
             let new_rights = Rights::from_claims(&c);
+            let operator = super::admin::is_operator(&shared.cfg, &c);
+            shared.hub.borrow_mut().set_operator(id, operator);
             let dropped = shared.hub.borrow_mut().update_rights(id, new_rights.clone());
             *rights = new_rights;
             *claims = c.into_inner();

@@ -477,7 +477,7 @@ describe('console page in headless Chromium', { timeout: 170_000 }, () => {
     const r = await post('/auth/logout', { Cookie: `tessera_refresh=${refresh.value}` });
     assert.equal(r.status, 204);
     await agent.waitForFunction(() =>
-      /session revoked \(logged out elsewhere or token reuse\)/.test(document.getElementById('login-note').textContent),
+      /session revoked \(logged out elsewhere, token reuse, or by an operator\)/.test(document.getElementById('login-note').textContent),
     );
     await agent.locator('#updates li.event', { hasText: '[4003]' }).waitFor({ state: 'attached' });
     await shot(agent, '10-agent-revoked');
