@@ -637,6 +637,7 @@ where
                     }
                     Message::Text(_) => {
                         msgs_in += 1;
+                        handle.messages_in.set(msgs_in);
                         add(&shared.metrics.messages_in, 1);
                         let Some(parsed) = parsed else { continue };
                         if let Ok(m) = &parsed
