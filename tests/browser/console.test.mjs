@@ -474,7 +474,9 @@ describe('console page in headless Chromium', { timeout: 170_000 }, () => {
     const refresh = (await agent.context().cookies(server.base + '/auth/refresh')).find(
       (c) => c.name === 'tessera_refresh',
     );
-    const r = await post('/auth/logout', { Cookie: `tessera_refresh=${refresh.value}` });
+    // From the console's origin: a cookie-authenticated logout needs an
+    // allowed Origin, like the upgrade (README, cookie origin rule).
+    const r = await post('/auth/logout', { Cookie: `tessera_refresh=${refresh.value}`, Origin: server.base });
     assert.equal(r.status, 204);
     await agent.waitForFunction(() =>
       /session revoked \(logged out elsewhere, token reuse, or by an operator\)/.test(document.getElementById('login-note').textContent),
