@@ -163,16 +163,33 @@ struct Creds {
 /// Logs in; `Err` carries the exit failure for bad credentials. A server
 /// that asks for a second factor (`mfa_required`, SPEC §11) gets a code
 /// from `TESSERA_OTP` (sent with the first attempt, once) or from a prompt
-/// on the terminal.
+/// on the terminal, which asks again after a refused code ([`OTP_TRIES`]
+/// in all).
 async fn login(t: &Target, user: &str, password: &str) -> Result<(String, Option<String>), Failure> {
     match login_once(t, user, password, take_env_otp().as_deref()).await {
         Err((_, code)) if code == "mfa_required" => {
-            let otp = prompt_otp()?;
-            login_once(t, user, password, Some(&otp)).await.map_err(|(f, _)| f)
+            let mut tries = 1;
+            loop {
+                let otp = prompt_otp().await?;
+                match login_once(t, user, password, Some(&otp)).await {
+                    Err((_, code)) if code == "invalid_otp" && tries < OTP_TRIES => {
+                        say(&format!(
+                            "that code was refused (invalid_otp: wrong, malformed or already used); type the next one ({} left)",
+                            OTP_TRIES - tries
+                        ));
+                        tries += 1;
+                    }
+                    other => return other.map_err(|(f, _)| f),
+                }
+            }
         }
         other => other.map_err(|(f, _)| f),
     }
 }
+
+/// Codes the terminal prompt takes for one login before the agent gives
+/// up (each refused code also counts toward the hub's throttle, SPEC §7).
+const OTP_TRIES: u32 = 3;
 
 /// `TESSERA_OTP`, the first time only: a code works once, so a later
 /// login (after a refresh failure) must ask for a new one.
@@ -188,21 +205,76 @@ fn take_env_otp() -> Option<String> {
         .filter(|c| !c.is_empty())
 }
 
-/// Asks for a one-time code on the terminal (`Err` when there is none).
-fn prompt_otp() -> Result<String, Failure> {
-    use std::io::IsTerminal;
+/// Set once `--publish` reads its lines from stdin: from then on a code
+/// typed at a prompt could be read (and published) as a message instead.
+static STDIN_IS_INPUT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Asks for a one-time code on the terminal, without echo (`Err` when
+/// there is no terminal, at the end of its input, or on SIGINT/SIGTERM —
+/// then with exit status 0 and the echo back on).
+async fn prompt_otp() -> Result<String, Failure> {
+    use std::io::{BufRead, IsTerminal};
+    use std::sync::atomic::Ordering;
+    let refused = |why: &str| Failure {
+        code: 1,
+        message: format!(
+            "login refused (401 mfa_required): set TESSERA_OTP to the code of your authenticator app, or {why}"
+        ),
+    };
     if !std::io::stdin().is_terminal() {
-        return Err(Failure {
-            code: 1,
-            message: "login refused (401 mfa_required): set TESSERA_OTP to the code of your authenticator app, or run on a terminal".into(),
-        });
+        return Err(refused("run on a terminal"));
     }
+    if STDIN_IS_INPUT.load(Ordering::Relaxed) {
+        return Err(refused(
+            "restart the agent (with --publish the terminal is the message input, so it cannot ask again)",
+        ));
+    }
+    let mut signals = async_signal::Signals::new([async_signal::Signal::Int, async_signal::Signal::Term])
+        .map_err(|e| Failure::usage(format!("signals: {e}")))?;
+    let stty = |arg: &str| {
+        let _ = std::process::Command::new("stty")
+            .arg(arg)
+            .stdin(std::process::Stdio::inherit())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+    };
+    // Echo goes off before the prompt shows, so nothing typed after it is
+    // ever drawn on the terminal (or in a recording of it).
+    stty("-echo");
     eprint!("one-time code: ");
-    let mut line = String::new();
-    std::io::stdin()
-        .read_line(&mut line)
-        .map_err(|e| Failure::usage(format!("stdin: {}", e.kind())))?;
-    Ok(line.trim().to_string())
+    let read = smol::unblock(|| {
+        let mut line = String::new();
+        std::io::Read::take(std::io::stdin().lock(), 256)
+            .read_line(&mut line)
+            .map(|_| line)
+    });
+    // The signal first: Ctrl-C then Enter stops the agent, not a login.
+    let got = smol::future::or(
+        async {
+            signals.next().await;
+            None
+        },
+        async { Some(read.await) },
+    )
+    .await;
+    stty("echo");
+    eprintln!();
+    match got {
+        None => Err(Failure {
+            code: 0,
+            message: "agent interrupted at the one-time code prompt".into(),
+        }),
+        Some(Ok(line)) if line.is_empty() => Err(Failure {
+            code: 1,
+            message: "no one-time code (end of input at the prompt)".into(),
+        }),
+        Some(Ok(line)) => Ok(line.trim().to_string()),
+        Some(Err(e)) => Err(Failure {
+            code: 1,
+            message: format!("no one-time code (the terminal: {})", e.kind()),
+        }),
+    }
 }
 
 /// One login request (with a one-time code when given); `Err` carries the
@@ -449,10 +521,10 @@ pub fn run(args: &cli::Agent) -> Result<(), Failure> {
         };
         let mut signals = async_signal::Signals::new([async_signal::Signal::Int, async_signal::Signal::Term])
             .map_err(|e| Failure::usage(format!("signals: {e}")))?;
-        let mut stdin_lines = args
-            .publish
-            .as_ref()
-            .map(|_| smol::io::BufReader::new(smol::Unblock::new(std::io::stdin())).lines());
+        let mut stdin_lines = args.publish.as_ref().map(|_| {
+            STDIN_IS_INPUT.store(true, std::sync::atomic::Ordering::Relaxed);
+            smol::io::BufReader::new(smol::Unblock::new(std::io::stdin())).lines()
+        });
         let mut attempt: u32 = 0;
         loop {
             let end = session(
@@ -619,7 +691,8 @@ async fn session(
                             return End::Retry { fast: false };
                         }
                     }
-                    Err(f) if f.code == 3 => return End::Exit(Err(f)),
+                    // Revoked, or interrupted at the code prompt: stop.
+                    Err(f) if f.code == 3 || f.code == 0 => return End::Exit(Err(f)),
                     Err(f) => say(&f.message),
                 }
             }
