@@ -8,6 +8,9 @@
 //! Every reconnect resumes each channel from the last offset printed
 //! (SPEC §10, [`resume`]), so stdout holds every message once and in order;
 //! `--positions FILE` keeps those offsets across agent restarts.
+//! A user with a second factor (SPEC §11) gives a one-time code through
+//! `TESSERA_OTP` or a no-echo prompt on the terminal, at start and at every
+//! new login a failed refresh forces.
 //! Exit codes: 0 on SIGINT/SIGTERM (or end of stdin with `--publish`), 1 on
 //! bad credentials or an unusable token, 2 on bad flags or an unusable
 //! positions file, 3 when the session is revoked (close 4003).

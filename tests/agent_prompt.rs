@@ -267,7 +267,10 @@ impl PtyAgent {
 impl Drop for PtyAgent {
     fn drop(&mut self) {
         if let Ok(pid) = std::fs::read_to_string(&self.pid_file) {
-            let _ = Command::new("kill").args(["-KILL", pid.trim()]).status();
+            let _ = Command::new("kill")
+                .args(["-KILL", pid.trim()])
+                .stderr(Stdio::null())
+                .status();
         }
         let _ = self.script.kill();
         let _ = self.script.wait();
