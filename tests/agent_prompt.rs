@@ -87,6 +87,15 @@ fn publish(s: &Server, data: Value) {
     assert_eq!(status(&r), 202, "{r}");
 }
 
+/// Waits until the server's log holds `needle` exactly `n` times.
+fn wait_count(s: &Server, needle: &str, n: usize) {
+    let until = Instant::now() + Duration::from_secs(10);
+    while s.logs().matches(needle).count() < n && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(s.logs().matches(needle).count(), n, "{needle}:\n{}", s.logs());
+}
+
 /// Single-quotes `s` for `sh`.
 fn sh_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
@@ -341,7 +350,7 @@ fn spec11_agent_prompt_asks_again_after_a_wrong_code_and_gives_up_after_three() 
     assert_eq!(a.stdout(), "", "nothing on stdout without a login");
     let refs: Vec<&str> = wrong.iter().map(String::as_str).collect();
     a.assert_no_code_shown(&refs);
-    assert_eq!(s.logs().matches("\"invalid_otp\"").count(), 3, "{}", s.logs());
+    wait_count(&s, "\"invalid_otp\"", 3);
 
     // A wrong code, then the right one: logged in.
     let d = tempdir("wrong-then-right");
@@ -401,8 +410,8 @@ fn spec11_agent_prompts_again_when_a_refresh_failure_forces_a_new_login() {
     a.wait_stdout("refreshed", |v| v["type"] == "refreshed");
     publish(&s, json!({"n":2}));
     a.wait_stdout("message 2", |v| v["type"] == "message" && v["data"]["n"] == 2);
-    assert_eq!(s.logs().matches("login_ok").count(), 2, "{}", s.logs());
-    assert_eq!(s.logs().matches("\"invalid_otp\"").count(), 1, "{}", s.logs());
+    wait_count(&s, "login_ok", 2);
+    wait_count(&s, "\"invalid_otp\"", 1);
     a.assert_no_code_shown(&[&first, &next]);
     assert_eq!(a.interrupt(), Some(0), "{}", a.screen());
 }
