@@ -56,13 +56,13 @@ fn oath(secret: &str, at: u64) -> String {
     code
 }
 
-/// Enrols `field-1` (clearance 3, password `field-pass`) with the real
+/// Enrols `field-1` (clearance 3, may publish, password `field-pass`) with the real
 /// `useradd --totp`; returns the users file and the printed secret.
 fn enrol(dir: &Path) -> (String, String) {
     let users = dir.join("users");
     let mut c = tessera_command()
         .args(["useradd", "--users", users.to_str().unwrap(), "--name", "field-1"])
-        .args(["--clearance", "3", "--iterations", "1000", "--totp"])
+        .args(["--clearance", "3", "--publish", "--iterations", "1000", "--totp"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -112,17 +112,18 @@ struct PtyAgent {
 
 impl PtyAgent {
     fn start(dir: &Path, s: &Server) -> PtyAgent {
-        PtyAgent::start_then(dir, s, None)
+        PtyAgent::start_then(dir, s, "--subscribe", None)
     }
 
-    /// With `then`, the shell on the terminal runs the agent (surviving a
-    /// Ctrl-C itself), prints `agent-exit=STATUS` and runs `then`.
-    fn start_then(dir: &Path, s: &Server, then: Option<&str>) -> PtyAgent {
+    /// `mode` is `--subscribe` or `--publish` (channel `ops`). With `then`,
+    /// the shell on the terminal runs the agent (surviving a Ctrl-C
+    /// itself), prints `agent-exit=STATUS` and runs `then`.
+    fn start_then(dir: &Path, s: &Server, mode: &str, then: Option<&str>) -> PtyAgent {
         let stdout = dir.join("agent.stdout");
         let pid_file = dir.join("agent.pid");
         let bin = env!("CARGO_BIN_EXE_tessera");
         let agent = format!(
-            "{} agent --url {} --username field-1 --subscribe ops > {}",
+            "{} agent --url {} --username field-1 {mode} ops > {}",
             sh_quote(bin),
             sh_quote(&s.url()),
             sh_quote(stdout.to_str().unwrap()),
@@ -424,7 +425,7 @@ fn spec11_agent_ctrl_c_at_the_prompt_exits_0_with_the_echo_back_on() {
     let d = tempdir("ctrl-c");
     let (users, _secret) = enrol(&d);
     let s = Server::start(&["--users", &users]);
-    let mut a = PtyAgent::start_then(&d, &s, Some("stty -a"));
+    let mut a = PtyAgent::start_then(&d, &s, "--subscribe", Some("stty -a"));
     a.wait_prompt(1, WAIT);
     // Ctrl-C as a terminal sends it: the line discipline signals the
     // foreground process group.
@@ -439,4 +440,44 @@ fn spec11_agent_ctrl_c_at_the_prompt_exits_0_with_the_echo_back_on() {
         "the terminal was left without echo:\n{screen}"
     );
     assert_eq!(a.stdout(), "");
+}
+
+#[test]
+fn spec11_agent_publishing_from_the_terminal_does_not_prompt_again() {
+    if missing() {
+        return;
+    }
+    let d = tempdir("publish");
+    let (users, secret) = enrol(&d);
+    let s = Server::start(&[
+        "--users",
+        &users,
+        "--access-ttl",
+        "12",
+        "--refresh-ttl",
+        "2",
+        "--leeway",
+        "1",
+    ]);
+    let mut a = PtyAgent::start_then(&d, &s, "--publish", Some("true"));
+    // At start the terminal is free: the prompt takes the code.
+    a.wait_prompt(1, WAIT);
+    let code = oath(&secret, now());
+    a.type_line(&code);
+    a.wait_stdout("the welcome", |v| v["type"] == "welcome");
+    // Then stdin is the message input: typed lines are published.
+    a.type_line(r#"{"n":1}"#);
+    a.wait_stdout("published", |v| v["type"] == "published");
+    // A refresh failure needs a new login, which must not prompt on the
+    // terminal the publisher reads (a code typed there would be published):
+    // a clear line instead, and exit 1 once the token is gone (4001).
+    a.wait_screen("refresh refused (401 refresh_token_expired)", Duration::from_secs(30));
+    let screen = a.wait_screen("agent-exit=", Duration::from_secs(30));
+    assert!(screen.contains("agent-exit=1"), "{screen}");
+    assert!(
+        screen.contains("with --publish the terminal is the message input"),
+        "{screen}"
+    );
+    assert_eq!(screen.matches(PROMPT).count(), 1, "{screen}");
+    a.assert_no_code_shown(&[&code]);
 }
