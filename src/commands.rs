@@ -164,8 +164,10 @@ pub fn prompt_password() -> Result<String, Failure> {
             .status();
     };
     let mut line = String::new();
-    eprint!("password: ");
+    // Echo goes off before the prompt shows, so a fast typist's first
+    // characters are not echoed either.
     stty("-echo");
+    eprint!("password: ");
     let r = std::io::stdin().read_line(&mut line);
     stty("echo");
     eprintln!();
