@@ -459,20 +459,13 @@ async fn publish(shared: &Shared, req: &Request, body: &[u8], peer: SocketAddr) 
 }
 
 /// Replays bytes already read, then reads from the socket.
-///
-/// After a read found nothing (plain TCP), the next one first asks the
-/// reactor whether the socket became readable since, which costs no system
-/// call: a WebSocket task is polled once per delivered batch, and a
-/// `recvfrom` answering `EAGAIN` each time cost two system calls per batch.
 pub struct Prefixed<S> {
     prefix: Vec<u8>,
     pos: usize,
-    /// The last read was `Pending`, with read interest registered.
-    parked: bool,
     inner: S,
 }
 
-impl AsyncRead for Prefixed<Stream> {
+impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut TaskCx<'_>, out: &mut [u8]) -> Poll<std::io::Result<usize>> {
         if self.pos < self.prefix.len() {
             let rest = &self.prefix[self.pos..];
@@ -485,20 +478,7 @@ impl AsyncRead for Prefixed<Stream> {
             }
             return Poll::Ready(Ok(n));
         }
-        let me = &mut *self;
-        if let crate::tls::MaybeTls::Plain(plain) = &me.inner
-            && me.parked
-        {
-            if let Err(e) = std::task::ready!(plain.poll_readable(cx)) {
-                return Poll::Ready(Err(e));
-            }
-            me.parked = false;
-        }
-        let r = Pin::new(&mut me.inner).poll_read(cx, out);
-        if r.is_pending() {
-            me.parked = matches!(me.inner, crate::tls::MaybeTls::Plain(_));
-        }
-        r
+        Pin::new(&mut self.inner).poll_read(cx, out)
     }
 }
 
@@ -550,7 +530,6 @@ async fn upgrade(
     let prefixed = Prefixed {
         prefix: head,
         pos: 0,
-        parked: false,
         inner: stream,
     };
     let now = now_unix();
