@@ -704,7 +704,8 @@ where
                         _ => None,
                     };
                     let publishing = matches!(&parsed, Some(Ok(m)) if matches!(m.command, Command::Publish { .. }));
-                    let counted = !publishing && matches!(msg, Message::Text(_) | Message::Binary(_) | Message::Ping(_));
+                    let counted =
+                        !publishing && matches!(msg, Message::Text(_) | Message::Binary(_) | Message::Ping(_));
                     let verdict = if counted { budget.take(mono_ms()) } else { Spend::Ok };
                     let replies = match msg {
                         _ if verdict == Spend::Close => {
@@ -737,15 +738,15 @@ where
                             {
                                 // Boxed: the wait's state must not size every socket's task.
                                 let deadline = timers.write_deadline(awaiting_pong, cfg.ping_interval);
-                                let wait = room_for_socket(&shared, &handle, &mut tx, id, channel, &mut msgs_out, deadline);
+                                let wait =
+                                    room_for_socket(shared, &handle, &mut tx, id, channel, &mut msgs_out, deadline);
                                 wrote = Box::pin(wait).await;
                             }
-                            let r = if wrote == Wrote::Done {
+                            if wrote == Wrote::Done {
                                 command(shared, &handle, id, &mut rights, &mut timers, parsed)
                             } else {
                                 Vec::new()
-                            };
-                            r
+                            }
                         }
                         Message::Binary(_) => {
                             msgs_in += 1;
@@ -818,14 +819,7 @@ where
         }
         if code.0 == 4008 {
             let sub = Some(rights.sub.as_str());
-            super::admin::security_event(
-                &shared,
-                Kind::SlowConsumer,
-                "queue_over_depth",
-                Some(&peer_s),
-                sub,
-                None,
-            );
+            super::admin::security_event(shared, Kind::SlowConsumer, "queue_over_depth", Some(&peer_s), sub, None);
         }
         shared.log.info(
             "ws_close",
