@@ -2,13 +2,16 @@
 # benches/delivery.sh — the delivery benchmarks of issue 11, with the bench kit
 # (../shared/bench: wsload + the rust-tokio peer), server on CPU 0, load on CPU 1.
 #
-#   bash benches/delivery.sh [burst] [cost] [disk] [memory]     (default: all four)
+#   bash benches/delivery.sh [burst] [cost] [floor] [disk] [memory]   (default: all five)
 #
 #   burst   FAN_M=10000 FAN_RATE=0, 1000 subscribers: tessera, then rust-tokio,
 #           ROUNDS times, alternating. Reports delivered, lost, closed, deliveries/s.
 #   cost    server CPU per delivery (server_cpu_ticks / deliveries, FAN_M=1000):
 #           tessera with history on (defaults), with --history 0, and rust-tokio,
 #           ROUNDS alternating rounds.
+#   floor   server CPU per fan-out delivery including set-up (C=1000, M=200,
+#           the kit's default fan-out, issue 16): tessera against the kit's
+#           floor peer (peers/floor), ROUNDS alternating rounds.
 #   disk    --history-dir: publishes/s with 1 and with 1000 subscribers
 #           (FAN_M=5000, rate 0) and bytes written per message (the server's
 #           /proc/PID/io write_bytes, and the directory's size).
@@ -16,17 +19,19 @@
 #           100000 messages of 256 B published with one subscriber; RSS after
 #           minus RSS before, per message, minus the 256 B payload.
 #
-# Env: TESSERA_BIN [target/release/tessera], KIT [/tmp/bench, copied from
+# Env: TESSERA_BIN [target/release/tessera, relative to the checkout], KIT [/tmp/bench, copied from
 # ../shared/bench if missing], ROUNDS [3], OUT [target/delivery-bench.jsonl].
 # Prints one JSON line per run (also appended to OUT) and a summary table.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 2
 ROOT=$PWD
-TESSERA_BIN=${TESSERA_BIN:-$ROOT/target/release/tessera}
+# Relative on purpose: /work/tools/renice-loop.sh renices every process whose
+# command line holds a worktree's /target/ path, the server under test included.
+TESSERA_BIN=${TESSERA_BIN:-target/release/tessera}
 KIT=${KIT:-/tmp/bench}
 ROUNDS=${ROUNDS:-3}
 OUT=${OUT:-$ROOT/target/delivery-bench.jsonl}
-WHAT=${*:-burst cost disk memory}
+WHAT=${*:-burst cost floor disk memory}
 
 if [[ ! -d $KIT ]]; then
   cp -r "$ROOT/../shared/bench" "$KIT" && chmod -R u+w "$KIT"
@@ -34,6 +39,10 @@ fi
 [[ -x $TESSERA_BIN ]] || { echo "delivery.sh: build first: cargo build --release" >&2; exit 2; }
 TOKIO=$KIT/peers/rust-tokio/target/release/rust-tokio-peer
 [[ -x $TOKIO ]] || (cd "$KIT/peers/rust-tokio" && cargo build --release --quiet) || exit 2
+FLOOR=$KIT/peers/floor/target/release/floor-peer
+if [[ " $WHAT " == *" floor "* && ! -x $FLOOR ]]; then
+  (cd "$KIT/peers/floor" && cargo build --release --quiet) || exit 2
+fi
 WSLOAD=$KIT/wsload/target/release/wsload
 [[ -x $WSLOAD ]] || (cd "$KIT/wsload" && cargo build --release --quiet) || exit 2
 export WSLOAD
@@ -63,6 +72,11 @@ for what in $WHAT; do
         kit "cost-tessera-history-r$r" SCENARIOS=fanout FAN_M=1000 -- "$(tessera_cmd)"
         kit "cost-tessera-nohistory-r$r" SCENARIOS=fanout FAN_M=1000 -- "$(tessera_cmd --history 0)"
         kit "cost-rust-tokio-r$r" SCENARIOS=fanout FAN_M=1000 -- "$TOKIO --listen 127.0.0.1:$PORT"
+      done ;;
+    floor)
+      for r in $(seq "$ROUNDS"); do
+        kit "floor-tessera-r$r" SCENARIOS=fanout FAN_M=200 -- "$(tessera_cmd)"
+        kit "floor-peer-r$r" SCENARIOS=fanout FAN_M=200 -- "$FLOOR --listen 127.0.0.1:$PORT"
       done ;;
     disk)
       for c in 1 1000; do
@@ -98,7 +112,7 @@ for what in $WHAT; do
       kill -TERM $spid; wait $spid 2>/dev/null
       printf '{"label":"memory-per-retained","messages":%s,"payload_bytes":256,"vmrss_kb_before":%s,"vmrss_kb_after":%s,"bytes_per_message":%s,"result":%s}\n' \
         "$n" "$rss0" "$rss1" "$(( (rss1 - rss0) * 1024 / n ))" "${res:-null}" | tee -a "$OUT" ;;
-    *) echo "delivery.sh: unknown part $what (burst cost disk memory)" >&2; exit 2 ;;
+    *) echo "delivery.sh: unknown part $what (burst cost floor disk memory)" >&2; exit 2 ;;
   esac
 done
 

@@ -11,10 +11,11 @@
 //! blocks and never reads a clock: publish and subscribe take the time.
 //!
 //! ```
-//! use std::{cell::RefCell, collections::VecDeque};
+//! use std::{cell::RefCell, collections::VecDeque, rc::Rc};
 //! use tessera::hub::{Hub, Levels, Offer, Outbox, Rights, splice_resume};
 //! use tessera::hub::Frame;
-//! struct Q(RefCell<VecDeque<Frame>>);
+//! #[derive(Clone)]
+//! struct Q(Rc<RefCell<VecDeque<Frame>>>);
 //! impl Outbox for Q {
 //!     fn offer(&self, m: &Frame) -> Offer { self.0.borrow_mut().push_back(m.clone()); Offer::Queued }
 //!     fn resume(&self, ch: &str, after: u64, rejoined: bool, head: Frame, replay: Vec<(u64, Frame)>) {
@@ -23,7 +24,7 @@
 //! }
 //! let mut hub = Hub::new(Levels::default());
 //! let rights = Rights { sub: "a".into(), clearance: 0, channels: None, publish: true };
-//! hub.join(1, rights.clone(), Q(RefCell::default()));
+//! hub.join(1, rights.clone(), Q(Rc::default()));
 //! hub.subscribe(1, "ops").unwrap();
 //! let p = hub.publish(&rights, "ops", &serde_json::value::RawValue::from_string("1".into()).unwrap(), 0).unwrap();
 //! assert_eq!((p.id, p.delivered), (1, 1));
@@ -284,13 +285,96 @@ struct Conn<O> {
     rights: Rights,
     /// May read [`SECURITY`] (SPEC §13).
     operator: bool,
-    subs: HashSet<Rc<str>>,
+    subs: Subs,
     outbox: O,
 }
 
-#[derive(Default)]
-struct Channel {
-    subscribers: Vec<ConnId>,
+/// Subscriptions a connection keeps in a vector before they move to a
+/// hash set.
+const FEW: usize = 8;
+
+/// A connection's subscriptions. Most sockets hold only their personal
+/// channel, so up to [`FEW`] are kept in a vector (an idle socket pays for
+/// one pointer, not a hash table); more move to a hash set, so a socket
+/// holding thousands still looks one up in O(1).
+pub enum Subs {
+    Few(Vec<Rc<str>>),
+    Many(HashSet<Rc<str>>),
+}
+
+impl Subs {
+    fn contains(&self, channel: &str) -> bool {
+        match self {
+            Subs::Few(v) => v.iter().any(|c| **c == *channel),
+            Subs::Many(h) => h.contains(channel),
+        }
+    }
+
+    /// Adds a channel not held yet.
+    fn insert(&mut self, channel: Rc<str>) {
+        match self {
+            Subs::Few(v) if v.len() < FEW => {
+                if v.is_empty() {
+                    v.reserve_exact(1);
+                }
+                v.push(channel);
+            }
+            Subs::Few(v) => {
+                let mut h: HashSet<Rc<str>> = v.drain(..).collect();
+                h.insert(channel);
+                *self = Subs::Many(h);
+            }
+            Subs::Many(h) => {
+                h.insert(channel);
+            }
+        }
+    }
+
+    fn remove(&mut self, channel: &str) -> bool {
+        match self {
+            Subs::Few(v) => match v.iter().position(|c| **c == *channel) {
+                Some(i) => {
+                    v.swap_remove(i);
+                    true
+                }
+                None => false,
+            },
+            Subs::Many(h) => h.remove(channel),
+        }
+    }
+
+    fn retain(&mut self, mut keep: impl FnMut(&Rc<str>) -> bool) {
+        match self {
+            Subs::Few(v) => v.retain(|c| keep(c)),
+            Subs::Many(h) => h.retain(|c| keep(c)),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        match self {
+            Subs::Few(v) => v.len(),
+            Subs::Many(h) => h.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The channels, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = &Rc<str>> {
+        let (few, many) = match self {
+            Subs::Few(v) => (Some(v.iter()), None),
+            Subs::Many(h) => (None, Some(h.iter())),
+        };
+        few.into_iter().flatten().chain(many.into_iter().flatten())
+    }
+}
+
+/// A channel's subscribers, each with its outbox: a publish offers the
+/// frame to each without looking the connection up.
+struct Channel<O> {
+    subscribers: Vec<(ConnId, O)>,
 }
 
 /// The outcome of a publish.
@@ -330,7 +414,7 @@ pub struct Subscribed {
 pub struct Hub<O> {
     levels: Levels,
     conns: HashMap<ConnId, Conn<O>, BuildHasherDefault<IdHasher>>,
-    channels: HashMap<Rc<str>, Channel>,
+    channels: HashMap<Rc<str>, Channel<O>>,
     history: History,
     /// `--max-subscriptions` per connection (its personal channel included).
     max_subscriptions: usize,
@@ -339,7 +423,7 @@ pub struct Hub<O> {
     max_channels: usize,
 }
 
-impl<O: Outbox> Hub<O> {
+impl<O: Outbox + Clone> Hub<O> {
     /// A hub with the default history limits and a fixed seed (tests, docs).
     pub fn new(levels: Levels) -> Hub<O> {
         let limits = Limits {
@@ -417,7 +501,7 @@ impl<O: Outbox> Hub<O> {
             Conn {
                 rights,
                 operator: false,
-                subs: HashSet::new(),
+                subs: Subs::Few(Vec::new()),
                 outbox,
             },
         );
@@ -432,7 +516,7 @@ impl<O: Outbox> Hub<O> {
     /// Removes a connection and all its subscriptions.
     pub fn leave(&mut self, id: ConnId) -> Option<O> {
         let conn = self.conns.remove(&id)?;
-        for ch in &conn.subs {
+        for ch in conn.subs.iter() {
             self.drop_subscriber(ch, id);
         }
         shrink_map(&mut self.conns);
@@ -442,7 +526,7 @@ impl<O: Outbox> Hub<O> {
 
     fn drop_subscriber(&mut self, channel: &str, id: ConnId) {
         if let Some(c) = self.channels.get_mut(channel) {
-            c.subscribers.retain(|&s| s != id);
+            c.subscribers.retain(|(s, _)| *s != id);
             if c.subscribers.is_empty() {
                 self.channels.remove(channel);
             } else if c.subscribers.capacity() > SHRINK_ABOVE && c.subscribers.len() < c.subscribers.capacity() / 4 {
@@ -460,7 +544,18 @@ impl<O: Outbox> Hub<O> {
             Some((k, _)) => k.clone(),
             None => Rc::from(channel),
         };
-        self.channels.entry(key.clone()).or_default().subscribers.push(id);
+        let subscribers = &mut self
+            .channels
+            .entry(key.clone())
+            .or_insert_with(|| Channel {
+                subscribers: Vec::new(),
+            })
+            .subscribers;
+        // Most channels are personal ones with one subscriber: no room for four.
+        if subscribers.is_empty() {
+            subscribers.reserve_exact(1);
+        }
+        subscribers.push((id, conn.outbox.clone()));
         conn.subs.insert(key);
     }
 
@@ -592,16 +687,14 @@ impl<O: Outbox> Hub<O> {
         let mut slow = Vec::new();
         let mut congested = Vec::new();
         if let Some(ch) = self.channels.get(channel) {
-            for sid in &ch.subscribers {
-                if let Some(conn) = self.conns.get(sid) {
-                    match conn.outbox.offer(msg) {
-                        Offer::Queued => delivered += 1,
-                        Offer::Congested => {
-                            delivered += 1;
-                            congested.push(*sid);
-                        }
-                        Offer::Full => slow.push(*sid),
+            for (sid, outbox) in &ch.subscribers {
+                match outbox.offer(msg) {
+                    Offer::Queued => delivered += 1,
+                    Offer::Congested => {
+                        delivered += 1;
+                        congested.push(*sid);
                     }
+                    Offer::Full => slow.push(*sid),
                 }
             }
         }
@@ -650,7 +743,7 @@ impl<O: Outbox> Hub<O> {
             .map(|ch| {
                 ch.subscribers
                     .iter()
-                    .filter_map(|c| self.conns.get(c))
+                    .filter_map(|(c, _)| self.conns.get(c))
                     .map(|c| c.rights.sub.clone())
                     .collect()
             })
@@ -662,7 +755,7 @@ impl<O: Outbox> Hub<O> {
 
     /// Every connection with its rights and subscriptions (for
     /// `GET /admin/connections`).
-    pub fn connections(&self) -> impl Iterator<Item = (ConnId, &Rights, &HashSet<Rc<str>>, &O)> {
+    pub fn connections(&self) -> impl Iterator<Item = (ConnId, &Rights, &Subs, &O)> {
         self.conns.iter().map(|(id, c)| (*id, &c.rights, &c.subs, &c.outbox))
     }
 

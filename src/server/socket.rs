@@ -29,9 +29,12 @@ use futures_util::{Sink, SinkExt, StreamExt};
 use smol::io::{AsyncRead, AsyncWrite};
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::OnceLock;
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 /// How long a socket may sit at or over `--queue-depth` without the writer
@@ -51,6 +54,56 @@ fn mono_ms() -> u64 {
     START.get_or_init(Instant::now).elapsed().as_millis() as u64
 }
 
+/// The socket task's wake-up call: set when a frame is queued or a close is
+/// ordered, taken by the task. Only the socket's own task waits on it, so
+/// one waker slot does instead of an event list: a wait allocates nothing
+/// and takes no lock (it runs once per delivered batch).
+#[derive(Default)]
+struct Wake {
+    set: Cell<bool>,
+    waker: Cell<Option<Waker>>,
+}
+
+impl Wake {
+    fn notify(&self) {
+        self.set.set(true);
+        if let Some(w) = self.waker.take() {
+            w.wake_by_ref();
+            self.waker.set(Some(w));
+        }
+    }
+
+    /// Forgets a wake-up already given: call it before looking at what it
+    /// signals (the queue, the close order), then [`Wake::wait`].
+    fn clear(&self) {
+        self.set.set(false);
+    }
+
+    /// Resolves once [`Wake::notify`] was called since the last clear or
+    /// resolution.
+    fn wait(&self) -> WakeWait<'_> {
+        WakeWait(self)
+    }
+}
+
+struct WakeWait<'a>(&'a Wake);
+
+impl Future for WakeWait<'_> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.0.set.replace(false) {
+            return Poll::Ready(());
+        }
+        let w = match self.0.waker.take() {
+            Some(w) if w.will_wake(cx.waker()) => w,
+            _ => cx.waker().clone(),
+        };
+        self.0.waker.set(Some(w));
+        Poll::Pending
+    }
+}
+
 /// A socket's outbound queue and its close order, shared with the hub.
 pub struct ConnHandle {
     queue: RefCell<VecDeque<Frame>>,
@@ -64,7 +117,7 @@ pub struct ConnHandle {
     progress_ms: Cell<u64>,
     /// Listed in [`Shared::congested`].
     congested: Cell<bool>,
-    wake: Event,
+    wake: Wake,
     close: Cell<Option<(u16, &'static str)>>,
     /// The session of the token the socket holds now.
     sid: RefCell<Option<String>>,
@@ -83,7 +136,7 @@ impl ConnHandle {
             uncounted: Cell::new(0),
             progress_ms: Cell::new(mono_ms()),
             congested: Cell::new(false),
-            wake: Event::new(),
+            wake: Wake::default(),
             close: Cell::new(None),
             sid: RefCell::default(),
             peer,
@@ -140,7 +193,7 @@ impl ConnHandle {
         if self.close.get().is_none() {
             self.close.set(Some((code, reason)));
         }
-        self.wake.notify(usize::MAX);
+        self.wake.notify();
     }
 }
 
@@ -170,7 +223,7 @@ impl Outbox for Rc<ConnHandle> {
         // sleeps, so only the first frame of a backlog needs to wake it.
         if was_empty {
             self.progress_ms.set(mono_ms());
-            self.wake.notify(1);
+            self.wake.notify();
         }
         if live + 1 >= depth {
             Offer::Congested
@@ -192,7 +245,7 @@ impl Outbox for Rc<ConnHandle> {
         drop(q);
         if before == 0 {
             self.progress_ms.set(mono_ms());
-            self.wake.notify(1);
+            self.wake.notify();
         }
     }
 }
@@ -300,7 +353,7 @@ where
             return Wrote::Deadline;
         }
         let room = shared.room.listen();
-        let own = handle.wake.listen();
+        handle.wake.clear();
         if !must_wait(shared, channel, Some(me)) {
             return Wrote::Done;
         }
@@ -312,7 +365,7 @@ where
             }
             continue;
         }
-        smol::future::or(smol::future::or(room, own), async {
+        smol::future::or(smol::future::or(room, handle.wake.wait()), async {
             smol::Timer::after(RECHECK.min(deadline.saturating_duration_since(Instant::now()))).await;
         })
         .await;
@@ -370,12 +423,12 @@ pub fn close_session(shared: &Shared, sid: &str) {
 }
 
 /// Removes the socket from the hub however its task ends.
-struct Membership<'a> {
-    shared: &'a Shared,
+struct Membership {
+    shared: Rc<Shared>,
     id: ConnId,
 }
 
-impl Drop for Membership<'_> {
+impl Drop for Membership {
     fn drop(&mut self) {
         self.shared.hub.borrow_mut().leave(self.id);
     }
@@ -403,49 +456,69 @@ enum Wrote {
 /// A close order interrupts it: a peer that stopped reading must not keep
 /// the task in a write that 4008, 4003 or 1001 cannot cut short. So does
 /// `deadline` ([`Timers::write_deadline`]: the token's expiry, the pong
-/// deadline).
+/// deadline). Most batches fit in the socket's send buffer and finish in
+/// one poll; only a write that has to wait arms the timer and the close
+/// watch (a timer per batch cost two reactor operations per delivery).
 async fn write_all<T>(tx: &mut T, handle: &ConnHandle, msgs: Vec<Message>, sent: &mut u64, deadline: Instant) -> Wrote
 where
     T: Sink<Message> + Unpin,
 {
     let texts = msgs.iter().filter(|m| m.is_text()).count() as u64;
-    let write = async {
-        // Write progress inside a long batch (a big replay on a slow link)
-        // counts too: every PROGRESS_BYTES taken by the socket.
-        let mut fed = 0usize;
-        for m in msgs {
-            fed += m.len();
-            if tx.feed(m).await.is_err() {
-                return Wrote::Failed;
-            }
-            if fed >= PROGRESS_BYTES {
-                fed = 0;
-                handle.progress_ms.set(mono_ms());
-            }
-        }
-        if tx.flush().await.is_err() {
+    let mut write = std::pin::pin!(write_frames(tx, handle, msgs));
+    let wrote = match smol::future::poll_once(write.as_mut()).await {
+        Some(done) => done,
+        // Boxed: the waiting write's state must not size every socket's task.
+        None => Box::pin(write_or_cut(write, handle, deadline)).await,
+    };
+    if wrote == Wrote::Done {
+        *sent += texts;
+        handle.messages_out.set(*sent);
+    }
+    wrote
+}
+
+/// Feeds every frame, then flushes once.
+async fn write_frames<T>(tx: &mut T, handle: &ConnHandle, msgs: Vec<Message>) -> Wrote
+where
+    T: Sink<Message> + Unpin,
+{
+    // Write progress inside a long batch (a big replay on a slow link)
+    // counts too: every PROGRESS_BYTES taken by the socket.
+    let mut fed = 0usize;
+    for m in msgs {
+        fed += m.len();
+        if tx.feed(m).await.is_err() {
             return Wrote::Failed;
         }
-        Wrote::Done
-    };
+        if fed >= PROGRESS_BYTES {
+            fed = 0;
+            handle.progress_ms.set(mono_ms());
+        }
+    }
+    if tx.flush().await.is_err() {
+        return Wrote::Failed;
+    }
+    Wrote::Done
+}
+
+/// A write that has to wait, raced against a close order and `deadline`.
+async fn write_or_cut<F>(write: Pin<&mut F>, handle: &ConnHandle, deadline: Instant) -> Wrote
+where
+    F: Future<Output = Wrote>,
+{
     let killed = async {
         loop {
             if handle.close.get().is_some() {
                 return Wrote::Closed;
             }
-            handle.wake.listen().await;
+            handle.wake.wait().await;
         }
     };
     let expired = async {
         smol::Timer::at(deadline).await;
         Wrote::Deadline
     };
-    let wrote = smol::future::or(smol::future::or(write, killed), expired).await;
-    if wrote == Wrote::Done {
-        *sent += texts;
-        handle.messages_out.set(*sent);
-    }
-    wrote
+    smol::future::or(smol::future::or(write, killed), expired).await
 }
 
 /// Client messages a socket handles before it yields to the other tasks
@@ -455,7 +528,17 @@ where
 const TURN_BUDGET: u32 = 64;
 
 /// Runs an accepted socket until it closes.
-pub async fn run<S>(shared: Rc<Shared>, ws: WebSocketStream<S>, claims: VerifiedClaims, peer: SocketAddr)
+///
+/// The set-up is done before the task's future is made, and the future
+/// captures only what the loop needs (the stream's halves, not the stream;
+/// the token's expiry and session, not its claims): the future lives as
+/// long as the socket, and every byte of it counts per idle socket.
+pub fn run<S>(
+    shared: Rc<Shared>,
+    ws: WebSocketStream<S>,
+    claims: VerifiedClaims,
+    peer: SocketAddr,
+) -> impl Future<Output = ()>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -464,12 +547,14 @@ where
     let cfg = &shared.cfg;
     let handle = Rc::new(ConnHandle::new(cfg.queue_depth, peer, now_millis()));
     let mut rights = Rights::from_claims(&claims);
-    let mut claims = claims.into_inner();
     *handle.sid.borrow_mut() = claims.sid.clone();
     shared.hub.borrow_mut().join(id, rights.clone(), handle.clone());
     let operator = super::admin::is_operator(cfg, &claims);
     shared.hub.borrow_mut().set_operator(id, operator);
-    let _member = Membership { shared: &shared, id };
+    let member = Membership {
+        shared: shared.clone(),
+        id,
+    };
     let peer_s = peer.to_string();
     shared.log.info(
         "ws_accept",
@@ -480,280 +565,282 @@ where
             ("peer", (&peer_s).into()),
         ],
     );
-
     let (mut tx, mut rx) = ws.split();
-    let (mut msgs_in, mut msgs_out) = (0u64, 0u64);
     let welcome = protocol::welcome(
         &rights.sub,
         rights.clearance,
         claims.exp_secs(),
         concat!("tessera/", env!("TESSERA_VERSION")),
     );
-    const OPEN: (u16, &str) = (1000, "");
-    let mut code: (u16, &'static str) = OPEN;
-    let leeway = cfg.gate.verify.leeway;
-    let mut timers = Timers::new(&claims, leeway, cfg.ping_interval);
-    let mut awaiting_pong = false;
+    let mut timers = Timers::new(&claims, cfg.gate.verify.leeway, cfg.ping_interval);
+    drop(claims);
     let mut budget = Budget::new(cfg.max_commands_per_sec, mono_ms());
-    let mut wrote = write_all(
-        &mut tx,
-        &handle,
-        vec![Message::text(welcome)],
-        &mut msgs_out,
-        timers.write_deadline(awaiting_pong, cfg.ping_interval),
-    )
-    .await;
+    async move {
+        let shared = &member.shared;
+        let cfg = &shared.cfg;
+        let (mut msgs_in, mut msgs_out) = (0u64, 0u64);
+        const OPEN: (u16, &str) = (1000, "");
+        let mut code: (u16, &'static str) = OPEN;
+        let mut awaiting_pong = false;
+        let mut wrote = write_all(
+            &mut tx,
+            &handle,
+            vec![Message::text(welcome)],
+            &mut msgs_out,
+            timers.write_deadline(awaiting_pong, cfg.ping_interval),
+        )
+        .await;
 
-    // One timer for the socket's life, moved only when the next deadline is
-    // earlier than the one set (or after it fired): re-arming it on every
-    // wake-up would cost two reactor operations per delivered frame.
-    let mut alarm_at = timers.next_deadline(now_unix(), Instant::now());
-    let mut alarm = smol::Timer::at(alarm_at);
-    let mut turn_left = TURN_BUDGET;
+        // One timer for the socket's life, moved only when the next deadline is
+        // earlier than the one set (or after it fired): re-arming it on every
+        // wake-up would cost two reactor operations per delivered frame.
+        let mut alarm_at = timers.next_deadline(now_unix(), Instant::now());
+        let mut alarm = smol::Timer::at(alarm_at);
+        let mut turn_left = TURN_BUDGET;
 
-    loop {
-        // A close order wins over everything, also one that cut a write short.
-        if let Some(order) = handle.close.get() {
-            code = order;
-            break;
-        }
-        if wrote == Wrote::Failed {
-            code = (1006, "write failed");
-            break;
-        }
-        if wrote == Wrote::Deadline {
-            code = if now_unix() >= timers.close_at {
-                (4001, "token expired")
-            } else {
-                (1006, "no pong")
-            };
-            break;
-        }
-
-        // Queued frames and what the timers add go out in one write.
-        let mut out = handle.take_queued(&shared.room);
-        let now = now_unix();
-        if now >= timers.close_at {
-            code = (4001, "token expired");
-            break;
-        }
-        if !timers.notice_sent && now >= timers.notice_at {
-            timers.notice_sent = true;
-            let notice = Reply {
-                kind: "expiring",
-                expires_at: Some(claims.exp_secs()),
-                ..Reply::default()
-            };
-            out.push(Message::text(notice.to_json()));
-        }
-        let mono = Instant::now();
-        // A ping unanswered by the next one closes the socket, but only
-        // after a look at input already waiting: a long write may have kept
-        // the pong unread.
-        let mut pong_overdue = false;
-        if mono >= timers.ping_at {
-            if awaiting_pong {
-                pong_overdue = true;
-            } else {
-                awaiting_pong = true;
-                timers.ping_at = mono + cfg.ping_interval;
-                out.push(Message::Ping(Default::default()));
+        loop {
+            // A close order wins over everything, also one that cut a write short.
+            if let Some(order) = handle.close.get() {
+                code = order;
+                break;
             }
-        }
-        if !out.is_empty() {
-            let deadline = timers.write_deadline(awaiting_pong, cfg.ping_interval);
-            wrote = write_all(&mut tx, &handle, out, &mut msgs_out, deadline).await;
-            if wrote != Wrote::Done {
-                continue;
+            if wrote == Wrote::Failed {
+                code = (1006, "write failed");
+                break;
             }
-            // No `continue` otherwise: under a steady stream the queue may
-            // never be empty here, and the client's input (a refresh, a
-            // pong) must still get its turn after every batch.
-        }
-
-        let next = timers.next_deadline(now, mono);
-        if next < alarm_at || mono >= alarm_at {
-            alarm_at = next;
-            alarm.set_at(next);
-        }
-        let busy = || handle.close.get().is_some() || !handle.queue.borrow().is_empty();
-        let ev = if pong_overdue || busy() {
-            // Take input that is already there, don't wait.
-            smol::future::or(async { Ev::In(rx.next().await) }, async { Ev::Wake }).await
-        } else {
-            let listener = handle.wake.listen();
-            if busy() {
-                continue;
-            }
-            smol::future::or(
-                smol::future::or(async { Ev::In(rx.next().await) }, async {
-                    listener.await;
-                    Ev::Wake
-                }),
-                async {
-                    (&mut alarm).await;
-                    Ev::Tick
-                },
-            )
-            .await
-        };
-        let mut took_input = false;
-        match ev {
-            Ev::Wake | Ev::Tick => {}
-            Ev::In(None) => code = (1006, "closed"),
-            Ev::In(Some(Err(WsError::Capacity(_)))) => code = (1009, "message too big"),
-            Ev::In(Some(Err(_))) => code = (1006, "read failed"),
-            Ev::In(Some(Ok(msg))) => {
-                awaiting_pong = false;
-                took_input = true;
-                // Publishes are paced by their readers instead (SPEC §4.3
-                // fairness) and bounded by the history and --max-channels.
-                let parsed = match &msg {
-                    Message::Text(t) => Some(protocol::parse_client(t.as_str())),
-                    _ => None,
+            if wrote == Wrote::Deadline {
+                code = if now_unix() >= timers.close_at {
+                    (4001, "token expired")
+                } else {
+                    (1006, "no pong")
                 };
-                let publishing = matches!(&parsed, Some(Ok(m)) if matches!(m.command, Command::Publish { .. }));
-                let counted = !publishing && matches!(msg, Message::Text(_) | Message::Binary(_) | Message::Ping(_));
-                let verdict = if counted { budget.take(mono_ms()) } else { Spend::Ok };
-                let replies = match msg {
-                    _ if verdict == Spend::Close => {
-                        code = (1008, "rate limited");
-                        Vec::new()
-                    }
-                    Message::Text(_) | Message::Binary(_) if verdict == Spend::Over => {
-                        msgs_in += 1;
-                        handle.messages_in.set(msgs_in);
-                        add(&shared.metrics.messages_in, 1);
-                        let reference = match &parsed {
-                            Some(Ok(m)) => m.reference.as_deref(),
-                            Some(Err(bad)) => bad.reference.as_deref(),
-                            None => None,
-                        };
-                        vec![protocol::error(
-                            "rate_limited",
-                            "too many messages on this socket; slow down",
-                            reference,
-                        )]
-                    }
-                    Message::Text(_) => {
-                        msgs_in += 1;
-                        handle.messages_in.set(msgs_in);
-                        add(&shared.metrics.messages_in, 1);
-                        let Some(parsed) = parsed else { continue };
-                        if let Ok(m) = &parsed
-                            && let Command::Publish { channel, .. } = &m.command
-                            && crate::hub::may_publish(&rights, channel, shared.hub.borrow().levels()).is_ok()
-                        {
-                            // Boxed: the wait's state must not size every socket's task.
-                            let deadline = timers.write_deadline(awaiting_pong, cfg.ping_interval);
-                            let wait = room_for_socket(&shared, &handle, &mut tx, id, channel, &mut msgs_out, deadline);
-                            wrote = Box::pin(wait).await;
-                        }
-                        let r = if wrote == Wrote::Done {
-                            command(&shared, id, &mut rights, &mut claims, &mut timers, parsed)
-                        } else {
+                break;
+            }
+
+            // Queued frames and what the timers add go out in one write.
+            let mut out = handle.take_queued(&shared.room);
+            let now = now_unix();
+            if now >= timers.close_at {
+                code = (4001, "token expired");
+                break;
+            }
+            if !timers.notice_sent && now >= timers.notice_at {
+                timers.notice_sent = true;
+                let notice = Reply {
+                    kind: "expiring",
+                    expires_at: Some(timers.exp_secs),
+                    ..Reply::default()
+                };
+                out.push(Message::text(notice.to_json()));
+            }
+            let mono = Instant::now();
+            // A ping unanswered by the next one closes the socket, but only
+            // after a look at input already waiting: a long write may have kept
+            // the pong unread.
+            let mut pong_overdue = false;
+            if mono >= timers.ping_at {
+                if awaiting_pong {
+                    pong_overdue = true;
+                } else {
+                    awaiting_pong = true;
+                    timers.ping_at = mono + cfg.ping_interval;
+                    out.push(Message::Ping(Default::default()));
+                }
+            }
+            if !out.is_empty() {
+                let deadline = timers.write_deadline(awaiting_pong, cfg.ping_interval);
+                wrote = write_all(&mut tx, &handle, out, &mut msgs_out, deadline).await;
+                if wrote != Wrote::Done {
+                    continue;
+                }
+                // No `continue` otherwise: under a steady stream the queue may
+                // never be empty here, and the client's input (a refresh, a
+                // pong) must still get its turn after every batch.
+            }
+
+            let next = timers.next_deadline(now, mono);
+            if next < alarm_at || mono >= alarm_at {
+                alarm_at = next;
+                alarm.set_at(next);
+            }
+            let busy = || handle.close.get().is_some() || !handle.queue.borrow().is_empty();
+            let ev = if pong_overdue || busy() {
+                // Take input that is already there, don't wait.
+                smol::future::or(async { Ev::In(rx.next().await) }, async { Ev::Wake }).await
+            } else {
+                handle.wake.clear();
+                if busy() {
+                    continue;
+                }
+                // The hub's wake-up first: it needs no look at the socket.
+                smol::future::or(
+                    smol::future::or(
+                        async {
+                            handle.wake.wait().await;
+                            Ev::Wake
+                        },
+                        async { Ev::In(rx.next().await) },
+                    ),
+                    async {
+                        (&mut alarm).await;
+                        Ev::Tick
+                    },
+                )
+                .await
+            };
+            let mut took_input = false;
+            match ev {
+                Ev::Wake | Ev::Tick => {}
+                Ev::In(None) => code = (1006, "closed"),
+                Ev::In(Some(Err(WsError::Capacity(_)))) => code = (1009, "message too big"),
+                Ev::In(Some(Err(_))) => code = (1006, "read failed"),
+                Ev::In(Some(Ok(msg))) => {
+                    awaiting_pong = false;
+                    took_input = true;
+                    // Publishes are paced by their readers instead (SPEC §4.3
+                    // fairness) and bounded by the history and --max-channels.
+                    let parsed = match &msg {
+                        Message::Text(t) => Some(protocol::parse_client(t.as_str())),
+                        _ => None,
+                    };
+                    let publishing = matches!(&parsed, Some(Ok(m)) if matches!(m.command, Command::Publish { .. }));
+                    let counted =
+                        !publishing && matches!(msg, Message::Text(_) | Message::Binary(_) | Message::Ping(_));
+                    let verdict = if counted { budget.take(mono_ms()) } else { Spend::Ok };
+                    let replies = match msg {
+                        _ if verdict == Spend::Close => {
+                            code = (1008, "rate limited");
                             Vec::new()
-                        };
-                        *handle.sid.borrow_mut() = claims.sid.clone();
-                        r
+                        }
+                        Message::Text(_) | Message::Binary(_) if verdict == Spend::Over => {
+                            msgs_in += 1;
+                            handle.messages_in.set(msgs_in);
+                            add(&shared.metrics.messages_in, 1);
+                            let reference = match &parsed {
+                                Some(Ok(m)) => m.reference.as_deref(),
+                                Some(Err(bad)) => bad.reference.as_deref(),
+                                None => None,
+                            };
+                            vec![protocol::error(
+                                "rate_limited",
+                                "too many messages on this socket; slow down",
+                                reference,
+                            )]
+                        }
+                        Message::Text(_) => {
+                            msgs_in += 1;
+                            handle.messages_in.set(msgs_in);
+                            add(&shared.metrics.messages_in, 1);
+                            let Some(parsed) = parsed else { continue };
+                            if let Ok(m) = &parsed
+                                && let Command::Publish { channel, .. } = &m.command
+                                && crate::hub::may_publish(&rights, channel, shared.hub.borrow().levels()).is_ok()
+                            {
+                                // Boxed: the wait's state must not size every socket's task.
+                                let deadline = timers.write_deadline(awaiting_pong, cfg.ping_interval);
+                                let wait =
+                                    room_for_socket(shared, &handle, &mut tx, id, channel, &mut msgs_out, deadline);
+                                wrote = Box::pin(wait).await;
+                            }
+                            if wrote == Wrote::Done {
+                                command(shared, &handle, id, &mut rights, &mut timers, parsed)
+                            } else {
+                                Vec::new()
+                            }
+                        }
+                        Message::Binary(_) => {
+                            msgs_in += 1;
+                            handle.messages_in.set(msgs_in);
+                            add(&shared.metrics.messages_in, 1);
+                            vec![protocol::error(
+                                "bad_message",
+                                "binary frames are not accepted; send JSON text",
+                                None,
+                            )]
+                        }
+                        Message::Close(_) => {
+                            code = (1000, "client closed");
+                            Vec::new()
+                        }
+                        Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => Vec::new(),
+                    };
+                    if !replies.is_empty() && wrote == Wrote::Done {
+                        // Frames queued before the command go out before its
+                        // replies: no `message` from a channel after its
+                        // `unsubscribed`.
+                        let mut out = handle.take_queued(&shared.room);
+                        out.extend(replies.into_iter().map(Message::text));
+                        let deadline = timers.write_deadline(awaiting_pong, cfg.ping_interval);
+                        wrote = write_all(&mut tx, &handle, out, &mut msgs_out, deadline).await;
                     }
-                    Message::Binary(_) => {
-                        msgs_in += 1;
-                        handle.messages_in.set(msgs_in);
-                        add(&shared.metrics.messages_in, 1);
-                        vec![protocol::error(
-                            "bad_message",
-                            "binary frames are not accepted; send JSON text",
-                            None,
-                        )]
-                    }
-                    Message::Close(_) => {
-                        code = (1000, "client closed");
-                        Vec::new()
-                    }
-                    Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => Vec::new(),
-                };
-                if !replies.is_empty() && wrote == Wrote::Done {
-                    // Frames queued before the command go out before its
-                    // replies: no `message` from a channel after its
-                    // `unsubscribed`.
-                    let mut out = handle.take_queued(&shared.room);
-                    out.extend(replies.into_iter().map(Message::text));
-                    let deadline = timers.write_deadline(awaiting_pong, cfg.ping_interval);
-                    wrote = write_all(&mut tx, &handle, out, &mut msgs_out, deadline).await;
+                }
+            }
+            if code != OPEN {
+                break;
+            }
+            if pong_overdue && awaiting_pong {
+                code = (1006, "no pong");
+                break;
+            }
+            // A bounded amount of client input per turn (SPEC §4.3): after
+            // `TURN_BUDGET` messages the others (the subscribers a burst just
+            // fed) run before this socket reads more. Not one message per turn:
+            // the subscribers would then write each frame with its own syscall.
+            if took_input {
+                turn_left -= 1;
+                if turn_left == 0 {
+                    turn_left = TURN_BUDGET;
+                    smol::future::yield_now().await;
                 }
             }
         }
-        if code != OPEN {
-            break;
-        }
-        if pong_overdue && awaiting_pong {
-            code = (1006, "no pong");
-            break;
-        }
-        // A bounded amount of client input per turn (SPEC §4.3): after
-        // `TURN_BUDGET` messages the others (the subscribers a burst just
-        // fed) run before this socket reads more. Not one message per turn:
-        // the subscribers would then write each frame with its own syscall.
-        if took_input {
-            turn_left -= 1;
-            if turn_left == 0 {
-                turn_left = TURN_BUDGET;
-                smol::future::yield_now().await;
-            }
-        }
-    }
 
-    // The closing handshake (RFC 6455 §7.1.2), bounded by a short timeout:
-    // answer the peer's close, or send ours, then read until the peer's
-    // close arrives so the TCP connection ends cleanly.
-    if code.0 != 1006 {
-        let client_closed = code == (1000, "client closed");
-        let finish = async {
-            if client_closed {
-                let _ = tx.flush().await;
-            } else {
-                let frame = CloseFrame {
-                    code: CloseCode::from(code.0),
-                    reason: code.1.into(),
-                };
-                let _ = tx.close(Some(frame)).await;
-            }
-            while let Some(Ok(_)) = rx.next().await {}
-        };
-        smol::future::or(finish, async {
-            smol::Timer::after(Duration::from_secs(1)).await;
-        })
-        .await;
-    }
-    if code.0 == 4008 {
-        let sub = Some(rights.sub.as_str());
-        super::admin::security_event(
-            &shared,
-            Kind::SlowConsumer,
-            "queue_over_depth",
-            Some(&peer_s),
-            sub,
-            None,
+        // The closing handshake (RFC 6455 §7.1.2), bounded by a short timeout:
+        // answer the peer's close, or send ours, then read until the peer's
+        // close arrives so the TCP connection ends cleanly.
+        if code.0 != 1006 {
+            let client_closed = code == (1000, "client closed");
+            let finish = async {
+                if client_closed {
+                    let _ = tx.flush().await;
+                } else {
+                    let frame = CloseFrame {
+                        code: CloseCode::from(code.0),
+                        reason: code.1.into(),
+                    };
+                    let _ = tx.close(Some(frame)).await;
+                }
+                while let Some(Ok(_)) = rx.next().await {}
+            };
+            smol::future::or(finish, async {
+                smol::Timer::after(Duration::from_secs(1)).await;
+            })
+            .await;
+        }
+        if code.0 == 4008 {
+            let sub = Some(rights.sub.as_str());
+            super::admin::security_event(shared, Kind::SlowConsumer, "queue_over_depth", Some(&peer_s), sub, None);
+        }
+        shared.log.info(
+            "ws_close",
+            &[
+                ("conn", id.into()),
+                ("sub", (&rights.sub).into()),
+                ("code", u64::from(code.0).into()),
+                ("reason", code.1.into()),
+                ("duration_ms", (started.elapsed().as_millis() as u64).into()),
+                ("messages_in", msgs_in.into()),
+                ("messages_out", msgs_out.into()),
+                ("peer", (&peer_s).into()),
+            ],
         );
     }
-    shared.log.info(
-        "ws_close",
-        &[
-            ("conn", id.into()),
-            ("sub", (&rights.sub).into()),
-            ("code", u64::from(code.0).into()),
-            ("reason", code.1.into()),
-            ("duration_ms", (started.elapsed().as_millis() as u64).into()),
-            ("messages_in", msgs_in.into()),
-            ("messages_out", msgs_out.into()),
-            ("peer", (&peer_s).into()),
-        ],
-    );
 }
 
 /// When the socket must act next.
 struct Timers {
+    /// The token's `exp`, whole Unix seconds.
+    exp_secs: u64,
     /// Unix seconds: send `expiring` (60 s before `exp`).
     notice_at: u64,
     notice_sent: bool,
@@ -765,6 +852,7 @@ struct Timers {
 impl Timers {
     fn new(claims: &jwt::Claims, leeway: u64, ping: Duration) -> Timers {
         let mut t = Timers {
+            exp_secs: 0,
             notice_at: 0,
             notice_sent: false,
             close_at: 0,
@@ -775,7 +863,8 @@ impl Timers {
     }
 
     fn reset(&mut self, claims: &jwt::Claims, leeway: u64) {
-        self.notice_at = claims.exp_secs().saturating_sub(60);
+        self.exp_secs = claims.exp_secs();
+        self.notice_at = self.exp_secs.saturating_sub(60);
         self.notice_sent = false;
         self.close_at = claims.expires_at_with_leeway(leeway);
     }
@@ -866,9 +955,9 @@ impl Budget {
 /// Handles one client command; returns the replies to send.
 fn command(
     shared: &Shared,
+    handle: &ConnHandle,
     id: ConnId,
     rights: &mut Rights,
-    claims: &mut jwt::Claims,
     timers: &mut Timers,
     parsed: Result<protocol::ClientMessage, protocol::BadMessage>,
 ) -> Vec<String> {
@@ -971,8 +1060,8 @@ fn command(
             shared.hub.borrow_mut().set_operator(id, operator);
             let dropped = shared.hub.borrow_mut().update_rights(id, new_rights.clone());
             *rights = new_rights;
-            *claims = c.into_inner();
-            timers.reset(claims, shared.cfg.gate.verify.leeway);
+            timers.reset(&c, shared.cfg.gate.verify.leeway);
+            *handle.sid.borrow_mut() = c.sid.clone();
             let mut out: Vec<String> = dropped
                 .iter()
                 .map(|ch| {
@@ -988,7 +1077,7 @@ fn command(
             out.push(
                 Reply {
                     kind: "refreshed",
-                    expires_at: Some(claims.exp_secs()),
+                    expires_at: Some(timers.exp_secs),
                     reference: r,
                     ..Reply::default()
                 }
