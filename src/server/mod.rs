@@ -380,7 +380,11 @@ pub fn serve(args: &cli::Serve) -> Result<(), Failure> {
         ex.spawn(accept_loop(shared.clone(), ex.clone(), m, conn::Listener::Metrics))
             .detach();
     }
-    smol::block_on(ex.run(run(shared, ex.clone(), listener, addr, demo_key, demo_passwords)))
+    // Log lines go out once per loop turn (issue 16); the guard writes what
+    // is left when `serve` returns.
+    let _lines = crate::log::buffer_lines();
+    let main = std::pin::pin!(ex.run(run(shared, ex.clone(), listener, addr, demo_key, demo_passwords)));
+    smol::block_on(crate::log::FlushWhenIdle(main))
 }
 
 /// Raises the soft limit on open files to the hard limit (connections are
