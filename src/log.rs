@@ -142,7 +142,9 @@ pub fn buffer_lines() -> Buffering {
             p.get_or_insert_with(|| String::with_capacity(FLUSH_BYTES));
         }
     });
-    Buffering { _thread_bound: std::marker::PhantomData }
+    Buffering {
+        _thread_bound: std::marker::PhantomData,
+    }
 }
 
 /// Line buffering on this thread; see [`buffer_lines`].
@@ -406,7 +408,10 @@ mod tests {
         log.info("one", &[("n", 1u64.into())]);
         log.info("two", &[]);
         let held = pending().unwrap_or_default();
-        assert!(held.contains(" info one n=1\n") && held.ends_with(" info two\n"), "{held:?}");
+        assert!(
+            held.contains(" info one n=1\n") && held.ends_with(" info two\n"),
+            "{held:?}"
+        );
         flush();
         assert_eq!(pending().as_deref(), Some(""), "written out");
         // Past the bound a line is written at once.
@@ -443,8 +448,16 @@ mod tests {
             "T",
             "info",
             "x",
-            &[("a", 1u64.into()), ("event", "spoof".into()), ("a", 2u64.into()), ("b", true.into())],
+            &[
+                ("a", 1u64.into()),
+                ("event", "spoof".into()),
+                ("a", 2u64.into()),
+                ("b", true.into()),
+            ],
         );
-        assert_eq!(l, "{\"ts\":\"T\",\"level\":\"info\",\"event\":\"x\",\"a\":2,\"b\":true}\n");
+        assert_eq!(
+            l,
+            "{\"ts\":\"T\",\"level\":\"info\",\"event\":\"x\",\"a\":2,\"b\":true}\n"
+        );
     }
 }

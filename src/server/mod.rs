@@ -305,10 +305,12 @@ pub fn serve(args: &cli::Serve) -> Result<(), Failure> {
     raise_nofile_limit(&log);
     let listener =
         TcpListener::bind(cfg.listen).map_err(|e| Failure::usage(format!("--listen {}: {e}", cfg.listen)))?;
+    conn::listener_options(&listener);
     let metrics_listener = match cfg.metrics_listen {
         None => None,
         Some(m) => {
             let l = TcpListener::bind(m)
+                .inspect(conn::listener_options)
                 .and_then(smol::Async::new)
                 .map_err(|e| Failure::usage(format!("--metrics-listen {m}: {e}")))?;
             Some(l)
@@ -475,7 +477,7 @@ async fn run(
         Signal(Option<std::io::Result<async_signal::Signal>>),
     }
     loop {
-        let ev = smol::future::or(async { Ev::Conn(listener.accept().await) }, async {
+        let ev = smol::future::or(async { Ev::Conn(conn::accept(&listener).await) }, async {
             Ev::Signal(signals.next().await)
         })
         .await;
@@ -526,7 +528,6 @@ async fn accepted(
 ) {
     match r {
         Ok((stream, peer)) => {
-            let _ = stream.get_ref().set_nodelay(true);
             let id = shared.next_id();
             // Refused: dropping the stream closes it at once.
             if let Some(slot) = conn::admit(shared, id, peer) {
@@ -566,7 +567,7 @@ async fn accept_loop(
 ) {
     let mut errors = AcceptErrors::default();
     while !shared.shutting_down.get() {
-        let r = listener.accept().await;
+        let r = conn::accept(&listener).await;
         accepted(&shared, &ex, r, kind, &mut errors).await;
     }
 }
