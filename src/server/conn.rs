@@ -1,7 +1,8 @@
 //! One TCP connection: read request heads (within `--handshake-timeout`,
 //! later ones within `--keepalive-timeout`), route, answer plain HTTP with
-//! keep-alive (every write within `--write-timeout`), or hand a `GET /ws`
-//! to the WebSocket handshake whose callback calls [`gate::authorize`].
+//! keep-alive (every write within `--write-timeout`), or upgrade a
+//! `GET /ws`: [`gate::authorize`] decides on the head already parsed, and
+//! the `101` leaves in one write with the `welcome` ([`Corked`]).
 //! Until it upgrades, a connection holds a [`PendingSlot`] and can be shed
 //! while it waits for a head.
 
