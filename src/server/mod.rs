@@ -472,20 +472,33 @@ async fn run(
     }
 
     let mut accept_errors = AcceptErrors::default();
-    enum Ev {
-        Conn(std::io::Result<(smol::Async<std::net::TcpStream>, SocketAddr)>),
-        Signal(Option<std::io::Result<async_signal::Signal>>),
+    // Signals wait in a task of their own: polled beside every accept, the
+    // signal pipe cost a read per connection (issue 16).
+    let stop = Rc::new(event_listener::Event::new());
+    let mut stopped = stop.listen();
+    {
+        let (shared, stop) = (shared.clone(), stop.clone());
+        ex.spawn(async move {
+            loop {
+                match signals.next().await {
+                    Some(Ok(async_signal::Signal::Hup)) => reload(&shared),
+                    Some(Err(e)) => shared.log.warn("signal_error", &[("error", (&e.to_string()).into())]),
+                    Some(Ok(_)) | None => break,
+                }
+            }
+            stop.notify(usize::MAX);
+        })
+        .detach();
     }
     loop {
-        let ev = smol::future::or(async { Ev::Conn(conn::accept(&listener).await) }, async {
-            Ev::Signal(signals.next().await)
+        let next = smol::future::or(async { Some(conn::accept(&listener).await) }, async {
+            (&mut stopped).await;
+            None
         })
         .await;
-        match ev {
-            Ev::Conn(r) => accepted(&shared, &ex, r, conn::Listener::Main, &mut accept_errors).await,
-            Ev::Signal(Some(Ok(async_signal::Signal::Hup))) => reload(&shared),
-            Ev::Signal(Some(Ok(_))) | Ev::Signal(None) => break,
-            Ev::Signal(Some(Err(e))) => log.warn("signal_error", &[("error", (&e.to_string()).into())]),
+        match next {
+            Some(r) => accepted(&shared, &ex, r, conn::Listener::Main, &mut accept_errors).await,
+            None => break,
         }
     }
 
