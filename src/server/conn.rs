@@ -558,10 +558,10 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Corked<S> {
 /// The `101 Switching Protocols` head for a checked upgrade request
 /// (RFC 6455 §4.2.2); `Sec-WebSocket-Key` was validated by
 /// [`http::upgrade_problem`].
-fn switching_protocols(req: &Request) -> Vec<u8> {
+fn switching_protocols(req: &Request, mut head: Vec<u8>) -> Vec<u8> {
     let key = req.header("sec-websocket-key").unwrap_or_default();
     let accept = derive_accept_key(key.as_bytes());
-    let mut head = Vec::with_capacity(160);
+    head.clear();
     head.extend_from_slice(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n");
     head.extend_from_slice(b"Sec-WebSocket-Accept: ");
     head.extend_from_slice(accept.as_bytes());
@@ -605,7 +605,6 @@ async fn upgrade(
     } else {
         Vec::new()
     };
-    drop(buf);
     let now = now_unix();
     let throttled = shared.throttle.borrow().blocked(client, now);
     let full = shared.sockets.get() >= shared.cfg.max_connections;
@@ -671,8 +670,10 @@ async fn upgrade(
             return;
         }
     };
+    // The read buffer holds the answer: no allocation for it, and the
+    // welcome joins it without growing it.
     let corked = Corked {
-        held: switching_protocols(&req),
+        held: switching_protocols(&req, buf),
         joined: false,
         inner: stream,
     };
