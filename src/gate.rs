@@ -1,7 +1,7 @@
 //! The handshake decision (SPEC §4.2), sans-IO: given an upgrade request,
 //! the configuration and `now`, either the verified claims of the agent or
-//! the exact HTTP rejection. The WebSocket handshake callback calls
-//! [`authorize`]; nothing here touches a socket or a clock.
+//! the exact HTTP rejection. The upgrade path calls [`authorize`] on the
+//! parsed request head; nothing here touches a socket or a clock.
 //!
 //! Checks, in order: throttled address (429), connection cap (503), token
 //! source (Bearer header, `tessera_access` cookie, then `?access_token=`

@@ -1,14 +1,32 @@
 //! One event per line on stderr (SPEC §7): JSON by default, or text.
 //!
+//! While `serve` runs, lines are gathered in a per-thread buffer and
+//! written together when the event loop goes idle ([`FlushWhenIdle`]), when
+//! the buffer passes [`FLUSH_BYTES`], on shutdown and on a panic: one
+//! `write(2)` per loop turn instead of one per line (issue 16), and no line
+//! is lost. Elsewhere (commands, other threads) each line is written at once.
+//!
 //! Callers pass typed fields; nothing here knows tokens, cookies or query
 //! strings, and the server never hands them in. Line and paragraph
 //! separators (U+2028, U+2029) and bidirectional controls are escaped in
 //! both formats, so a peer-supplied string cannot reorder or split what a
 //! reader of the log sees; [`clip`] caps peer-supplied text.
 
-use serde_json::{Map, Value};
 use std::borrow::Cow;
+use std::cell::RefCell;
+use std::fmt::Write as _;
+use std::future::Future;
 use std::io::Write;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+/// Buffered lines past this many bytes are written at once.
+pub const FLUSH_BYTES: usize = 16 * 1024;
+
+thread_local! {
+    /// Lines not yet written; `None` while buffering is off on this thread.
+    static PENDING: RefCell<Option<String>> = const { RefCell::new(None) };
+}
 
 /// `--log-format`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,14 +80,21 @@ impl Logger {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default();
-        let line = render(
-            self.format,
-            &rfc3339(now.as_secs(), now.subsec_millis()),
-            level,
-            event,
-            fields,
-        );
-        let _ = std::io::stderr().lock().write_all(line.as_bytes());
+        let ts = Timestamp(now.as_secs(), now.subsec_millis());
+        let buffered = PENDING.with(|p| {
+            let Ok(mut p) = p.try_borrow_mut() else { return false };
+            let Some(buf) = p.as_mut() else { return false };
+            render_into(buf, self.format, ts, level, event, fields);
+            if buf.len() >= FLUSH_BYTES {
+                write_out(buf);
+            }
+            true
+        });
+        if !buffered {
+            let mut line = String::with_capacity(160);
+            render_into(&mut line, self.format, ts, level, event, fields);
+            let _ = std::io::stderr().lock().write_all(line.as_bytes());
+        }
     }
 
     pub fn info(&self, event: &str, fields: &[(&str, Field<'_>)]) {
@@ -81,39 +106,178 @@ impl Logger {
     }
 }
 
+/// Writes and empties `buf`.
+fn write_out(buf: &mut String) {
+    if !buf.is_empty() {
+        let _ = std::io::stderr().lock().write_all(buf.as_bytes());
+        buf.clear();
+    }
+}
+
+/// Writes the lines buffered on this thread now.
+pub fn flush() {
+    PENDING.with(|p| {
+        if let Ok(mut p) = p.try_borrow_mut()
+            && let Some(buf) = p.as_mut()
+        {
+            write_out(buf);
+        }
+    });
+}
+
+/// Turns line buffering on for this thread until the guard is dropped
+/// (which writes what is left). A panic writes the buffered lines before
+/// the process goes (release builds abort on panic, so no unwinding would).
+pub fn buffer_lines() -> Buffering {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            flush();
+            previous(info);
+        }));
+    });
+    PENDING.with(|p| {
+        if let Ok(mut p) = p.try_borrow_mut() {
+            p.get_or_insert_with(|| String::with_capacity(FLUSH_BYTES));
+        }
+    });
+    Buffering {
+        _thread_bound: std::marker::PhantomData,
+    }
+}
+
+/// Line buffering on this thread; see [`buffer_lines`].
+pub struct Buffering {
+    _thread_bound: std::marker::PhantomData<*const ()>,
+}
+
+impl Drop for Buffering {
+    fn drop(&mut self) {
+        flush();
+        PENDING.with(|p| {
+            if let Ok(mut p) = p.try_borrow_mut() {
+                *p = None;
+            }
+        });
+    }
+}
+
+/// Drives a future (the executor) and writes the buffered lines each time
+/// it returns `Pending`: the event loop is about to wait for I/O or a timer
+/// (or, under a long burst of work, yields every few hundred tasks).
+pub struct FlushWhenIdle<F>(pub F);
+
+impl<F: Future + Unpin> Future for FlushWhenIdle<F> {
+    type Output = F::Output;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let r = Pin::new(&mut self.0).poll(cx);
+        if r.is_pending() {
+            flush();
+        }
+        r
+    }
+}
+
 /// One line, newline-terminated.
 pub fn render(format: Format, ts: &str, level: &str, event: &str, fields: &[(&str, Field<'_>)]) -> String {
+    let mut s = String::with_capacity(160);
+    render_into(&mut s, format, ts, level, event, fields);
+    s
+}
+
+/// Appends one newline-terminated line to `out`.
+fn render_into(
+    out: &mut String,
+    format: Format,
+    ts: impl std::fmt::Display,
+    level: &str,
+    event: &str,
+    fields: &[(&str, Field<'_>)],
+) {
+    let start = out.len();
     match format {
         Format::Json => {
-            let mut m = Map::new();
-            m.insert("ts".into(), ts.into());
-            m.insert("level".into(), level.into());
-            m.insert("event".into(), event.into());
-            for (k, v) in fields {
-                let v = match v {
-                    Field::Str(s) => Value::from(*s),
-                    Field::U64(n) => Value::from(*n),
-                    Field::Bool(b) => Value::from(*b),
-                };
-                m.insert((*k).to_string(), v);
+            let _ = write!(out, "{{\"ts\":\"{ts}\",\"level\":");
+            json_str(out, level);
+            out.push_str(",\"event\":");
+            json_str(out, event);
+            // Later fields of the same name win, as in a JSON object built
+            // key by key; the fixed keys come first.
+            for (i, (k, v)) in fields.iter().enumerate() {
+                if matches!(*k, "ts" | "level" | "event") || fields[i + 1..].iter().any(|(k2, _)| k2 == k) {
+                    continue;
+                }
+                out.push(',');
+                json_str(out, k);
+                out.push(':');
+                match v {
+                    Field::Str(s) => json_str(out, s),
+                    Field::U64(n) => {
+                        let _ = write!(out, "{n}");
+                    }
+                    Field::Bool(b) => {
+                        let _ = write!(out, "{b}");
+                    }
+                }
             }
-            let mut s = escape_invisible(Value::Object(m).to_string());
-            s.push('\n');
-            s
+            out.push('}');
         }
         Format::Text => {
-            let mut s = format!("{ts} {level} {event}");
+            let _ = write!(out, "{ts} {level} {event}");
             for (k, v) in fields {
                 match v {
                     // Debug-quoting escapes control characters in peer-supplied text.
-                    Field::Str(x) => s.push_str(&escape_invisible(format!(" {k}={x:?}"))),
-                    Field::U64(n) => s.push_str(&format!(" {k}={n}")),
-                    Field::Bool(b) => s.push_str(&format!(" {k}={b}")),
+                    Field::Str(x) => {
+                        let _ = write!(out, " {k}={x:?}");
+                    }
+                    Field::U64(n) => {
+                        let _ = write!(out, " {k}={n}");
+                    }
+                    Field::Bool(b) => {
+                        let _ = write!(out, " {k}={b}");
+                    }
                 }
             }
-            s.push('\n');
-            s
         }
+    }
+    escape_invisible_from(out, start);
+    out.push('\n');
+}
+
+/// `s` as a JSON string (serde_json's escaping).
+fn json_str(out: &mut String, s: &str) {
+    // Writing into a String cannot fail; serde_json escapes exactly as
+    // `Value::to_string` did.
+    let mut w = StrWriter(out);
+    let _ = serde_json::to_writer(&mut w, s);
+}
+
+/// `io::Write` into a `String` for serde_json (which writes valid UTF-8).
+struct StrWriter<'a>(&'a mut String);
+
+impl Write for StrWriter<'_> {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        match std::str::from_utf8(b) {
+            Ok(t) => {
+                self.0.push_str(t);
+                Ok(b.len())
+            }
+            Err(_) => Err(std::io::ErrorKind::InvalidData.into()),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// `rfc3339` without an allocation.
+#[derive(Clone, Copy)]
+struct Timestamp(u64, u32);
+
+impl std::fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write_rfc3339(f, self.0, self.1)
     }
 }
 
@@ -123,21 +287,23 @@ fn invisible(c: char) -> bool {
     matches!(c, '\u{2028}' | '\u{2029}' | '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
 }
 
-/// Replaces [`invisible`] characters with `\uXXXX` (valid inside a JSON
-/// string, where alone they can appear in a rendered line).
-fn escape_invisible(s: String) -> String {
-    if !s.chars().any(invisible) {
-        return s;
+/// Replaces [`invisible`] characters in `s[start..]` with `\\uXXXX` (valid
+/// inside a JSON string, where alone they can appear in a rendered line).
+fn escape_invisible_from(s: &mut String, start: usize) {
+    let Some(tail) = s.get(start..) else { return };
+    if !tail.chars().any(invisible) {
+        return;
     }
-    let mut out = String::with_capacity(s.len() + 12);
-    for c in s.chars() {
+    let mut out = String::with_capacity(tail.len() + 12);
+    for c in tail.chars() {
         if invisible(c) {
-            out.push_str(&format!("\\u{:04x}", u32::from(c)));
+            let _ = write!(out, "\\u{:04x}", u32::from(c));
         } else {
             out.push(c);
         }
     }
-    out
+    s.truncate(start);
+    s.push_str(&out);
 }
 
 /// Caps peer-supplied text at `max` bytes (on a character boundary); a cut
@@ -155,6 +321,10 @@ pub fn clip(s: &str, max: usize) -> Cow<'_, str> {
 
 /// `2026-11-27T16:50:03.123Z` from Unix seconds and milliseconds.
 pub fn rfc3339(secs: u64, millis: u32) -> String {
+    Timestamp(secs, millis).to_string()
+}
+
+fn write_rfc3339(f: &mut impl std::fmt::Write, secs: u64, millis: u32) -> std::fmt::Result {
     let days = (secs / 86_400) as i64;
     let rem = secs % 86_400;
     // Civil-from-days (H. Hinnant), valid for all dates after 1970.
@@ -167,7 +337,8 @@ pub fn rfc3339(secs: u64, millis: u32) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
+    write!(
+        f,
         "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{millis:03}Z",
         rem / 3600,
         rem % 3600 / 60,
@@ -178,6 +349,7 @@ pub fn rfc3339(secs: u64, millis: u32) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::Value;
 
     #[test]
     fn rfc3339_utc() {
@@ -222,5 +394,70 @@ mod tests {
         let long = "é".repeat(40);
         let c = clip(&long, 64);
         assert!(c.starts_with(&"é".repeat(32)) && c.ends_with("…[+16 bytes]"), "{c}");
+    }
+
+    fn pending() -> Option<String> {
+        PENDING.with(|p| p.borrow().clone())
+    }
+
+    #[test]
+    fn buffered_lines_wait_for_a_flush_and_the_guard() {
+        let log = Logger { format: Format::Text };
+        assert_eq!(pending(), None, "off unless asked for");
+        let guard = buffer_lines();
+        log.info("one", &[("n", 1u64.into())]);
+        log.info("two", &[]);
+        let held = pending().unwrap_or_default();
+        assert!(
+            held.contains(" info one n=1\n") && held.ends_with(" info two\n"),
+            "{held:?}"
+        );
+        flush();
+        assert_eq!(pending().as_deref(), Some(""), "written out");
+        // Past the bound a line is written at once.
+        let big = "x".repeat(FLUSH_BYTES);
+        log.info("big", &[("pad", (&big).into())]);
+        assert_eq!(pending().as_deref(), Some(""));
+        log.info("three", &[]);
+        drop(guard);
+        assert_eq!(pending(), None, "the guard writes the rest and turns buffering off");
+    }
+
+    #[test]
+    fn idle_executor_flushes() {
+        let log = Logger { format: Format::Json };
+        let _guard = buffer_lines();
+        let mut polls = 0;
+        let fut = std::future::poll_fn(|cx| {
+            polls += 1;
+            if polls == 1 {
+                log.info("turn", &[]);
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            assert_eq!(pending().as_deref(), Some(""), "flushed when the loop went idle");
+            Poll::Ready(())
+        });
+        smol::block_on(FlushWhenIdle(Box::pin(fut)));
+    }
+
+    #[test]
+    fn spec7_key_order_and_last_duplicate_wins() {
+        let l = render(
+            Format::Json,
+            "T",
+            "info",
+            "x",
+            &[
+                ("a", 1u64.into()),
+                ("event", "spoof".into()),
+                ("a", 2u64.into()),
+                ("b", true.into()),
+            ],
+        );
+        assert_eq!(
+            l,
+            "{\"ts\":\"T\",\"level\":\"info\",\"event\":\"x\",\"a\":2,\"b\":true}\n"
+        );
     }
 }

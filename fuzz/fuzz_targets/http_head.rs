@@ -26,8 +26,7 @@ fuzz_target!(|data: &[u8]| {
     };
     assert!(req.head_len <= data.len() && req.head_len <= http::MAX_HEAD_BYTES);
     assert!(
-        req.headers
-            .iter()
+        req.headers()
             .all(|(n, _)| !n.bytes().any(|b| b.is_ascii_uppercase()))
     );
     let _ = http::route(&req.method, &req.path);

@@ -1,7 +1,8 @@
 //! One TCP connection: read request heads (within `--handshake-timeout`,
 //! later ones within `--keepalive-timeout`), route, answer plain HTTP with
-//! keep-alive (every write within `--write-timeout`), or hand a `GET /ws`
-//! to the WebSocket handshake whose callback calls [`gate::authorize`].
+//! keep-alive (every write within `--write-timeout`), or upgrade a
+//! `GET /ws`: [`gate::authorize`] decides on the head already parsed, and
+//! the `101` leaves in one write with the `welcome` ([`Corked`]).
 //! Until it upgrades, a connection holds a [`PendingSlot`] and can be shed
 //! while it waits for a head.
 
@@ -12,12 +13,13 @@ use crate::events::Kind;
 use crate::gate::{self, Context, Rejection};
 use crate::http::{self, BodyLength, Expect, Head, Request, Response, Route};
 use crate::hub::Rights;
-use async_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request as WsRequest, Response as WsResponse};
-use async_tungstenite::tungstenite::protocol::WebSocketConfig;
+use async_tungstenite::WebSocketStream;
+use async_tungstenite::tungstenite::handshake::derive_accept_key;
+use async_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use event_listener::Event;
 use smol::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use smol::{Async, LocalExecutor};
-use std::cell::{Cell, RefCell};
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::net::{SocketAddr, TcpStream};
@@ -125,6 +127,38 @@ pub fn shed_one(shared: &Shared) -> bool {
         .is_some()
 }
 
+/// Sets what every accepted socket inherits from its listener on Linux
+/// (`TCP_NODELAY`), so no per-connection `setsockopt` is needed.
+pub fn listener_options(listener: &std::net::TcpListener) {
+    #[cfg(target_os = "linux")]
+    let _ = rustix::net::sockopt::set_tcp_nodelay(listener, true);
+    #[cfg(not(target_os = "linux"))]
+    let _ = listener;
+}
+
+/// Accepts one connection: on Linux one `accept4` that makes it
+/// non-blocking and close-on-exec (no `ioctl(FIONBIO)` after), with
+/// `TCP_NODELAY` inherited from the listener ([`listener_options`]).
+pub async fn accept(listener: &Async<std::net::TcpListener>) -> std::io::Result<(Async<TcpStream>, SocketAddr)> {
+    #[cfg(target_os = "linux")]
+    {
+        use rustix::net::{SocketFlags, acceptfrom_with};
+        let (fd, addr) = listener
+            .read_with(|l| acceptfrom_with(l, SocketFlags::NONBLOCK | SocketFlags::CLOEXEC).map_err(Into::into))
+            .await?;
+        let peer = addr
+            .and_then(|a| SocketAddr::try_from(a).ok())
+            .ok_or_else(|| std::io::Error::other("accepted a socket without an IP address"))?;
+        Ok((Async::new_nonblocking(TcpStream::from(fd))?, peer))
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let (stream, peer) = listener.accept().await?;
+        let _ = stream.get_ref().set_nodelay(true);
+        Ok((stream, peer))
+    }
+}
+
 /// Which listener a connection came in on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Listener {
@@ -221,7 +255,7 @@ pub async fn serve_connection(
             // The WebSocket task owns the stream from here; it counts under
             // --max-connections instead.
             drop(slot);
-            return upgrade(shared, stream, buf, req, peer, client, deadline).await;
+            return upgrade(shared, stream, buf, req, peer, client).await;
         }
         // Read the body, if any (SPEC §4: ≤ 16 KiB, POST needs Content-Length).
         let body_len = match (req.method.as_str(), req.body_length()) {
@@ -458,122 +492,85 @@ async fn publish(shared: &Shared, req: &Request, body: &[u8], peer: SocketAddr) 
     }
 }
 
-/// Replays bytes already read, then reads from the socket.
-pub struct Prefixed<S> {
-    prefix: Vec<u8>,
-    pos: usize,
+/// The `101` answer, held back so that it leaves in the same write as the
+/// first frame (the `welcome`): one segment instead of two (issue 16).
+/// Later writes pass straight through.
+pub struct Corked<S> {
+    held: Vec<u8>,
+    /// The first frame has joined `held`.
+    joined: bool,
     inner: S,
 }
 
-impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut TaskCx<'_>, out: &mut [u8]) -> Poll<std::io::Result<usize>> {
-        if self.pos < self.prefix.len() {
-            let rest = &self.prefix[self.pos..];
-            let n = rest.len().min(out.len());
-            out[..n].copy_from_slice(&rest[..n]);
-            self.pos += n;
-            if self.pos == self.prefix.len() {
-                self.prefix = Vec::new();
-                self.pos = 0;
+impl<S: AsyncWrite + Unpin> Corked<S> {
+    /// Writes what is held; `Ready(Ok)` once nothing is.
+    fn drain(&mut self, cx: &mut TaskCx<'_>) -> Poll<std::io::Result<()>> {
+        while !self.held.is_empty() {
+            match Pin::new(&mut self.inner).poll_write(cx, &self.held) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => {
+                    self.held.drain(..n.min(self.held.len()));
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
             }
-            return Poll::Ready(Ok(n));
         }
+        if self.held.capacity() > 0 {
+            self.held = Vec::new();
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Corked<S> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut TaskCx<'_>, out: &mut [u8]) -> Poll<std::io::Result<usize>> {
         Pin::new(&mut self.inner).poll_read(cx, out)
     }
 }
 
-impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Corked<S> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut TaskCx<'_>, b: &[u8]) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, b)
+        if !self.held.is_empty() && !self.joined {
+            self.joined = true;
+            self.held.extend_from_slice(b);
+            return Poll::Ready(Ok(b.len()));
+        }
+        match self.drain(cx) {
+            Poll::Ready(Ok(())) => Pin::new(&mut self.inner).poll_write(cx, b),
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
+        }
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut TaskCx<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        match self.drain(cx) {
+            Poll::Ready(Ok(())) => Pin::new(&mut self.inner).poll_flush(cx),
+            other => other,
+        }
     }
     fn poll_close(mut self: Pin<&mut Self>, cx: &mut TaskCx<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_close(cx)
+        match self.drain(cx) {
+            Poll::Ready(Ok(())) => Pin::new(&mut self.inner).poll_close(cx),
+            other => other,
+        }
     }
 }
 
-/// Our [`Response`] as tungstenite's error response (head and body go out
-/// in one write; tungstenite adds no `Content-Length`, so it is set here).
-fn to_ws_error(r: &Response) -> ErrorResponse {
-    let mut b = async_tungstenite::tungstenite::http::Response::builder()
-        .status(r.status)
-        .header("Content-Type", r.content_type)
-        .header("Content-Length", r.body.len().to_string())
-        .header("Cache-Control", "no-store")
-        .header("Connection", "close");
-    for (n, v) in &r.headers {
-        b = b.header(n.as_ref(), v.as_str());
-    }
-    let body = String::from_utf8_lossy(&r.body).into_owned();
-    b.body(Some(body.clone())).unwrap_or_else(|_| {
-        let mut fallback = ErrorResponse::new(Some(body));
-        *fallback.status_mut() = async_tungstenite::tungstenite::http::StatusCode::INTERNAL_SERVER_ERROR;
-        fallback
-    })
+/// The `101 Switching Protocols` head for a checked upgrade request
+/// (RFC 6455 §4.2.2); `Sec-WebSocket-Key` was validated by
+/// [`http::upgrade_problem`].
+fn switching_protocols(req: &Request, mut head: Vec<u8>) -> Vec<u8> {
+    let key = req.header("sec-websocket-key").unwrap_or_default();
+    let accept = derive_accept_key(key.as_bytes());
+    head.clear();
+    head.extend_from_slice(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n");
+    head.extend_from_slice(b"Sec-WebSocket-Accept: ");
+    head.extend_from_slice(accept.as_bytes());
+    head.extend_from_slice(b"\r\n\r\n");
+    head
 }
 
-/// `GET /ws`: the WebSocket handshake with authentication in its callback.
-async fn upgrade(
-    shared: Rc<Shared>,
-    stream: Stream,
-    buf: Vec<u8>,
-    req: Request,
-    peer: SocketAddr,
-    client: IpAddr,
-    deadline: Instant,
-) {
-    let head: Vec<u8> = buf.get(..req.head_len).map(<[u8]>::to_vec).unwrap_or_default();
-    drop(req);
-    drop(buf);
-    let prefixed = Prefixed {
-        prefix: head,
-        pos: 0,
-        inner: stream,
-    };
-    let now = now_unix();
-    let throttled = shared.throttle.borrow().blocked(client, now);
-    let full = shared.sockets.get() >= shared.cfg.max_connections;
-    // Counted from here so that concurrent handshakes respect the cap.
-    shared.sockets.set(shared.sockets.get() + 1);
-    let _slot = SocketSlot(&shared);
-    let addr = crate::throttle::address_key(client);
-    let addr_full = shared.sockets_per.borrow().address(addr) >= shared.cfg.max_sockets_per_address;
-    let _addr_slot = PerSlot::address(&shared, addr);
-    // Set once the token is accepted: the `sub` is counted from then on.
-    let sub_slot: RefCell<Option<PerSlot>> = RefCell::new(None);
-
-    let mut decision: Option<Result<crate::jwt::VerifiedClaims, Rejection>> = None;
-    let keys = shared.keys();
-    #[allow(clippy::result_large_err)] // the signature is tungstenite's `Callback`
-    let callback = |request: &WsRequest, response: WsResponse| -> Result<WsResponse, ErrorResponse> {
-        let revoked = |sid: &str| shared.is_revoked(sid);
-        let ctx = Context {
-            now,
-            throttled,
-            full,
-            is_revoked: &revoked,
-        };
-        let d = if addr_full && throttled.is_none() && !full {
-            Err(Rejection::TooManySocketsForAddress)
-        } else {
-            gate::authorize(request, &shared.cfg.gate, &keys, &ctx)
-        };
-        let d = d.and_then(|c| {
-            if shared.sockets_per.borrow().sub(&c.sub) >= shared.cfg.max_sockets_per_sub {
-                return Err(Rejection::TooManySocketsForSub);
-            }
-            *sub_slot.borrow_mut() = Some(PerSlot::sub(&shared, &c.sub));
-            Ok(c)
-        });
-        let out = match &d {
-            Ok(_) => Ok(response),
-            Err(rej) => Err(to_ws_error(&rej.response())),
-        };
-        decision = Some(d);
-        out
-    };
+/// The WebSocket settings of every socket.
+fn ws_config(shared: &Shared) -> WebSocketConfig {
     let mut config = WebSocketConfig::default();
     // Client messages are small commands: a small eagerly-allocated read
     // buffer keeps idle sockets cheap (larger frames grow it as needed).
@@ -588,27 +585,62 @@ async fn upgrade(
     config.max_message_size = Some(shared.cfg.max_message_bytes);
     config.max_frame_size = Some(shared.cfg.max_message_bytes);
     config.accept_unmasked_frames = false;
-    // Boxed so the handshake's state is freed once it is done instead of
-    // sizing the connection task for the socket's whole life.
-    let handshake = Box::pin(async_tungstenite::accept_hdr_async_with_config(
-        prefixed,
-        callback,
-        Some(config),
-    ));
-    let timeout = async {
-        smol::Timer::at(deadline).await;
-        Err(async_tungstenite::tungstenite::Error::Io(
-            std::io::ErrorKind::TimedOut.into(),
-        ))
+    config
+}
+
+/// `GET /ws`: the upgrade decision ([`gate::authorize`] on the parsed
+/// head), then `101` and the socket. The head was read and checked
+/// (RFC 6455 §4.2.1) by [`serve_connection`]; no second parse.
+async fn upgrade(
+    shared: Rc<Shared>,
+    mut stream: Stream,
+    mut buf: Vec<u8>,
+    req: Request,
+    peer: SocketAddr,
+    client: IpAddr,
+) {
+    // Bytes after the head: frames the client sent without waiting.
+    let early = if buf.len() > req.head_len {
+        buf.split_off(req.head_len)
+    } else {
+        Vec::new()
     };
-    let result = smol::future::or(handshake, timeout).await;
-    let peer_s = peer.to_string();
-    match (result, decision) {
-        (Ok(ws), Some(Ok(claims))) => {
-            shared.metrics.handshakes_ok.set(shared.metrics.handshakes_ok.get() + 1);
-            Box::pin(socket::run(shared.clone(), ws, claims, peer)).await;
+    let now = now_unix();
+    let throttled = shared.throttle.borrow().blocked(client, now);
+    let full = shared.sockets.get() >= shared.cfg.max_connections;
+    // Counted from here so that concurrent handshakes respect the cap.
+    shared.sockets.set(shared.sockets.get() + 1);
+    let _slot = SocketSlot(&shared);
+    let addr = crate::throttle::address_key(client);
+    let addr_full = shared.sockets_per.borrow().address(addr) >= shared.cfg.max_sockets_per_address;
+    let _addr_slot = PerSlot::address(&shared, addr);
+
+    let decision = if addr_full && throttled.is_none() && !full {
+        Err(Rejection::TooManySocketsForAddress)
+    } else {
+        let revoked = |sid: &str| shared.is_revoked(sid);
+        let ctx = Context {
+            now,
+            throttled,
+            full,
+            is_revoked: &revoked,
+        };
+        gate::authorize(&req, &shared.cfg.gate, &shared.keys(), &ctx)
+    };
+    // Set once the token is accepted: the `sub` is counted from then on.
+    let decision = decision.and_then(|c| {
+        if shared.sockets_per.borrow().sub(&c.sub) >= shared.cfg.max_sockets_per_sub {
+            return Err(Rejection::TooManySocketsForSub);
         }
-        (_, Some(Err(rej))) => {
+        let sub_slot = PerSlot::sub(&shared, &c.sub);
+        Ok((c, sub_slot))
+    });
+    let (claims, _sub_slot) = match decision {
+        Ok(d) => d,
+        Err(rej) => {
+            drop(req);
+            let peer_s = peer.to_string();
+            write_by(&shared, &mut stream, &rej.response().to_bytes(false), peer).await;
             shared.metrics.reject(rej.code());
             if !matches!(rej, Rejection::Throttled(_) | Rejection::ServerFull) {
                 shared.metrics.auth_failure(rej.code());
@@ -635,21 +667,20 @@ async fn upgrade(
                     ],
                 );
             }
+            return;
         }
-        (Err(e), _) => {
-            shared.metrics.reject("bad_handshake");
-            super::admin::security_event(&shared, Kind::WsReject, "bad_handshake", Some(&peer_s), None, None);
-            shared.log.info(
-                "ws_reject",
-                &[
-                    ("reason", "bad_handshake".into()),
-                    ("error", (&e.to_string()).into()),
-                    ("peer", (&peer_s).into()),
-                ],
-            );
-        }
-        (Ok(_), None) => {}
-    }
+    };
+    // The read buffer holds the answer: no allocation for it, and the
+    // welcome joins it without growing it.
+    let corked = Corked {
+        held: switching_protocols(&req, buf),
+        joined: false,
+        inner: stream,
+    };
+    drop(req);
+    let ws = WebSocketStream::from_partially_read(corked, early, Role::Server, Some(ws_config(&shared))).await;
+    shared.metrics.handshakes_ok.set(shared.metrics.handshakes_ok.get() + 1);
+    Box::pin(socket::run(shared.clone(), ws, claims, peer)).await;
 }
 
 /// Sockets per `sub` and per address (`--max-sockets-per-sub`,

@@ -305,10 +305,12 @@ pub fn serve(args: &cli::Serve) -> Result<(), Failure> {
     raise_nofile_limit(&log);
     let listener =
         TcpListener::bind(cfg.listen).map_err(|e| Failure::usage(format!("--listen {}: {e}", cfg.listen)))?;
+    conn::listener_options(&listener);
     let metrics_listener = match cfg.metrics_listen {
         None => None,
         Some(m) => {
             let l = TcpListener::bind(m)
+                .inspect(conn::listener_options)
                 .and_then(smol::Async::new)
                 .map_err(|e| Failure::usage(format!("--metrics-listen {m}: {e}")))?;
             Some(l)
@@ -380,7 +382,11 @@ pub fn serve(args: &cli::Serve) -> Result<(), Failure> {
         ex.spawn(accept_loop(shared.clone(), ex.clone(), m, conn::Listener::Metrics))
             .detach();
     }
-    smol::block_on(ex.run(run(shared, ex.clone(), listener, addr, demo_key, demo_passwords)))
+    // Log lines go out once per loop turn (issue 16); the guard writes what
+    // is left when `serve` returns.
+    let _lines = crate::log::buffer_lines();
+    let main = std::pin::pin!(ex.run(run(shared, ex.clone(), listener, addr, demo_key, demo_passwords)));
+    smol::block_on(crate::log::FlushWhenIdle(main))
 }
 
 /// Raises the soft limit on open files to the hard limit (connections are
@@ -466,20 +472,33 @@ async fn run(
     }
 
     let mut accept_errors = AcceptErrors::default();
-    enum Ev {
-        Conn(std::io::Result<(smol::Async<std::net::TcpStream>, SocketAddr)>),
-        Signal(Option<std::io::Result<async_signal::Signal>>),
+    // Signals wait in a task of their own: polled beside every accept, the
+    // signal pipe cost a read per connection (issue 16).
+    let stop = Rc::new(event_listener::Event::new());
+    let mut stopped = stop.listen();
+    {
+        let (shared, stop) = (shared.clone(), stop.clone());
+        ex.spawn(async move {
+            loop {
+                match signals.next().await {
+                    Some(Ok(async_signal::Signal::Hup)) => reload(&shared),
+                    Some(Err(e)) => shared.log.warn("signal_error", &[("error", (&e.to_string()).into())]),
+                    Some(Ok(_)) | None => break,
+                }
+            }
+            stop.notify(usize::MAX);
+        })
+        .detach();
     }
     loop {
-        let ev = smol::future::or(async { Ev::Conn(listener.accept().await) }, async {
-            Ev::Signal(signals.next().await)
+        let next = smol::future::or(async { Some(conn::accept(&listener).await) }, async {
+            (&mut stopped).await;
+            None
         })
         .await;
-        match ev {
-            Ev::Conn(r) => accepted(&shared, &ex, r, conn::Listener::Main, &mut accept_errors).await,
-            Ev::Signal(Some(Ok(async_signal::Signal::Hup))) => reload(&shared),
-            Ev::Signal(Some(Ok(_))) | Ev::Signal(None) => break,
-            Ev::Signal(Some(Err(e))) => log.warn("signal_error", &[("error", (&e.to_string()).into())]),
+        match next {
+            Some(r) => accepted(&shared, &ex, r, conn::Listener::Main, &mut accept_errors).await,
+            None => break,
         }
     }
 
@@ -522,7 +541,6 @@ async fn accepted(
 ) {
     match r {
         Ok((stream, peer)) => {
-            let _ = stream.get_ref().set_nodelay(true);
             let id = shared.next_id();
             // Refused: dropping the stream closes it at once.
             if let Some(slot) = conn::admit(shared, id, peer) {
@@ -562,7 +580,7 @@ async fn accept_loop(
 ) {
     let mut errors = AcceptErrors::default();
     while !shared.shutting_down.get() {
-        let r = listener.accept().await;
+        let r = conn::accept(&listener).await;
         accepted(&shared, &ex, r, kind, &mut errors).await;
     }
 }
