@@ -81,14 +81,19 @@ sample_rss() {
     echo "$peak" >"$dir/rss_$1"
 }
 
+# CPU ticks (user + system, all threads) the server has used so far.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$server/stat" 2>/dev/null || echo 0; }
+
 legit() { # $1 = quiet | attacked
     touch "$dir/sampling"
     sample_rss "$1" &
-    local sampler=$!
+    local sampler=$! t0 c0
+    t0=$(date +%s.%N) c0=$(cpu_ticks)
     taskset -c 1 "$WSLOAD" handshakes --url "ws://127.0.0.1:$PORT/ws" --conns "$HS_N" \
         --concurrency "$HS_K" 2>/dev/null >"$dir/hs_$1.json" || true
     taskset -c 1 "$WSLOAD" fanout --url "ws://127.0.0.1:$PORT/ws" --subscribers "$FAN_C" \
         --messages "$FAN_M" --size 256 --rate 0 2>/dev/null >"$dir/fan_$1.json" || true
+    echo "$t0 $(date +%s.%N) $c0 $(cpu_ticks) $(getconf CLK_TCK)" >"$dir/cpu_$1"
     rm -f "$dir/sampling"
     wait "$sampler"
 }
@@ -259,6 +264,11 @@ def load(n):
 def rss(m):
     try: return int(open(os.path.join(d, "rss_" + m)).read()) // 1024
     except Exception: return "?"
+def cpu(m): # the server's CPU time over the run's wall time, % of one core
+    try:
+        t0, t1, c0, c1, hz = map(float, open(os.path.join(d, "cpu_" + m)).read().split())
+        return round(100 * (c1 - c0) / hz / (t1 - t0))
+    except Exception: return "?"
 print(f"{'':28}{'quiet':>14}{'attacked':>14}")
 rows = []
 for m in ("quiet", "attacked"):
@@ -271,6 +281,7 @@ for m in ("quiet", "attacked"):
         "fan-out delivered": f.get("delivered"), "fan-out lost": f.get("lost"),
         "fan-out p99 ms": (f.get("latency_ms") or {}).get("p99"),
         "server peak RSS MB": rss(m),
+        "server CPU % of a core": cpu(m),
     })
 for k in rows[0]:
     print(f"{k:28}{str(rows[0][k]):>14}{str(rows[1][k]):>14}")
