@@ -366,7 +366,7 @@ fn f1_a_request_on_its_way_outlasts_silent_connections_at_the_cap() {
     // 24 more silent connections: 20 sheds at a cap of 8.
     for i in 0..24u8 {
         silent.push(connect_from(v4(0, 7, 10 + i), s.addr));
-        std::thread::sleep(Duration::from_millis(10));
+        std::thread::sleep(Duration::from_millis(20));
     }
     std::thread::sleep(Duration::from_millis(200));
     c.write_all(rest).unwrap();
@@ -397,21 +397,28 @@ fn f1_clients_that_do_not_read_their_responses_can_be_shed_at_the_cap() {
         });
         readers.push(c);
     }
-    // Let their responses fill the socket buffers.
-    std::thread::sleep(Duration::from_millis(1500));
-    let r = raw_from(
-        v4(0, 8, 100),
-        s.addr,
-        b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-    );
+    // Once their responses fill the socket buffers (well within 10 s; the
+    // build before this rule refused every try for 60 s) a new client gets
+    // in.
+    let mut r = String::new();
+    for _ in 0..20 {
+        std::thread::sleep(Duration::from_millis(500));
+        r = raw_from(
+            v4(0, 8, 100),
+            s.addr,
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        );
+        if status(&r) == 200 {
+            break;
+        }
+    }
     assert_eq!(status(&r), 200, "{r:?}\n{}", s.logs());
-    let m = raw_from(
-        v4(0, 8, 101),
-        s.addr,
-        b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-    );
-    assert!(m.contains("tessera_pending_refused_total 0"), "{m}");
-    drop(readers);
+    let shed = readers
+        .iter_mut()
+        .map(|c| closed_within(c, Duration::from_millis(200)))
+        .filter(|&closed| closed)
+        .count();
+    assert!(shed >= 1, "a stalled reader was shed");
 }
 
 // ---- Finding 5: the throttle -------------------------------------------
