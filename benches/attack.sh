@@ -17,11 +17,14 @@
 # Legitimate load (wsload): `handshakes --conns HS_N --concurrency HS_K`, then
 # `fanout --subscribers FAN_C --messages FAN_M --size 256`. Prints the quiet
 # and attacked figures side by side, the server's peak RSS during each run,
-# and what happened to the attack connections.
+# what happened to the attack connections, the server's CPU use (% of one
+# core, all threads) and the kernel's listen-queue counters (machine-wide).
 #
 # Knobs (environment): HS_N [5000] HS_K [50] FAN_C [1000] FAN_M [200]
 # IDLE_N [5000] SLOW_N [100] SLOW_REQS [600] SUBFLOOD [1] FLOOD_ADDRS [50]
-# WARMUP [5] seconds for the attack to build up, PORT [8098], KIT
+# WARMUP [5] seconds for the attack to build up, ATTACK_NICE [0] the
+# attacker's nice value (it shares CPU 1 with wsload; 19 did not change
+# the picture measurably), PORT [8098], KIT
 # [/tmp/bench] (built wsload: see benches/login-burst.sh), TESSERA_BIN
 # [target/release/tessera], ITERATIONS [600000] for the users file,
 # SERVE_ARGS extra `serve` flags. Targets (issue #14): 0 failed legitimate
@@ -35,7 +38,7 @@ cd "$(dirname "$0")/.."
 HS_N=${HS_N:-5000} HS_K=${HS_K:-50} FAN_C=${FAN_C:-1000} FAN_M=${FAN_M:-200}
 IDLE_N=${IDLE_N:-5000} SLOW_N=${SLOW_N:-100} SLOW_REQS=${SLOW_REQS:-600}
 SUBFLOOD=${SUBFLOOD:-1} FLOOD_ADDRS=${FLOOD_ADDRS:-50} WARMUP=${WARMUP:-5}
-PORT=${PORT:-8098} ITERATIONS=${ITERATIONS:-600000} SERVE_ARGS=${SERVE_ARGS:-}
+ATTACK_NICE=${ATTACK_NICE:-0} PORT=${PORT:-8098} ITERATIONS=${ITERATIONS:-600000} SERVE_ARGS=${SERVE_ARGS:-}
 KIT=${KIT:-/tmp/bench}
 WSLOAD=$KIT/wsload/target/release/wsload
 BIN=${TESSERA_BIN:-target/release/tessera}
@@ -77,21 +80,26 @@ sample_rss() {
     echo "$peak" >"$dir/rss_$1"
 }
 
+# CPU ticks (user + system, all threads) the server has used so far.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$server/stat" 2>/dev/null || echo 0; }
+
 legit() { # $1 = quiet | attacked
     touch "$dir/sampling"
     sample_rss "$1" &
-    local sampler=$!
+    local sampler=$! t0 c0
+    t0=$(date +%s.%N) c0=$(cpu_ticks)
     taskset -c 1 "$WSLOAD" handshakes --url "ws://127.0.0.1:$PORT/ws" --conns "$HS_N" \
         --concurrency "$HS_K" 2>/dev/null >"$dir/hs_$1.json" || true
     taskset -c 1 "$WSLOAD" fanout --url "ws://127.0.0.1:$PORT/ws" --subscribers "$FAN_C" \
         --messages "$FAN_M" --size 256 --rate 0 2>/dev/null >"$dir/fan_$1.json" || true
+    echo "$t0 $(date +%s.%N) $c0 $(cpu_ticks) $(getconf CLK_TCK)" >"$dir/cpu_$1"
     rm -f "$dir/sampling"
     wait "$sampler"
 }
 
 legit quiet
 
-taskset -c 1 python3 - "$PORT" "$dir" "$IDLE_N" "$SLOW_N" "$SLOW_REQS" "$SUBFLOOD" "$FLOOD_ADDRS" \
+taskset -c 1 nice -n "$ATTACK_NICE" python3 - "$PORT" "$dir" "$IDLE_N" "$SLOW_N" "$SLOW_REQS" "$SUBFLOOD" "$FLOOD_ADDRS" \
     >"$dir/attack.json" 2>"$dir/attack.err" <<'EOF' &
 import base64, hashlib, hmac, json, os, resource, selectors, socket, sys, threading, time
 port, d = int(sys.argv[1]), sys.argv[2]
@@ -235,8 +243,12 @@ time.sleep(1.5)
 print(json.dumps(stats))
 EOF
 attacker=$!
+# Kernel listen-queue counters (machine-wide) around the attacked run.
+kstat() { nstat -az 2>/dev/null | awk '/TcpExt(ListenOverflows|ListenDrops|SyncookiesSent|TCPReqQFullDoCookies|TCPDeferAcceptDrop) /{print $1, $2}'; }
+kstat >"$dir/kstat_before"
 sleep "$WARMUP"
 legit attacked
+kstat >"$dir/kstat_after"
 touch "$dir/stop"
 wait "$attacker" || true
 attacker=
@@ -251,6 +263,11 @@ def load(n):
 def rss(m):
     try: return int(open(os.path.join(d, "rss_" + m)).read()) // 1024
     except Exception: return "?"
+def cpu(m): # the server's CPU time over the run's wall time, % of one core
+    try:
+        t0, t1, c0, c1, hz = map(float, open(os.path.join(d, "cpu_" + m)).read().split())
+        return round(100 * (c1 - c0) / hz / (t1 - t0))
+    except Exception: return "?"
 print(f"{'':28}{'quiet':>14}{'attacked':>14}")
 rows = []
 for m in ("quiet", "attacked"):
@@ -263,6 +280,7 @@ for m in ("quiet", "attacked"):
         "fan-out delivered": f.get("delivered"), "fan-out lost": f.get("lost"),
         "fan-out p99 ms": (f.get("latency_ms") or {}).get("p99"),
         "server peak RSS MB": rss(m),
+        "server CPU % of a core": cpu(m),
     })
 for k in rows[0]:
     print(f"{k:28}{str(rows[0][k]):>14}{str(rows[1][k]):>14}")
@@ -276,6 +294,8 @@ ok = (rows[1]["handshake failures"] == 0 and rows[1]["fan-out lost"] == 0
 print("targets (0 failed handshakes, p99 <= 3x quiet, 0 lost):", "met" if ok else "NOT met")
 EOF
 echo "server accept_failed lines: $(grep -c '"accept_failed"' "$dir/server.log" || true)"
+echo "kernel, during warm-up and attacked run (machine-wide):" \
+    "$(join "$dir/kstat_before" "$dir/kstat_after" 2>/dev/null | awk '{printf "%s %d  ", $1, $3 - $2}')"
 python3 - "$PORT" <<'EOF'
 import socket, sys
 s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=5)

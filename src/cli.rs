@@ -213,8 +213,8 @@ pub struct Serve {
     pub demo: bool,
 
     // Hostile clients: budgets for connections that have not upgraded.
-    /// most connections that have not upgraded yet; at the cap the one idle
-    /// longest is closed to make room [256]
+    /// most connections that have not upgraded yet; at the cap a silent one
+    /// (waiting longest for a request head) is closed to make room [256]
     #[argh(option, default = "256")]
     pub max_pending: usize,
     /// most not-yet-upgraded connections per client address (IPv6: per

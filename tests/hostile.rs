@@ -335,6 +335,92 @@ fn f1_keep_alive_idleness_is_bounded() {
     );
 }
 
+/// Reads one HTTP response head (and whatever came with it) from `c`.
+fn read_answer(c: &mut TcpStream, within: Duration) -> String {
+    c.set_read_timeout(Some(within)).unwrap();
+    let mut out = Vec::new();
+    let mut b = [0u8; 4096];
+    while !out.windows(4).any(|w| w == b"\r\n\r\n") {
+        match c.read(&mut b) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => out.extend_from_slice(&b[..n]),
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[test]
+fn f1_a_request_on_its_way_outlasts_silent_connections_at_the_cap() {
+    // A client sends the first line of a valid upgrade, then the rest a
+    // moment later; meanwhile silent connections keep arriving at the
+    // global cap. The silent ones (older or newer) are shed first.
+    let s = Srv::start("", &["--handshake-timeout", "30", "--max-pending", "8"]);
+    let mut silent: Vec<TcpStream> = (0..4).map(|i| connect_from(v4(0, 7, 1 + i), s.addr)).collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let t = token("agent", 1, 60, |_| {});
+    let req = common::upgrade("/ws", &format!("Authorization: Bearer {t}\r\n"));
+    let (first, rest) = req.split_at(18);
+    let mut c = connect_from(v4(0, 7, 100), s.addr);
+    c.write_all(first).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    // 24 more silent connections: 20 sheds at a cap of 8.
+    for i in 0..24u8 {
+        silent.push(connect_from(v4(0, 7, 10 + i), s.addr));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    c.write_all(rest).unwrap();
+    let answer = read_answer(&mut c, Duration::from_secs(5));
+    assert_eq!(status(&answer), 101, "{answer:?}\n{}", s.logs());
+    let shed = silent
+        .iter_mut()
+        .map(|c| closed_within(c, Duration::from_millis(50)))
+        .filter(|&closed| closed)
+        .count();
+    assert!(shed >= 20, "{shed} silent connections shed");
+}
+
+#[test]
+fn f1_clients_that_do_not_read_their_responses_can_be_shed_at_the_cap() {
+    // Four clients pipeline requests and never read: their connections
+    // are busy writing, for up to --write-timeout. At a cap of 4 a new
+    // client still gets in: one of them is shed instead.
+    let s = Srv::start("", &["--write-timeout", "60", "--max-pending", "4"]);
+    let req = "GET / HTTP/1.1\r\nHost: x\r\n\r\n".repeat(3000);
+    let mut readers = Vec::new();
+    for i in 0..4u8 {
+        let c = connect_from(v4(0, 8, 1 + i), s.addr);
+        let mut w = c.try_clone().unwrap();
+        let req = req.clone();
+        std::thread::spawn(move || {
+            let _ = w.write_all(req.as_bytes());
+        });
+        readers.push(c);
+    }
+    // Once their responses fill the socket buffers (well within 10 s; the
+    // build before this rule refused every try for 60 s) a new client gets
+    // in.
+    let mut r = String::new();
+    for _ in 0..20 {
+        std::thread::sleep(Duration::from_millis(500));
+        r = raw_from(
+            v4(0, 8, 100),
+            s.addr,
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        );
+        if status(&r) == 200 {
+            break;
+        }
+    }
+    assert_eq!(status(&r), 200, "{r:?}\n{}", s.logs());
+    let shed = readers
+        .iter_mut()
+        .map(|c| closed_within(c, Duration::from_millis(200)))
+        .filter(|&closed| closed)
+        .count();
+    assert!(shed >= 1, "a stalled reader was shed");
+}
+
 // ---- Finding 5: the throttle -------------------------------------------
 
 #[test]

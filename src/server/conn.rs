@@ -6,7 +6,7 @@
 //! Until it upgrades, a connection holds a [`PendingSlot`] and can be shed
 //! while it waits for a head.
 
-use super::pending::Admit;
+use super::pending::{Admit, Tier};
 use super::{Shared, socket};
 use crate::commands::now_unix;
 use crate::events::Kind;
@@ -79,8 +79,16 @@ pub struct PendingSlot {
 }
 
 impl PendingSlot {
-    fn idle(&self, idle: bool) {
-        self.shared.pending.borrow_mut().set_idle(self.id, idle);
+    /// The connection has been read from (or is about to be, in this same
+    /// poll) and waits for a request head; `partial`: part of one is
+    /// buffered. Only waiting connections can be shed.
+    pub fn waiting(&self, partial: bool) {
+        let tier = if partial { Tier::Partial } else { Tier::Empty };
+        self.shared.pending.borrow_mut().sheddable(self.id, tier);
+    }
+
+    fn busy(&self) {
+        self.shared.pending.borrow_mut().busy(self.id);
     }
 }
 
@@ -91,8 +99,8 @@ impl Drop for PendingSlot {
 }
 
 /// Admits a new connection under `--max-pending` and
-/// `--max-pending-per-address`, shedding the longest-idle one at a cap;
-/// `None`: refused (close it at once).
+/// `--max-pending-per-address`, shedding the one that has waited longest
+/// for a request head at a cap; `None`: refused (close it at once).
 pub fn admit(shared: &Rc<Shared>, id: u64, peer: SocketAddr) -> Option<PendingSlot> {
     let signal = Rc::new(ShedSignal::default());
     let exempt = shared.cfg.trusted_proxies.iter().any(|c| c.contains(peer.ip()));
@@ -115,8 +123,8 @@ pub fn admit(shared: &Rc<Shared>, id: u64, peer: SocketAddr) -> Option<PendingSl
     })
 }
 
-/// Sheds the longest-idle pre-upgrade connection (the process is out of
-/// file descriptors); true if there was one.
+/// Sheds the pre-upgrade connection that has waited longest for a request
+/// head (the process is out of file descriptors); true if there was one.
 pub fn shed_one(shared: &Shared) -> bool {
     let victim = shared.pending.borrow_mut().shed_one();
     victim
@@ -169,9 +177,11 @@ pub enum Listener {
     Metrics,
 }
 
-/// Writes `bytes` within `--write-timeout`; false on error or timeout (the
-/// connection is then closed).
-async fn write_by(shared: &Shared, stream: &mut Stream, bytes: &[u8], peer: SocketAddr) -> bool {
+/// Writes `bytes` within `--write-timeout`; false on error, timeout or
+/// shed (the connection is then closed). While the client leaves the
+/// response unread the connection can be shed (a write that completes
+/// at once is never seen in that state).
+async fn write_by(shared: &Shared, stream: &mut Stream, bytes: &[u8], peer: SocketAddr, slot: &PendingSlot) -> bool {
     let write = async { stream.write_all(bytes).await.is_ok() };
     let timeout = async {
         smol::Timer::after(shared.cfg.write_timeout).await;
@@ -180,7 +190,14 @@ async fn write_by(shared: &Shared, stream: &mut Stream, bytes: &[u8], peer: Sock
             .info("http_write_timeout", &[("peer", (&peer.to_string()).into())]);
         false
     };
-    smol::future::or(write, timeout).await
+    let shed = async {
+        slot.signal.wait().await;
+        false
+    };
+    slot.shared.pending.borrow_mut().sheddable(slot.id, Tier::Stalled);
+    let ok = smol::future::or(write, smol::future::or(timeout, shed)).await;
+    slot.busy();
+    ok
 }
 
 /// Serves one accepted connection until it closes, upgrades, or is shed.
@@ -204,17 +221,16 @@ pub async fn serve_connection(
         };
         first = false;
         let deadline = Instant::now() + wait;
-        slot.idle(true);
-        let head = smol::future::or(read_head(&mut stream, &mut buf, deadline), async {
+        let head = smol::future::or(read_head(&mut stream, &mut buf, deadline, &slot), async {
             slot.signal.wait().await;
             ReadHead::Closed
         })
         .await;
-        slot.idle(false);
+        slot.busy();
         let req = match head {
             ReadHead::Request(r) => r,
             ReadHead::Refused(e) => {
-                write_by(&shared, &mut stream, &e.response().to_bytes(false), peer).await;
+                write_by(&shared, &mut stream, &e.response().to_bytes(false), peer, &slot).await;
                 break;
             }
             ReadHead::Closed => break,
@@ -249,7 +265,7 @@ pub async fn serve_connection(
                         ("peer", (&peer.to_string()).into()),
                     ],
                 );
-                write_by(&shared, &mut stream, &r.to_bytes(false), peer).await;
+                write_by(&shared, &mut stream, &r.to_bytes(false), peer, &slot).await;
                 break;
             }
             // The WebSocket task owns the stream from here; it counts under
@@ -278,7 +294,7 @@ pub async fn serve_connection(
         let body_len = match body_len {
             Ok(n) => n,
             Err(r) => {
-                write_by(&shared, &mut stream, &r.to_bytes(false), peer).await;
+                write_by(&shared, &mut stream, &r.to_bytes(false), peer, &slot).await;
                 break;
             }
         };
@@ -287,7 +303,7 @@ pub async fn serve_connection(
         // body gets it (unless the body is already here).
         if req.expect() == Expect::Continue
             && buf.len() < body_len
-            && !write_by(&shared, &mut stream, http::CONTINUE, peer).await
+            && !write_by(&shared, &mut stream, http::CONTINUE, peer, &slot).await
         {
             break;
         }
@@ -312,7 +328,7 @@ pub async fn serve_connection(
             let cut = bytes.len() - if response.status == 204 { 0 } else { response.body.len() };
             bytes.truncate(cut);
         }
-        if !write_by(&shared, &mut stream, &bytes, peer).await || !keep_alive {
+        if !write_by(&shared, &mut stream, &bytes, peer, &slot).await || !keep_alive {
             break;
         }
         if buf.capacity() > 2 * http::MAX_HEAD_BYTES {
@@ -336,7 +352,9 @@ enum ReadHead {
 }
 
 /// Reads until a full head is in `buf` (bytes after it stay in `buf`).
-async fn read_head(stream: &mut Stream, buf: &mut Vec<u8>, deadline: Instant) -> ReadHead {
+/// The slot waits (sheddable) from the first read on, partial once part of
+/// a head is in.
+async fn read_head(stream: &mut Stream, buf: &mut Vec<u8>, deadline: Instant, slot: &PendingSlot) -> ReadHead {
     loop {
         if !buf.is_empty() {
             match http::parse_head(buf) {
@@ -345,6 +363,7 @@ async fn read_head(stream: &mut Stream, buf: &mut Vec<u8>, deadline: Instant) ->
                 Err(e) => return ReadHead::Refused(e),
             }
         }
+        slot.waiting(!buf.is_empty());
         match read_more(stream, buf, deadline).await {
             Some(n) if n > 0 => {}
             _ => return ReadHead::Closed,

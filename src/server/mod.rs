@@ -316,6 +316,10 @@ pub fn serve(args: &cli::Serve) -> Result<(), Failure> {
             Some(l)
         }
     };
+    #[cfg(target_os = "linux")]
+    if let Err(e) = rustix::net::listen(&listener, LISTEN_BACKLOG) {
+        log.warn("listen_backlog", &[("error", (&e.to_string()).into())]);
+    }
     let addr = listener
         .local_addr()
         .map_err(|e| Failure::usage(format!("--listen: {e}")))?;
@@ -522,16 +526,31 @@ async fn run(
 }
 
 /// `accept_failed` is logged at most once a second, with how many failures
-/// it stands for.
+/// it stands for; `burst`: connections accepted since the loop last let
+/// other tasks run.
 #[derive(Default)]
 struct AcceptErrors {
     last_logged: Option<std::time::Instant>,
     unlogged: u64,
+    burst: usize,
 }
+
+/// Connections accepted in a row before the accept loop yields so their
+/// first reads happen (at most a quarter of `--max-pending`, so a burst
+/// cannot fill the table with connections that may not be shed yet).
+/// Yielding after every accept made the loop too slow to drain the listen
+/// queue under attack (BENCHMARKS.md, "Under attack").
+const ACCEPT_BURST: usize = 16;
+
+/// The listen queue: std's 128 overflowed while 5000 attacking connections
+/// reconnected (a dropped SYN costs a legitimate client 1 s); the kernel
+/// caps it at `net.core.somaxconn`.
+const LISTEN_BACKLOG: i32 = 1024;
 
 /// Handles one result of `accept`: admit the connection under the
 /// pre-upgrade caps and spawn its task, or account for the failure (out of
-/// file descriptors: shed the longest-idle pre-upgrade connection).
+/// file descriptors: shed the pre-upgrade connection that has waited
+/// longest for a request head).
 async fn accepted(
     shared: &Rc<Shared>,
     ex: &Rc<LocalExecutor<'static>>,
@@ -546,6 +565,14 @@ async fn accepted(
             if let Some(slot) = conn::admit(shared, id, peer) {
                 ex.spawn(accept(shared.clone(), ex.clone(), stream, peer, slot, listener))
                     .detach();
+                // New connections cannot be shed until their task has
+                // read from them once: after a burst, let those tasks run
+                // before this loop takes (and maybe sheds for) more.
+                errors.burst += 1;
+                if errors.burst >= (shared.cfg.max_pending / 4).clamp(1, ACCEPT_BURST) {
+                    errors.burst = 0;
+                    smol::future::yield_now().await;
+                }
             }
         }
         Err(e) => {
@@ -629,6 +656,8 @@ async fn accept(
     {
         let acceptor = shared.tls.borrow().clone();
         if let Some(acceptor) = acceptor {
+            // Sheddable (as waiting) while the TLS handshake reads.
+            slot.waiting(false);
             let handshake = async { acceptor.accept(stream).await.ok() };
             let timeout = async {
                 smol::future::or(Timer::after(shared.cfg.handshake_timeout), async {
