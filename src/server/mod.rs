@@ -519,7 +519,6 @@ struct AcceptErrors {
 /// queue under attack (BENCHMARKS.md, "Under attack").
 const ACCEPT_BURST: usize = 16;
 
-
 /// Handles one result of `accept`: admit the connection under the
 /// pre-upgrade caps and spawn its task, or account for the failure (out of
 /// file descriptors: shed the pre-upgrade connection that has waited
