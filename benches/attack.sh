@@ -69,15 +69,19 @@ for _ in $(seq 50); do
     sleep 0.1
 done
 
-# Peak VmRSS (kB) of the server while $dir/sampling exists.
+# Peak VmRSS (kB) of the server, and the longest listen queue (connections
+# the kernel holds for accept), while $dir/sampling exists.
 sample_rss() {
-    local peak=0 v
+    local peak=0 q=0 v
     while [ -e "$dir/sampling" ]; do
         v=$(awk '/^VmRSS:/ {print $2}' "/proc/$server/status" 2>/dev/null || echo 0)
         [ "${v:-0}" -gt "$peak" ] && peak=$v
+        v=$(ss -Hltn "sport = :$PORT" 2>/dev/null | awk '{print $2; exit}')
+        [ "${v:-0}" -gt "$q" ] && q=$v
         sleep 0.2
     done
     echo "$peak" >"$dir/rss_$1"
+    echo "$q" >"$dir/listenq_$1"
 }
 
 # CPU ticks (user + system, all threads) the server has used so far.
@@ -281,6 +285,8 @@ for m in ("quiet", "attacked"):
         "fan-out p99 ms": (f.get("latency_ms") or {}).get("p99"),
         "server peak RSS MB": rss(m),
         "server CPU % of a core": cpu(m),
+        "longest listen queue": (open(os.path.join(d, "listenq_" + m)).read().strip()
+                                 if os.path.exists(os.path.join(d, "listenq_" + m)) else "?"),
     })
 for k in rows[0]:
     print(f"{k:28}{str(rows[0][k]):>14}{str(rows[1][k]):>14}")

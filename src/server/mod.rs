@@ -316,10 +316,6 @@ pub fn serve(args: &cli::Serve) -> Result<(), Failure> {
             Some(l)
         }
     };
-    #[cfg(target_os = "linux")]
-    if let Err(e) = rustix::net::listen(&listener, LISTEN_BACKLOG) {
-        log.warn("listen_backlog", &[("error", (&e.to_string()).into())]);
-    }
     let addr = listener
         .local_addr()
         .map_err(|e| Failure::usage(format!("--listen: {e}")))?;
@@ -541,11 +537,6 @@ struct AcceptErrors {
 /// Yielding after every accept made the loop too slow to drain the listen
 /// queue under attack (BENCHMARKS.md, "Under attack").
 const ACCEPT_BURST: usize = 16;
-
-/// The listen queue: std's 128 overflowed while 5000 attacking connections
-/// reconnected (a dropped SYN costs a legitimate client 1 s); the kernel
-/// caps it at `net.core.somaxconn`.
-const LISTEN_BACKLOG: i32 = 1024;
 
 /// Handles one result of `accept`: admit the connection under the
 /// pre-upgrade caps and spawn its task, or account for the failure (out of
