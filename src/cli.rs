@@ -214,8 +214,8 @@ pub struct Serve {
 
     // Hostile clients: budgets for connections that have not upgraded.
     /// most connections that have not upgraded yet; at the cap a silent one
-    /// (waiting longest for a request head) is closed to make room [256]
-    #[argh(option, default = "256")]
+    /// (waiting longest for a request head) is closed to make room [1024]
+    #[argh(option, default = "1024")]
     pub max_pending: usize,
     /// most not-yet-upgraded connections per client address (IPv6: per
     /// /64; trusted proxies exempt) [64]
