@@ -8,6 +8,12 @@
 #   scripts/build-release.sh                       # edge profile, both targets
 #   PROFILE=release scripts/build-release.sh
 #   TARGETS=aarch64-unknown-linux-musl FEATURES=tls scripts/build-release.sh
+#   FEATURES=dlmalloc scripts/build-release.sh     # CPU-bound devices, see below
+#
+# Allocator: the musl builds use musl's malloc, which hands a spike's memory
+# back at once but costs ~32 % more CPU per handshake than glibc's;
+# FEATURES=dlmalloc (pure Rust) is as fast as glibc but keeps a spike's peak
+# (README "Deploying on a device", BENCHMARKS.md "Allocators").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
