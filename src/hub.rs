@@ -1110,6 +1110,64 @@ mod tests {
     }
 
     #[test]
+    fn subscriptions_move_from_the_vector_to_a_set_and_stay_exact() {
+        let mut subs = Subs::Few(Vec::new());
+        let names: Vec<String> = (0..3 * FEW).map(|i| format!("c{i}")).collect();
+        for (i, n) in names.iter().enumerate() {
+            assert!(!subs.contains(n));
+            subs.insert(Rc::from(n.as_str()));
+            assert!(subs.contains(n));
+            assert_eq!(subs.len(), i + 1);
+            assert_eq!(matches!(subs, Subs::Few(_)), i < FEW, "at {i}");
+        }
+        let mut seen: Vec<&str> = subs.iter().map(|c| &**c).collect();
+        seen.sort_unstable();
+        let mut want: Vec<&str> = names.iter().map(String::as_str).collect();
+        want.sort_unstable();
+        assert_eq!(seen, want);
+        assert!(subs.remove("c3"));
+        assert!(!subs.remove("c3"));
+        assert!(!subs.contains("c3"));
+        subs.retain(|c| &**c != "c4");
+        assert_eq!(subs.len(), 3 * FEW - 2);
+        // The small form removes and retains the same way.
+        let mut few = Subs::Few(Vec::new());
+        few.insert(Rc::from("a"));
+        few.insert(Rc::from("b"));
+        assert!(few.remove("a") && !few.contains("a") && few.contains("b"));
+        few.retain(|_| false);
+        assert!(few.is_empty());
+    }
+
+    #[test]
+    fn publish_reaches_subscribers_across_the_subscription_forms() {
+        // One socket on more channels than the vector holds, another on one:
+        // both get what is published, and nothing after they unsubscribe.
+        let mut hub: Hub<Rc<Q>> = Hub::new(Levels::default());
+        let (a, b) = (q(100), q(100));
+        hub.join(1, r("a", 0, None, true), a.clone());
+        hub.join(2, r("b", 0, None, true), b.clone());
+        for i in 0..2 * FEW {
+            hub.subscribe(1, &format!("ch{i}")).unwrap();
+        }
+        hub.subscribe(2, "ch3").unwrap();
+        a.texts();
+        b.texts();
+        let p = hub.publish(&r("x", 0, None, true), "ch3", &raw("1"), 0).unwrap();
+        assert_eq!(p.delivered, 2);
+        assert_eq!((a.texts().len(), b.texts().len()), (1, 1));
+        hub.unsubscribe(1, "ch3").unwrap();
+        assert!(!hub.is_subscribed(1, "ch3") && hub.is_subscribed(1, "ch4"));
+        let p = hub.publish(&r("x", 0, None, true), "ch3", &raw("2"), 0).unwrap();
+        assert_eq!(p.delivered, 1);
+        assert_eq!((a.texts().len(), b.texts().len()), (0, 1));
+        hub.leave(2);
+        let p = hub.publish(&r("x", 0, None, true), "ch3", &raw("3"), 0).unwrap();
+        assert_eq!(p.delivered, 0);
+        assert_eq!(hub.subscriptions(1).len(), 2 * FEW);
+    }
+
+    #[test]
     fn tables_shrink_after_a_spike_of_connections() {
         let mut hub: Hub<Rc<Q>> = Hub::new(levels());
         for id in 0..5000u64 {
