@@ -385,6 +385,14 @@ pub fn reason(status: u16) -> &'static str {
 /// (RFC 6455 §4.2.1), as the answer to send: 400, or 426 with the version
 /// tessera speaks. `None`: the handshake may proceed.
 pub fn upgrade_problem(req: &Request) -> Option<Response> {
+    // §4.2.1 item 1: a GET (a HEAD routed to /ws is not an upgrade).
+    if req.method != "GET" {
+        return Some(Response::error(
+            400,
+            "bad_request",
+            "a WebSocket upgrade is a GET request",
+        ));
+    }
     if req.minor_version == 0 {
         return Some(Response::error(400, "bad_request", "WebSocket needs HTTP/1.1"));
     }
@@ -732,6 +740,13 @@ mod tests {
         let nokey =
             "GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\r\n";
         assert_eq!(upgrade_problem(&req(nokey)).unwrap().status, 400);
+        let head = good.replace("GET", "HEAD");
+        assert_eq!(
+            upgrade_problem(&req(&format!("{head}Sec-WebSocket-Version: 13\r\n\r\n")))
+                .unwrap()
+                .status,
+            400
+        );
     }
 
     #[test]
