@@ -107,11 +107,17 @@ pub struct History {
     seq: u64,
     bytes: u64,
     retained: usize,
-    /// Channels dropped by [`History::prune`] so far: a channel created
-    /// after a drop gets an epoch mixed with this count and `salt`, so a
-    /// re-created channel never reuses an earlier epoch (resumes across
-    /// the drop say `recovered: false`).
-    dropped: u64,
+    /// Re-creation generations, [`GENERATION_BUCKETS`] of them, a channel's
+    /// bucket picked by a hash keyed with `salt`. Dropping a channel that
+    /// had messages bumps its bucket, so a channel re-created after it
+    /// never reuses an earlier epoch (resumes across the drop say
+    /// `recovered: false`). Dropping one that never had a message bumps
+    /// nothing: re-created, it gets the same epoch, which is right (its
+    /// offsets start at 0 again either way), so such channels can go as
+    /// soon as nobody subscribes. A bump also moves the epochs of the
+    /// other never-published channels of its bucket: a resume there says
+    /// `recovered: false` with nothing missed, the safe direction.
+    generations: Vec<u32>,
     salt: [u8; 32],
 }
 
@@ -126,9 +132,22 @@ fn derive_epoch(seed: &[u8; 32], channel: &str) -> Rc<str> {
     Rc::from(text)
 }
 
-/// The epoch of a channel created after `dropped` channels were pruned
-/// (`dropped` 0: [`derive_epoch`], stable for a `--history-dir` seed).
-fn fresh_epoch(seed: &[u8; 32], salt: &[u8; 32], dropped: u64, channel: &str) -> Rc<str> {
+/// Buckets of [`History`]'s re-creation generations (4 KiB).
+const GENERATION_BUCKETS: usize = 1024;
+
+/// `channel`'s generation bucket (keyed by `salt`, so a client cannot aim
+/// at another channel's bucket).
+fn bucket(salt: &[u8; 32], channel: &str) -> usize {
+    let mut h = Sha256::new();
+    h.update(salt);
+    h.update(channel.as_bytes());
+    let d = h.finalize();
+    usize::from(u16::from_be_bytes([d[0], d[1]])) % GENERATION_BUCKETS
+}
+
+/// The epoch of a channel created when its bucket's generation is
+/// `dropped` (0: [`derive_epoch`], stable for a `--history-dir` seed).
+fn fresh_epoch(seed: &[u8; 32], salt: &[u8; 32], dropped: u32, channel: &str) -> Rc<str> {
     if dropped == 0 {
         return derive_epoch(seed, channel);
     }
@@ -171,9 +190,19 @@ impl History {
             seq: 0,
             bytes: 0,
             retained: 0,
-            dropped: 0,
+            generations: vec![0; GENERATION_BUCKETS],
             salt: seed,
         }
+    }
+
+    /// The generation of `channel`'s bucket.
+    fn generation(&self, channel: &str) -> u32 {
+        self.generations.get(bucket(&self.salt, channel)).copied().unwrap_or(0)
+    }
+
+    /// The epoch a channel created now gets.
+    fn new_epoch(&self, channel: &str) -> Rc<str> {
+        fresh_epoch(&self.seed, &self.salt, self.generation(channel), channel)
     }
 
     /// Random bytes mixed into the epochs of channels re-created after a
@@ -197,7 +226,7 @@ impl History {
     /// (`now_ms` `u64::MAX`: its idle time starts at the next prune).
     pub fn ensure(&mut self, channel: &str, now_ms: u64) {
         if !self.logs.contains_key(channel) {
-            let epoch = fresh_epoch(&self.seed, &self.salt, self.dropped, channel);
+            let epoch = self.new_epoch(channel);
             self.logs.insert(
                 Rc::from(channel),
                 Log {
@@ -211,26 +240,41 @@ impl History {
         }
     }
 
-    /// Drops channels that retain nothing, were not published to for
-    /// `--history-ttl` plus [`IDLE_GRACE_MS`], and that `in_use` does not claim (the hub: channels
-    /// with subscribers). Returns how many were dropped. A dropped
+    /// Drops channels that `in_use` does not claim (the hub: channels with
+    /// subscribers) and that either never had a message, or retain nothing
+    /// and were not published to for `--history-ttl` plus
+    /// [`IDLE_GRACE_MS`]. Returns how many were dropped. A dropped
     /// channel's epoch and last offset are forgotten: nothing it held can
-    /// be resumed anyway, and a later one of that name gets a new epoch.
+    /// be resumed anyway, and a later one of that name gets a new epoch
+    /// (the same one if it never had a message: see `generations`).
     pub fn prune(&mut self, now_ms: u64, in_use: impl Fn(&str) -> bool) -> usize {
         let ttl = self.limits.ttl_ms.saturating_add(IDLE_GRACE_MS);
         let before = self.logs.len();
+        let salt = self.salt;
+        let generations = &mut self.generations;
         self.logs.retain(|name, log| {
             if log.touched_ms == u64::MAX {
                 log.touched_ms = now_ms;
             }
-            !log.entries.is_empty() || now_ms.saturating_sub(log.touched_ms) <= ttl || in_use(name)
+            if in_use(name) {
+                return true;
+            }
+            if log.last == 0 {
+                return false;
+            }
+            let keep = !log.entries.is_empty() || now_ms.saturating_sub(log.touched_ms) <= ttl;
+            if !keep {
+                if let Some(g) = generations.get_mut(bucket(&salt, name)) {
+                    *g = g.wrapping_add(1).max(1);
+                }
+            }
+            keep
         });
         let n = before - self.logs.len();
         // Give the table's memory back after a burst of channels went.
         if self.logs.capacity() > 64 && self.logs.len() < self.logs.capacity() / 4 {
             self.logs.shrink_to_fit();
         }
-        self.dropped = self.dropped.saturating_add(n as u64);
         n
     }
 
@@ -256,7 +300,7 @@ impl History {
                 offset: l.last,
             },
             None => Position {
-                epoch: fresh_epoch(&self.seed, &self.salt, self.dropped, channel),
+                epoch: self.new_epoch(channel),
                 offset: 0,
             },
         }
@@ -281,9 +325,9 @@ impl History {
             Some((k, _)) => k.clone(),
             None => Rc::from(channel),
         };
-        let epoch = || fresh_epoch(&self.seed, &self.salt, self.dropped, channel);
+        let fresh = (!self.logs.contains_key(channel)).then(|| self.new_epoch(channel));
         let log = self.logs.entry(key.clone()).or_insert_with(|| Log {
-            epoch: epoch(),
+            epoch: fresh.unwrap_or_else(|| Rc::from("")),
             last: 0,
             lost_through: 0,
             entries: VecDeque::new(),
@@ -576,6 +620,34 @@ mod tests {
         // An empty channel: nothing lost.
         let r = h.replay("new", Some(&Since::Last(3)), 0);
         assert_eq!((r.offset, r.recovered, offsets(&r)), (0, Some(true), vec![]));
+    }
+
+    #[test]
+    fn never_published_channels_go_when_unused_and_come_back_with_their_epoch() {
+        let mut h = h(10, 1000, 1 << 20);
+        h.set_salt([9; 32]);
+        h.ensure("@alice", 0);
+        let quiet = h.position("@alice").epoch;
+        fill(&mut h, "busy", 2, 0);
+        let busy = h.position("busy").epoch;
+        // Subscribed: kept. Unused and never published: gone at once.
+        assert_eq!(h.prune(0, |c| c == "@alice"), 0);
+        assert_eq!(h.prune(1, |_| false), 1);
+        assert!(!h.has("@alice"));
+        assert!(h.has("busy"), "retains messages");
+        // Re-created: the same epoch, nothing was lost.
+        h.ensure("@alice", 2);
+        assert_eq!(h.position("@alice").epoch, quiet);
+        let r = h.replay("@alice", Some(&pos(&quiet, 0)), 2);
+        assert_eq!(r.recovered, Some(true));
+        // A channel that had messages: dropped after TTL + grace, and its
+        // re-creation gets a new epoch (a resume says not recovered).
+        h.expire(5000);
+        let later = 5000 + 1000 + IDLE_GRACE_MS + 1;
+        assert_eq!(h.prune(later, |_| false), 2);
+        assert_ne!(h.position("busy").epoch, busy);
+        let r = h.replay("busy", Some(&pos(&busy, 2)), later);
+        assert_eq!(r.recovered, Some(false));
     }
 
     #[test]

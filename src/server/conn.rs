@@ -182,6 +182,18 @@ pub enum Listener {
 /// response unread the connection can be shed (a write that completes
 /// at once is never seen in that state).
 async fn write_by(shared: &Shared, stream: &mut Stream, bytes: &[u8], peer: SocketAddr, slot: &PendingSlot) -> bool {
+    let shed = async {
+        slot.signal.wait().await;
+        false
+    };
+    slot.shared.pending.borrow_mut().sheddable(slot.id, Tier::Stalled);
+    let ok = smol::future::or(write_within(shared, stream, bytes, peer), shed).await;
+    slot.busy();
+    ok
+}
+
+/// Writes `bytes` within `--write-timeout`; false on error or timeout.
+async fn write_within(shared: &Shared, stream: &mut Stream, bytes: &[u8], peer: SocketAddr) -> bool {
     let write = async { stream.write_all(bytes).await.is_ok() };
     let timeout = async {
         smol::Timer::after(shared.cfg.write_timeout).await;
@@ -190,14 +202,7 @@ async fn write_by(shared: &Shared, stream: &mut Stream, bytes: &[u8], peer: Sock
             .info("http_write_timeout", &[("peer", (&peer.to_string()).into())]);
         false
     };
-    let shed = async {
-        slot.signal.wait().await;
-        false
-    };
-    slot.shared.pending.borrow_mut().sheddable(slot.id, Tier::Stalled);
-    let ok = smol::future::or(write, smol::future::or(timeout, shed)).await;
-    slot.busy();
-    ok
+    smol::future::or(write, timeout).await
 }
 
 /// Serves one accepted connection until it closes, upgrades, or is shed.
@@ -659,7 +664,7 @@ async fn upgrade(
         Err(rej) => {
             drop(req);
             let peer_s = peer.to_string();
-            write_by(&shared, &mut stream, &rej.response().to_bytes(false), peer).await;
+            write_within(&shared, &mut stream, &rej.response().to_bytes(false), peer).await;
             shared.metrics.reject(rej.code());
             if !matches!(rej, Rejection::Throttled(_) | Rejection::ServerFull) {
                 shared.metrics.auth_failure(rej.code());
