@@ -1,0 +1,1266 @@
+//! The Redis engine (SPEC §12, cargo feature `cluster`): this process as one
+//! node of a cluster whose per-channel offsets, epochs, history and fan-out
+//! live in one Redis.
+//!
+//! Data, under `--redis-prefix P`: `P:m:CHANNEL` is a hash with the channel's
+//! epoch (`e`) and last offset (`o`); `P:h:CHANNEL` is a list of the last
+//! `--history` messages (`OFFSET TS SUBLEN SUB DATA`); `P:pub` is the one
+//! pub/sub channel every node subscribes to. A publish is one script run
+//! ([`PUBLISH_SCRIPT`], one round trip): it takes the next offset, appends
+//! and trims the history and broadcasts `CHLEN CHANNEL EPOCH ENTRY` on
+//! `P:pub`, so every node sees every channel in the same order. A missing
+//! hash means the history was lost (`FLUSHALL`, eviction, expiry): the next
+//! publish or read starts a new epoch, so a resume says `recovered:false`
+//! and never hides a gap.
+//!
+//! Each node keeps its hub's history as a copy of the channels its sockets
+//! use ([`Mirror`]). A channel is *synced* once loaded from Redis
+//! ([`READ_SCRIPT`], atomic) while the pub/sub subscription is up; the
+//! broadcast keeps it synced. Broadcasts that arrive during a load are held
+//! and applied after it, deduplicated by offset, so a `subscribe` (handled
+//! by the hub only once its channel is synced) has no gap or duplicate at
+//! the history/live boundary. A gap or a new epoch in the broadcast, or a
+//! reconnect after Redis was down, reloads the channel and delivers what
+//! its live subscribers missed.
+//!
+//! The RESP codec, key names, payload codecs and [`Mirror`] are sans-IO and
+//! tested here; the async shell ([`Node`]) is two TCP connections (commands
+//! and pub/sub) on the event loop, reconnected with backoff, and logs
+//! `broker_down` / `broker_up`.
+
+use super::{ClusterConfig, StoreFailure};
+use crate::history::{Position, epoch_ok};
+use crate::hub::{Frame, PublishError, Published, Rights};
+use crate::server::Shared;
+use serde_json::value::RawValue;
+use smol::io::{AsyncReadExt, AsyncWriteExt};
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::Duration;
+
+// ---------------------------------------------------------------- RESP (sans-IO)
+
+/// A RESP2 reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Value {
+    Simple(String),
+    Error(String),
+    Int(i64),
+    /// `None`: the null bulk string.
+    Bulk(Option<Vec<u8>>),
+    /// `None`: the null array.
+    Array(Option<Vec<Value>>),
+}
+
+impl Value {
+    fn bytes(&self) -> Option<&[u8]> {
+        match self {
+            Value::Bulk(Some(b)) => Some(b),
+            Value::Simple(s) => Some(s.as_bytes()),
+            _ => None,
+        }
+    }
+
+    fn int(&self) -> Option<i64> {
+        match self {
+            Value::Int(i) => Some(*i),
+            Value::Bulk(Some(b)) => std::str::from_utf8(b).ok()?.parse().ok(),
+            _ => None,
+        }
+    }
+}
+
+/// Encodes one command as a RESP array of bulk strings.
+pub fn encode(args: &[&[u8]], out: &mut Vec<u8>) {
+    out.extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
+    for a in args {
+        out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+        out.extend_from_slice(a);
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+/// Largest bulk string accepted from Redis (a history read is at most
+/// `--history` messages of `--max-message-bytes`).
+const MAX_BULK: usize = 64 << 20;
+/// Most elements in one reply array.
+const MAX_ARRAY: usize = 1 << 20;
+/// Deepest nesting accepted.
+const MAX_DEPTH: usize = 4;
+
+/// Decodes one reply from the start of `buf`: `Ok(None)` when more bytes
+/// are needed, else the value and the bytes it took. Malformed or
+/// oversized input is an error (the connection is then dropped).
+pub fn decode(buf: &[u8]) -> Result<Option<(Value, usize)>, &'static str> {
+    decode_at(buf, 0, 0)
+}
+
+fn line(buf: &[u8], at: usize) -> Option<(&[u8], usize)> {
+    let rest = buf.get(at..)?;
+    let end = rest.windows(2).position(|w| w == b"\r\n")?;
+    Some((&rest[..end], at + end + 2))
+}
+
+fn number(l: &[u8]) -> Result<i64, &'static str> {
+    std::str::from_utf8(l)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .ok_or("bad number in a reply")
+}
+
+fn decode_at(buf: &[u8], at: usize, depth: usize) -> Result<Option<(Value, usize)>, &'static str> {
+    if depth > MAX_DEPTH {
+        return Err("reply nested too deep");
+    }
+    let Some(&kind) = buf.get(at) else { return Ok(None) };
+    let Some((l, next)) = line(buf, at + 1) else {
+        if buf.len() - at > 64 + 1 && !matches!(kind, b'+' | b'-') {
+            return Err("reply header too long");
+        }
+        return Ok(None);
+    };
+    let text = || String::from_utf8_lossy(l).into_owned();
+    match kind {
+        b'+' => Ok(Some((Value::Simple(text()), next))),
+        b'-' => Ok(Some((Value::Error(text()), next))),
+        b':' => Ok(Some((Value::Int(number(l)?), next))),
+        b'$' => {
+            let n = number(l)?;
+            if n < 0 {
+                return Ok(Some((Value::Bulk(None), next)));
+            }
+            let n = usize::try_from(n).map_err(|_| "bad length")?;
+            if n > MAX_BULK {
+                return Err("bulk string too large");
+            }
+            let Some(end) = next.checked_add(n) else {
+                return Err("bad length");
+            };
+            if buf.len() < end + 2 {
+                return Ok(None);
+            }
+            if buf.get(end..end + 2) != Some(b"\r\n") {
+                return Err("bulk string not terminated");
+            }
+            Ok(Some((Value::Bulk(Some(buf[next..end].to_vec())), end + 2)))
+        }
+        b'*' => {
+            let n = number(l)?;
+            if n < 0 {
+                return Ok(Some((Value::Array(None), next)));
+            }
+            let n = usize::try_from(n).map_err(|_| "bad length")?;
+            if n > MAX_ARRAY {
+                return Err("array too large");
+            }
+            let mut items = Vec::with_capacity(n.min(1024));
+            let mut pos = next;
+            for _ in 0..n {
+                match decode_at(buf, pos, depth + 1)? {
+                    None => return Ok(None),
+                    Some((v, p)) => {
+                        items.push(v);
+                        pos = p;
+                    }
+                }
+            }
+            Ok(Some((Value::Array(Some(items)), pos)))
+        }
+        _ => Err("unknown reply type"),
+    }
+}
+
+// ---------------------------------------------------------------- keys, scripts, payloads (sans-IO)
+
+/// Key and pub/sub channel names under `--redis-prefix`.
+#[derive(Debug, Clone)]
+pub struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    pub fn new(prefix: &str) -> Keys {
+        Keys {
+            prefix: prefix.to_string(),
+        }
+    }
+    /// The channel's epoch and last offset (a hash).
+    pub fn meta(&self, channel: &str) -> String {
+        format!("{}:m:{channel}", self.prefix)
+    }
+    /// The channel's retained messages (a list, oldest first).
+    pub fn history(&self, channel: &str) -> String {
+        format!("{}:h:{channel}", self.prefix)
+    }
+    /// The one pub/sub channel of the cluster.
+    pub fn broadcast(&self) -> String {
+        format!("{}:pub", self.prefix)
+    }
+}
+
+/// One publish: KEYS meta, history, broadcast; ARGV channel, ts, sub, data,
+/// new epoch, messages kept, history TTL ms, channel TTL ms. Returns
+/// `{epoch, offset}`.
+pub const PUBLISH_SCRIPT: &str = r#"
+local e = redis.call('HGET', KEYS[1], 'e')
+if not e then
+  e = ARGV[5]
+  redis.call('DEL', KEYS[2])
+  redis.call('HSET', KEYS[1], 'e', e, 'o', 0)
+end
+local o = redis.call('HINCRBY', KEYS[1], 'o', 1)
+local entry = string.format('%d', o) .. ' ' .. ARGV[2] .. ' ' .. #ARGV[3] .. ' ' .. ARGV[3] .. ARGV[4]
+local n = tonumber(ARGV[6])
+if n > 0 then
+  redis.call('RPUSH', KEYS[2], entry)
+  redis.call('LTRIM', KEYS[2], -n, -1)
+  redis.call('PEXPIRE', KEYS[2], ARGV[7])
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[8])
+redis.call('PUBLISH', KEYS[3], #ARGV[1] .. ' ' .. ARGV[1] .. e .. ' ' .. entry)
+return {e, o}
+"#;
+
+/// A channel's state, made when missing (so every node names the same
+/// epoch for an empty channel): KEYS meta, history; ARGV new epoch, channel
+/// TTL ms. Returns `{epoch, last offset, entry...}`.
+pub const READ_SCRIPT: &str = r#"
+local e = redis.call('HGET', KEYS[1], 'e')
+if not e then
+  e = ARGV[1]
+  redis.call('DEL', KEYS[2])
+  redis.call('HSET', KEYS[1], 'e', e, 'o', 0)
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+local r = {e, redis.call('HGET', KEYS[1], 'o')}
+for _, v in ipairs(redis.call('LRANGE', KEYS[2], 0, -1)) do r[#r + 1] = v end
+return r
+"#;
+
+/// Hex SHA-1 of a script (its `EVALSHA` name).
+pub fn script_sha(script: &str) -> String {
+    use sha1::Digest;
+    let d = sha1::Sha1::digest(script.as_bytes());
+    d.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// How long a channel's epoch outlives its last publish or read in Redis
+/// beyond `--history-ttl`.
+pub const CHANNEL_GRACE_MS: u64 = 86_400_000;
+
+/// One message as stored and broadcast.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub offset: u64,
+    pub ts_ms: u64,
+    pub sub: String,
+    pub data: String,
+}
+
+/// A broadcast publication.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pub {
+    pub channel: String,
+    pub epoch: String,
+    pub entry: Entry,
+}
+
+fn split_word(s: &str) -> Option<(&str, &str)> {
+    s.split_once(' ')
+}
+
+/// `OFFSET TS SUBLEN SUB DATA` (what [`PUBLISH_SCRIPT`] stores).
+pub fn encode_entry(e: &Entry) -> String {
+    format!("{} {} {} {}{}", e.offset, e.ts_ms, e.sub.len(), e.sub, e.data)
+}
+
+/// Parses what [`encode_entry`] makes.
+pub fn decode_entry(s: &str) -> Option<Entry> {
+    let (offset, rest) = split_word(s)?;
+    let (ts, rest) = split_word(rest)?;
+    let (sublen, rest) = split_word(rest)?;
+    let sublen: usize = sublen.parse().ok()?;
+    let sub = rest.get(..sublen)?;
+    let data = rest.get(sublen..)?;
+    let offset: u64 = offset.parse().ok()?;
+    if offset == 0 || data.is_empty() {
+        return None;
+    }
+    Some(Entry {
+        offset,
+        ts_ms: ts.parse().ok()?,
+        sub: sub.to_string(),
+        data: data.to_string(),
+    })
+}
+
+/// `CHLEN CHANNEL EPOCH ENTRY` (what [`PUBLISH_SCRIPT`] broadcasts).
+pub fn encode_pub(p: &Pub) -> String {
+    format!(
+        "{} {}{} {}",
+        p.channel.len(),
+        p.channel,
+        p.epoch,
+        encode_entry(&p.entry)
+    )
+}
+
+/// Parses a broadcast; `None` for anything malformed (logged and skipped).
+pub fn decode_pub(s: &str) -> Option<Pub> {
+    let (chlen, rest) = split_word(s)?;
+    let chlen: usize = chlen.parse().ok()?;
+    let channel = rest.get(..chlen)?;
+    let (epoch, entry) = split_word(rest.get(chlen..)?)?;
+    if !crate::hub::channel_name_ok(channel) || !epoch_ok(epoch) {
+        return None;
+    }
+    Some(Pub {
+        channel: channel.to_string(),
+        epoch: epoch.to_string(),
+        entry: decode_entry(entry)?,
+    })
+}
+
+/// A channel as [`READ_SCRIPT`] returned it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    pub epoch: String,
+    pub last: u64,
+    /// Oldest first, offsets ascending.
+    pub entries: Vec<Entry>,
+}
+
+/// Parses a [`READ_SCRIPT`] reply.
+pub fn decode_snapshot(v: &Value) -> Option<Snapshot> {
+    let Value::Array(Some(items)) = v else { return None };
+    let mut it = items.iter();
+    let epoch = std::str::from_utf8(it.next()?.bytes()?).ok()?;
+    if !epoch_ok(epoch) {
+        return None;
+    }
+    let last = u64::try_from(it.next()?.int()?).ok()?;
+    let mut entries: Vec<Entry> = Vec::new();
+    for v in it {
+        let e = decode_entry(std::str::from_utf8(v.bytes()?).ok()?)?;
+        if e.offset > last || entries.last().is_some_and(|p| p.offset >= e.offset) {
+            return None;
+        }
+        entries.push(e);
+    }
+    Some(Snapshot {
+        epoch: epoch.to_string(),
+        last,
+        entries,
+    })
+}
+
+/// Parses a [`PUBLISH_SCRIPT`] reply: `(epoch, offset)`.
+pub fn decode_published(v: &Value) -> Option<(String, u64)> {
+    let Value::Array(Some(items)) = v else { return None };
+    let [e, o] = items.as_slice() else { return None };
+    let epoch = std::str::from_utf8(e.bytes()?).ok()?;
+    let offset = u64::try_from(o.int()?).ok()?;
+    (epoch_ok(epoch) && offset > 0).then(|| (epoch.to_string(), offset))
+}
+
+/// A fresh random epoch (16 characters of `A-Z a-z 0-9 _ -`).
+fn random_epoch() -> String {
+    use base64::Engine;
+    let mut b = [0u8; 12];
+    // Without OS randomness a zero epoch still names one history: a new one
+    // is only ever needed after Redis lost the old one.
+    let _ = getrandom::fill(&mut b);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
+}
+
+/// A random `--node-id`.
+pub fn random_node_id() -> String {
+    let mut b = [0u8; 4];
+    let _ = getrandom::fill(&mut b);
+    format!("node-{}", b.iter().map(|x| format!("{x:02x}")).collect::<String>())
+}
+
+// ---------------------------------------------------------------- the mirror (sans-IO)
+
+/// Where this node's copy of one channel stands.
+#[derive(Debug)]
+enum Sync {
+    /// Equal to Redis, kept so by the broadcast.
+    Synced,
+    /// Was synced before the pub/sub connection dropped.
+    Stale,
+    /// A load from Redis is under way; broadcasts wait in `held`.
+    Loading {
+        /// Where this node's subscribers were (epoch, last offset) when the
+        /// channel was synced before; `None` for a channel never synced.
+        prev: Option<(String, u64)>,
+        held: Vec<Pub>,
+    },
+}
+
+/// What to do with one broadcast.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Keep it in the history and offer it to the channel's subscribers.
+    Deliver,
+    /// Nothing (a duplicate, or a channel no one here uses).
+    Skip,
+    /// Held until the load under way finishes.
+    Held,
+    /// Held; start loading the channel.
+    Load,
+}
+
+/// Which channels this node has synced with Redis, and the broadcasts
+/// held while loading. Pure: the shell passes the hub's view in.
+#[derive(Debug, Default)]
+pub struct Mirror {
+    channels: HashMap<String, Sync>,
+}
+
+impl Mirror {
+    /// Whether `channel` is synced (`known`: the hub's history still has it).
+    pub fn is_synced(&self, channel: &str, known: bool) -> bool {
+        known && matches!(self.channels.get(channel), Some(Sync::Synced))
+    }
+
+    pub fn is_loading(&self, channel: &str) -> bool {
+        matches!(self.channels.get(channel), Some(Sync::Loading { .. }))
+    }
+
+    /// Marks `channel` as loading (call [`Mirror::loaded`] or
+    /// [`Mirror::load_failed`] after). `pos`: the hub's position of it.
+    pub fn start_load(&mut self, channel: &str, pos: Option<Position>) {
+        let was = matches!(self.channels.get(channel), Some(Sync::Synced | Sync::Stale));
+        let prev = if was {
+            pos.map(|p| (p.epoch.to_string(), p.offset))
+        } else {
+            None
+        };
+        self.channels
+            .insert(channel.to_string(), Sync::Loading { prev, held: Vec::new() });
+    }
+
+    /// A broadcast arrived. `pos`: the hub's position of the channel when
+    /// its history has it; `subscribed`: some socket here is on it.
+    pub fn on_pub(&mut self, p: Pub, pos: Option<Position>, subscribed: bool) -> Step {
+        match self.channels.get_mut(&p.channel) {
+            Some(Sync::Loading { held, .. }) => {
+                held.push(p);
+                Step::Held
+            }
+            Some(Sync::Synced) if pos.is_some() => {
+                let Some(pos) = pos else { return Step::Skip };
+                if *pos.epoch == *p.epoch && p.entry.offset <= pos.offset {
+                    return Step::Skip;
+                }
+                if *pos.epoch == *p.epoch && p.entry.offset == pos.offset + 1 {
+                    return Step::Deliver;
+                }
+                // A gap or a new epoch: reload, then deliver what was missed.
+                let channel = p.channel.clone();
+                self.start_load(&channel, Some(pos));
+                self.hold(p);
+                Step::Load
+            }
+            _ if subscribed => {
+                let channel = p.channel.clone();
+                self.start_load(&channel, pos);
+                self.hold(p);
+                Step::Load
+            }
+            _ => Step::Skip,
+        }
+    }
+
+    fn hold(&mut self, p: Pub) {
+        if let Some(Sync::Loading { held, .. }) = self.channels.get_mut(&p.channel) {
+            held.push(p);
+        }
+    }
+
+    /// A load finished with `snap` (the shell puts it in the history).
+    /// Returns what the channel's subscribers here have not seen, in
+    /// order: entries of the snapshot after their last position (when the
+    /// channel was synced before), then the held broadcasts not yet seen.
+    pub fn loaded(&mut self, channel: &str, snap: &Snapshot) -> Vec<Entry> {
+        let Some(Sync::Loading { prev, held }) = self.channels.remove(channel) else {
+            return Vec::new();
+        };
+        self.channels.insert(channel.to_string(), Sync::Synced);
+        let mut out: Vec<Entry> = Vec::new();
+        let mut sent = 0;
+        match prev {
+            Some((e, last)) if e == snap.epoch => {
+                out.extend(snap.entries.iter().filter(|x| x.offset > last).cloned());
+                sent = last.max(snap.last);
+            }
+            Some(_) => {
+                out.extend(snap.entries.iter().cloned());
+                sent = snap.last;
+            }
+            None => {}
+        }
+        for p in held {
+            if p.epoch == snap.epoch && p.entry.offset > sent {
+                sent = p.entry.offset;
+                out.push(p.entry);
+            }
+        }
+        out
+    }
+
+    /// A load failed (Redis went away): the channel waits for the next one.
+    pub fn load_failed(&mut self, channel: &str) {
+        if let Some(Sync::Loading { prev, .. }) = self.channels.remove(channel)
+            && prev.is_some()
+        {
+            self.channels.insert(channel.to_string(), Sync::Stale);
+        }
+    }
+
+    /// The pub/sub connection dropped: nothing is synced any more.
+    pub fn disconnected(&mut self) {
+        for s in self.channels.values_mut() {
+            if matches!(s, Sync::Synced) {
+                *s = Sync::Stale;
+            }
+        }
+    }
+
+    /// After a reconnect: the channels that were synced. The shell reloads
+    /// those with subscribers and calls [`Mirror::forget`] on the others.
+    pub fn stale(&self) -> Vec<String> {
+        self.channels
+            .iter()
+            .filter(|(_, s)| matches!(s, Sync::Stale))
+            .map(|(c, _)| c.clone())
+            .collect()
+    }
+
+    pub fn forget(&mut self, channel: &str) {
+        if !self.is_loading(channel) {
+            self.channels.remove(channel);
+        }
+    }
+
+    /// Drops channels the hub no longer has (pruned).
+    pub fn retain(&mut self, known: impl Fn(&str) -> bool) {
+        self.channels
+            .retain(|c, s| matches!(s, Sync::Loading { .. }) || known(c));
+    }
+}
+
+// ---------------------------------------------------------------- the async shell
+
+/// How long one command may take before the connection counts as broken.
+const CALL_TIMEOUT: Duration = Duration::from_secs(2);
+/// Reconnect backoff: first wait and cap.
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// One RESP connection.
+struct Conn {
+    stream: smol::net::TcpStream,
+    buf: Vec<u8>,
+}
+
+fn broken(what: &str) -> std::io::Error {
+    std::io::Error::other(what.to_string())
+}
+
+impl Conn {
+    async fn open(cfg: &ClusterConfig) -> std::io::Result<Conn> {
+        let addr = (cfg.url.host.as_str(), cfg.url.port);
+        let stream = smol::future::or(smol::net::TcpStream::connect(addr), async {
+            smol::Timer::after(CALL_TIMEOUT).await;
+            Err(std::io::Error::from(std::io::ErrorKind::TimedOut))
+        })
+        .await?;
+        let _ = stream.set_nodelay(true);
+        let mut c = Conn {
+            stream,
+            buf: Vec::new(),
+        };
+        if let Some(pass) = &cfg.url.password {
+            let reply = match &cfg.url.user {
+                Some(u) => c.call(&[b"AUTH", u.as_bytes(), pass.as_bytes()]).await?,
+                None => c.call(&[b"AUTH", pass.as_bytes()]).await?,
+            };
+            if let Value::Error(_) = reply {
+                // Redis's message may name the user, never the password.
+                return Err(broken("AUTH refused"));
+            }
+        }
+        if cfg.url.db != 0 {
+            let db = cfg.url.db.to_string();
+            if let Value::Error(e) = c.call(&[b"SELECT", db.as_bytes()]).await? {
+                return Err(broken(&format!("SELECT {db}: {e}")));
+            }
+        }
+        Ok(c)
+    }
+
+    async fn send(&mut self, args: &[&[u8]]) -> std::io::Result<()> {
+        let mut out = Vec::new();
+        encode(args, &mut out);
+        self.stream.write_all(&out).await
+    }
+
+    /// The next reply (or pushed message).
+    async fn next(&mut self) -> std::io::Result<Value> {
+        let mut chunk = [0u8; 16 * 1024];
+        loop {
+            if let Some((v, used)) = decode(&self.buf).map_err(broken)? {
+                self.buf.drain(..used);
+                if self.buf.capacity() > 1 << 20 && self.buf.len() < 1 << 16 {
+                    self.buf.shrink_to(1 << 16);
+                }
+                return Ok(v);
+            }
+            let n = self.stream.read(&mut chunk).await?;
+            if n == 0 {
+                return Err(broken("connection closed by Redis"));
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    async fn call(&mut self, args: &[&[u8]]) -> std::io::Result<Value> {
+        self.send(args).await?;
+        self.next().await
+    }
+}
+
+/// This node: the Redis connections, the mirror, and the up/down state.
+pub struct Node {
+    cfg: ClusterConfig,
+    keys: Keys,
+    publish_sha: String,
+    read_sha: String,
+    /// The command connection; `None` while Redis is down.
+    cmd: smol::lock::Mutex<Option<Conn>>,
+    up: Cell<bool>,
+    /// Set (and `broken_event` notified) when a command failed: the
+    /// supervisor reconnects.
+    broken: Cell<bool>,
+    broken_event: event_listener::Event,
+    mirror: RefCell<Mirror>,
+    /// Notified after every load (success or not).
+    loaded: event_listener::Event,
+    ex: Rc<smol::LocalExecutor<'static>>,
+}
+
+/// Where the history of `channel` stands in the hub, if it has it.
+fn hub_position(shared: &Shared, channel: &str) -> Option<Position> {
+    let hub = shared.hub.borrow();
+    hub.history().has(channel).then(|| hub.history().position(channel))
+}
+
+impl Node {
+    pub fn new(cfg: ClusterConfig, ex: Rc<smol::LocalExecutor<'static>>) -> Node {
+        Node {
+            keys: Keys::new(&cfg.prefix),
+            cfg,
+            publish_sha: script_sha(PUBLISH_SCRIPT),
+            read_sha: script_sha(READ_SCRIPT),
+            cmd: smol::lock::Mutex::new(None),
+            up: Cell::new(false),
+            broken: Cell::new(false),
+            broken_event: event_listener::Event::new(),
+            mirror: RefCell::default(),
+            loaded: event_listener::Event::new(),
+            ex,
+        }
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.up.get()
+    }
+
+    pub fn node_id(&self) -> &str {
+        &self.cfg.node_id
+    }
+
+    fn mark_broken(&self) {
+        self.broken.set(true);
+        self.broken_event.notify(usize::MAX);
+    }
+
+    /// Runs a script by its SHA, loading it with `EVAL` when Redis does not
+    /// know it yet. `Err` when Redis is down or the call failed.
+    async fn script(&self, sha: &str, script: &str, keys: &[&[u8]], argv: &[&[u8]]) -> Result<Value, ()> {
+        if !self.up.get() {
+            return Err(());
+        }
+        let mut guard = self.cmd.lock().await;
+        let Some(conn) = guard.as_mut() else { return Err(()) };
+        let nkeys = keys.len().to_string();
+        let mut args: Vec<&[u8]> = vec![b"EVALSHA", sha.as_bytes(), nkeys.as_bytes()];
+        args.extend_from_slice(keys);
+        args.extend_from_slice(argv);
+        let call = async {
+            let mut v = conn.call(&args).await?;
+            if matches!(&v, Value::Error(e) if e.starts_with("NOSCRIPT")) {
+                args[0] = b"EVAL";
+                args[1] = script.as_bytes();
+                v = conn.call(&args).await?;
+            }
+            Ok::<Value, std::io::Error>(v)
+        };
+        let v = smol::future::or(async { Some(call.await) }, async {
+            smol::Timer::after(CALL_TIMEOUT).await;
+            None
+        })
+        .await;
+        match v {
+            Some(Ok(Value::Error(_))) | Some(Err(_)) | None => {
+                *guard = None;
+                drop(guard);
+                self.mark_broken();
+                Err(())
+            }
+            Some(Ok(v)) => Ok(v),
+        }
+    }
+
+    /// `publish` in cluster mode (see [`super::publish`]).
+    pub async fn publish(
+        self: Rc<Self>,
+        shared: &Shared,
+        rights: &Rights,
+        channel: &str,
+        data: &RawValue,
+    ) -> Result<Published, PublishError<StoreFailure>> {
+        {
+            let hub = shared.hub.borrow();
+            crate::hub::may_publish(rights, channel, hub.levels()).map_err(PublishError::Denied)?;
+        }
+        let ts = crate::server::now_millis().to_string();
+        let limits = shared.cfg.history;
+        let kept = limits.per_channel.to_string();
+        let history_ttl = limits.ttl_ms.max(1).to_string();
+        let channel_ttl = limits.ttl_ms.saturating_add(CHANNEL_GRACE_MS).to_string();
+        let epoch = random_epoch();
+        let (meta, hist, bcast) = (
+            self.keys.meta(channel),
+            self.keys.history(channel),
+            self.keys.broadcast(),
+        );
+        let reply = self
+            .script(
+                &self.publish_sha,
+                PUBLISH_SCRIPT,
+                &[meta.as_bytes(), hist.as_bytes(), bcast.as_bytes()],
+                &[
+                    channel.as_bytes(),
+                    ts.as_bytes(),
+                    rights.sub.as_bytes(),
+                    data.get().as_bytes(),
+                    epoch.as_bytes(),
+                    kept.as_bytes(),
+                    history_ttl.as_bytes(),
+                    channel_ttl.as_bytes(),
+                ],
+            )
+            .await
+            .map_err(|()| PublishError::Store(StoreFailure::Broker))?;
+        let Some((epoch, id)) = decode_published(&reply) else {
+            shared.log.warn("broker_bad_reply", &[("command", "publish".into())]);
+            return Err(PublishError::Store(StoreFailure::Broker));
+        };
+        Ok(Published {
+            id,
+            epoch: Rc::from(epoch),
+            delivered: 0,
+            slow: Vec::new(),
+            congested: Vec::new(),
+        })
+    }
+
+    /// See [`super::ready_to_subscribe`].
+    pub async fn ready(self: Rc<Self>, shared: &Rc<Shared>, rights: &Rights, channel: &str) -> Result<(), ()> {
+        // The hub refuses these itself, and `$security` stays per node.
+        if !crate::hub::channel_name_ok(channel)
+            || crate::hub::may_subscribe(rights, channel, shared.hub.borrow().levels()).is_err()
+        {
+            return Ok(());
+        }
+        for _ in 0..3 {
+            let known = shared.hub.borrow().history().has(channel);
+            if self.mirror.borrow().is_synced(channel, known) {
+                return Ok(());
+            }
+            if !self.up.get() {
+                return Err(());
+            }
+            let listener = self.loaded.listen();
+            if !self.mirror.borrow().is_loading(channel) {
+                self.clone().spawn_load(shared, channel);
+            }
+            let woke = smol::future::or(
+                async {
+                    listener.await;
+                    true
+                },
+                async {
+                    smol::Timer::after(CALL_TIMEOUT * 2).await;
+                    false
+                },
+            )
+            .await;
+            if !woke {
+                return Err(());
+            }
+        }
+        let known = shared.hub.borrow().history().has(channel);
+        if self.mirror.borrow().is_synced(channel, known) {
+            Ok(())
+        } else {
+            Err(())
+        }
+    }
+
+    /// Starts loading `channel` from Redis on the event loop.
+    fn spawn_load(self: Rc<Self>, shared: &Rc<Shared>, channel: &str) {
+        let pos = hub_position(shared, channel);
+        self.mirror.borrow_mut().start_load(channel, pos);
+        self.launch_load(shared, channel);
+    }
+
+    /// Runs the load of a channel already marked as loading.
+    fn launch_load(self: Rc<Self>, shared: &Rc<Shared>, channel: &str) {
+        let shared = shared.clone();
+        let channel = channel.to_string();
+        let ex = self.ex.clone();
+        ex.spawn(async move {
+            let epoch = random_epoch();
+            let ttl = shared.cfg.history.ttl_ms.saturating_add(CHANNEL_GRACE_MS).to_string();
+            let (meta, hist) = (self.keys.meta(&channel), self.keys.history(&channel));
+            let reply = self
+                .script(
+                    &self.read_sha,
+                    READ_SCRIPT,
+                    &[meta.as_bytes(), hist.as_bytes()],
+                    &[epoch.as_bytes(), ttl.as_bytes()],
+                )
+                .await;
+            match reply.as_ref().ok().and_then(decode_snapshot) {
+                Some(snap) => self.apply(&shared, &channel, &snap),
+                None => {
+                    if reply.is_ok() {
+                        shared.log.warn("broker_bad_reply", &[("command", "read".into())]);
+                    }
+                    self.mirror.borrow_mut().load_failed(&channel);
+                }
+            }
+            self.loaded.notify(usize::MAX);
+        })
+        .detach();
+    }
+
+    /// Puts a loaded snapshot in the hub's history and delivers what the
+    /// channel's subscribers here missed.
+    fn apply(&self, shared: &Shared, channel: &str, snap: &Snapshot) {
+        let now = crate::server::now_millis();
+        let missed = self.mirror.borrow_mut().loaded(channel, snap);
+        {
+            let mut hub = shared.hub.borrow_mut();
+            let h = hub.history_mut();
+            let first = snap.entries.first().map_or(snap.last, |e| e.offset.saturating_sub(1));
+            h.restore_marker(channel, &snap.epoch, first);
+            for e in &snap.entries {
+                if let Some(frame) = frame_of(channel, e) {
+                    h.restore(channel, &snap.epoch, e.offset, e.ts_ms, frame, now);
+                }
+            }
+            if h.position(channel).offset < snap.last {
+                h.restore_marker(channel, &snap.epoch, snap.last);
+            }
+        }
+        for e in missed {
+            self.deliver(shared, channel, &snap.epoch, &e, now);
+        }
+    }
+
+    /// Keeps `e` in the hub's history (unless it is there) and offers it to
+    /// the channel's subscribers here.
+    fn deliver(&self, shared: &Shared, channel: &str, epoch: &str, e: &Entry, now: u64) {
+        let Some(frame) = frame_of(channel, e) else {
+            shared.log.warn("broker_bad_message", &[("channel", channel.into())]);
+            return;
+        };
+        let p = {
+            let mut hub = shared.hub.borrow_mut();
+            hub.history_mut()
+                .restore(channel, epoch, e.offset, e.ts_ms, frame.clone(), now);
+            let epoch = hub.history().position(channel).epoch;
+            hub.fan_out(channel, &frame, e.offset, epoch)
+        };
+        crate::server::after_publish(shared, &p);
+    }
+
+    /// One broadcast from Redis.
+    fn on_message(self: &Rc<Self>, shared: &Rc<Shared>, payload: &[u8]) {
+        let Some(p) = std::str::from_utf8(payload).ok().and_then(decode_pub) else {
+            shared.log.warn("broker_bad_message", &[]);
+            return;
+        };
+        let (pos, subscribed) = {
+            let hub = shared.hub.borrow();
+            let pos = hub
+                .history()
+                .has(&p.channel)
+                .then(|| hub.history().position(&p.channel));
+            (pos, hub.has_subscribers(&p.channel))
+        };
+        let channel = p.channel.clone();
+        let epoch = p.epoch.clone();
+        let entry = p.entry.clone();
+        let step = self.mirror.borrow_mut().on_pub(p, pos, subscribed);
+        match step {
+            Step::Deliver => self.deliver(shared, &channel, &epoch, &entry, crate::server::now_millis()),
+            Step::Load => self.clone().launch_load(shared, &channel),
+            Step::Held | Step::Skip => {}
+        }
+    }
+
+    /// Connects the command and pub/sub connections and subscribes.
+    async fn connect(&self) -> std::io::Result<Conn> {
+        let cmd = Conn::open(&self.cfg).await?;
+        let mut sub = Conn::open(&self.cfg).await?;
+        let ch = self.keys.broadcast();
+        sub.send(&[b"SUBSCRIBE", ch.as_bytes()]).await?;
+        let confirm = smol::future::or(async { Some(sub.next().await) }, async {
+            smol::Timer::after(CALL_TIMEOUT).await;
+            None
+        })
+        .await;
+        match confirm {
+            Some(Ok(Value::Array(Some(items)))) if items.first().and_then(|v| v.bytes()) == Some(b"subscribe") => {}
+            Some(Err(e)) => return Err(e),
+            _ => return Err(broken("SUBSCRIBE was not confirmed")),
+        }
+        *self.cmd.lock().await = Some(cmd);
+        Ok(sub)
+    }
+
+    /// The node's life: connect, feed the hub from the broadcast, and after
+    /// a failure reconnect with backoff (logging `broker_down` once per
+    /// outage and `broker_up` when back).
+    pub async fn supervise(self: Rc<Self>, shared: Rc<Shared>) {
+        let mut backoff = BACKOFF_MIN;
+        let mut announced_down = false;
+        loop {
+            self.broken.set(false);
+            match self.connect().await {
+                Ok(mut sub) => {
+                    backoff = BACKOFF_MIN;
+                    self.up.set(true);
+                    shared.log.info(
+                        "broker_up",
+                        &[
+                            ("node", self.cfg.node_id.as_str().into()),
+                            (
+                                "redis",
+                                (&format!("{}:{}", self.cfg.url.host, self.cfg.url.port)).into(),
+                            ),
+                        ],
+                    );
+                    self.resync(&shared);
+                    let why = loop {
+                        if self.broken.get() {
+                            break "a command failed".to_string();
+                        }
+                        let listener = self.broken_event.listen();
+                        let ev = smol::future::or(async { Some(sub.next().await) }, async {
+                            listener.await;
+                            None
+                        })
+                        .await;
+                        match ev {
+                            None => continue,
+                            Some(Err(e)) => break e.to_string(),
+                            Some(Ok(Value::Array(Some(items)))) => {
+                                if let [kind, _, payload] = items.as_slice()
+                                    && kind.bytes() == Some(b"message")
+                                    && let Some(payload) = payload.bytes()
+                                {
+                                    self.on_message(&shared, payload);
+                                }
+                            }
+                            Some(Ok(_)) => {}
+                        }
+                    };
+                    self.up.set(false);
+                    *self.cmd.lock().await = None;
+                    self.mirror.borrow_mut().disconnected();
+                    shared.log.warn(
+                        "broker_down",
+                        &[("node", self.cfg.node_id.as_str().into()), ("error", (&why).into())],
+                    );
+                    announced_down = true;
+                }
+                Err(e) => {
+                    if !announced_down {
+                        shared.log.warn(
+                            "broker_down",
+                            &[
+                                ("node", self.cfg.node_id.as_str().into()),
+                                ("error", (&e.to_string()).into()),
+                            ],
+                        );
+                        announced_down = true;
+                    }
+                }
+            }
+            smol::Timer::after(backoff).await;
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+    }
+
+    /// After a reconnect: reloads the channels this node had synced and
+    /// still has subscribers on (delivering what they missed while Redis
+    /// was away); forgets the others.
+    fn resync(self: &Rc<Self>, shared: &Rc<Shared>) {
+        {
+            let hub = shared.hub.borrow();
+            self.mirror.borrow_mut().retain(|c| hub.history().has(c));
+        }
+        let stale = self.mirror.borrow().stale();
+        for channel in stale {
+            if shared.hub.borrow().has_subscribers(&channel) {
+                self.clone().spawn_load(shared, &channel);
+            } else {
+                self.mirror.borrow_mut().forget(&channel);
+            }
+        }
+    }
+}
+
+/// The `message` frame of a stored entry; `None` when its data is not JSON.
+fn frame_of(channel: &str, e: &Entry) -> Option<Frame> {
+    let data = RawValue::from_string(e.data.clone()).ok()?;
+    Some(Frame::from(crate::protocol::message(
+        channel, e.offset, e.ts_ms, &e.sub, &data,
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dec(b: &[u8]) -> Value {
+        let (v, n) = decode(b).unwrap().unwrap();
+        assert_eq!(n, b.len());
+        v
+    }
+
+    #[test]
+    fn resp_encodes_commands_as_bulk_arrays() {
+        let mut out = Vec::new();
+        encode(&[b"SET", b"k", b"a b\r\n"], &mut out);
+        assert_eq!(out, b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$5\r\na b\r\n\r\n");
+    }
+
+    #[test]
+    fn resp_decodes_every_reply_type_and_waits_for_more() {
+        assert_eq!(dec(b"+OK\r\n"), Value::Simple("OK".into()));
+        assert_eq!(dec(b"-ERR x\r\n"), Value::Error("ERR x".into()));
+        assert_eq!(dec(b":-3\r\n"), Value::Int(-3));
+        assert_eq!(dec(b"$-1\r\n"), Value::Bulk(None));
+        assert_eq!(dec(b"*-1\r\n"), Value::Array(None));
+        assert_eq!(dec(b"$0\r\n\r\n"), Value::Bulk(Some(Vec::new())));
+        let full = b"*3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$5\r\nhe\r\nl\r\n";
+        assert_eq!(
+            dec(full),
+            Value::Array(Some(vec![
+                Value::Bulk(Some(b"message".to_vec())),
+                Value::Bulk(Some(b"ch".to_vec())),
+                Value::Bulk(Some(b"he\r\nl".to_vec())),
+            ]))
+        );
+        for cut in 0..full.len() {
+            assert_eq!(decode(&full[..cut]), Ok(None), "cut at {cut}");
+        }
+        // Two replies back to back: the first one's length is reported.
+        assert_eq!(decode(b"+A\r\n+B\r\n").unwrap().unwrap().1, 4);
+    }
+
+    #[test]
+    fn resp_refuses_malformed_and_oversized_replies() {
+        for bad in [
+            &b"?x\r\n"[..],
+            b":x\r\n",
+            b"$3\r\nabcd\r\n",
+            b"$99999999999\r\n",
+            b"*99999999999\r\n",
+            b"*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n:1\r\n",
+        ] {
+            assert!(decode(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
+        }
+        assert!(decode(&[b'$'; 200]).is_err());
+    }
+
+    #[test]
+    fn spec12_key_names_under_the_prefix() {
+        let k = Keys::new("tessera");
+        assert_eq!(k.meta("ops"), "tessera:m:ops");
+        assert_eq!(k.history("@bob"), "tessera:h:@bob");
+        assert_eq!(k.broadcast(), "tessera:pub");
+        assert_eq!(script_sha("return 1"), "e0e1f9fabfc9d4800c877a703b823ac0578ff8db");
+    }
+
+    fn entry(offset: u64, data: &str) -> Entry {
+        Entry {
+            offset,
+            ts_ms: 1_700_000_000_000 + offset,
+            sub: "a b:c 9".into(),
+            data: data.into(),
+        }
+    }
+
+    fn pubm(channel: &str, epoch: &str, offset: u64) -> Pub {
+        Pub {
+            channel: channel.into(),
+            epoch: epoch.into(),
+            entry: entry(offset, &format!("{{\"n\":{offset}}}")),
+        }
+    }
+
+    #[test]
+    fn spec12_payloads_round_trip_and_refuse_garbage() {
+        let p = pubm("ops:x", "EPOCH_0123456789", 42);
+        let text = encode_pub(&p);
+        assert_eq!(decode_pub(&text), Some(p.clone()));
+        assert_eq!(decode_entry(&encode_entry(&p.entry)), Some(p.entry.clone()));
+        // Exactly what the Lua script writes for the same values.
+        assert!(text.starts_with("5 ops:xEPOCH_0123456789 42 1700000000042 7 a b:c 9{"));
+        for bad in [
+            "",
+            "5 ops",
+            "x ops:xEPOCH_0123456789 1 1 0 {}",
+            "5 ops:xshort 1 1 0 {}",
+            "5 ops:xEPOCH_0123456789 0 1 0 {}",
+            "5 ops:xEPOCH_0123456789 1 1 9 ab",
+            "5 ops:xEPOCH_0123456789 1 1 0 ",
+            "6 ops:x EPOCH_0123456789 1 1 0 {}",
+            "5 a bcdEPOCH_0123456789 1 1 0 {}",
+        ] {
+            assert_eq!(decode_pub(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn spec12_script_replies_decode() {
+        let b = |s: &str| Value::Bulk(Some(s.as_bytes().to_vec()));
+        let v = Value::Array(Some(vec![b("EPOCH_0123456789"), Value::Int(7)]));
+        assert_eq!(decode_published(&v), Some(("EPOCH_0123456789".into(), 7)));
+        assert_eq!(
+            decode_published(&Value::Array(Some(vec![b("bad epoch!"), Value::Int(7)]))),
+            None
+        );
+        let snap = Value::Array(Some(vec![
+            b("EPOCH_0123456789"),
+            b("9"),
+            b(&encode_entry(&entry(8, "1"))),
+            b(&encode_entry(&entry(9, "2"))),
+        ]));
+        let s = decode_snapshot(&snap).unwrap();
+        assert_eq!((s.last, s.entries.len()), (9, 2));
+        // Entries out of order or past the last offset are refused.
+        let bad = Value::Array(Some(vec![
+            b("EPOCH_0123456789"),
+            b("8"),
+            b(&encode_entry(&entry(9, "2"))),
+        ]));
+        assert_eq!(decode_snapshot(&bad), None);
+    }
+
+    fn pos(epoch: &str, offset: u64) -> Option<Position> {
+        Some(Position {
+            epoch: Rc::from(epoch),
+            offset,
+        })
+    }
+
+    const E: &str = "EPOCH_0123456789";
+    const F: &str = "EPOCH_new_456789";
+
+    #[test]
+    fn spec12_mirror_delivers_in_order_and_reloads_on_a_gap() {
+        let mut m = Mirror::default();
+        // Nobody here uses the channel: ignored.
+        assert_eq!(m.on_pub(pubm("ops", E, 1), None, false), Step::Skip);
+        // A subscriber on a never-synced channel: load, hold.
+        assert_eq!(m.on_pub(pubm("ops", E, 2), None, true), Step::Load);
+        assert_eq!(m.on_pub(pubm("ops", E, 3), None, true), Step::Held);
+        let snap = Snapshot {
+            epoch: E.into(),
+            last: 2,
+            entries: vec![entry(1, "1"), entry(2, "2")],
+        };
+        // Never synced: the subscribers get what was held (2 and 3), not
+        // the older history.
+        let out: Vec<u64> = m.loaded("ops", &snap).iter().map(|e| e.offset).collect();
+        assert_eq!(out, [2, 3]);
+        assert!(m.is_synced("ops", true));
+        assert!(!m.is_synced("ops", false));
+        assert_eq!(m.on_pub(pubm("ops", E, 3), pos(E, 3), true), Step::Skip);
+        assert_eq!(m.on_pub(pubm("ops", E, 4), pos(E, 3), true), Step::Deliver);
+        // 5 and 6 never came: reload, then deliver 5, 6, 7 once each.
+        assert_eq!(m.on_pub(pubm("ops", E, 7), pos(E, 4), true), Step::Load);
+        assert_eq!(m.on_pub(pubm("ops", E, 8), pos(E, 4), true), Step::Held);
+        let snap = Snapshot {
+            epoch: E.into(),
+            last: 7,
+            entries: (3..=7).map(|n| entry(n, "0")).collect(),
+        };
+        let out: Vec<u64> = m.loaded("ops", &snap).iter().map(|e| e.offset).collect();
+        assert_eq!(out, [5, 6, 7, 8]);
+    }
+
+    #[test]
+    fn spec12_mirror_after_redis_lost_the_history_and_after_a_reconnect() {
+        let mut m = Mirror::default();
+        m.start_load("ops", None);
+        m.loaded(
+            "ops",
+            &Snapshot {
+                epoch: E.into(),
+                last: 5,
+                entries: vec![],
+            },
+        );
+        // A new epoch (FLUSHALL): everything of it is new to the subscribers.
+        assert_eq!(m.on_pub(pubm("ops", F, 2), pos(E, 5), true), Step::Load);
+        let snap = Snapshot {
+            epoch: F.into(),
+            last: 2,
+            entries: vec![entry(1, "1"), entry(2, "2")],
+        };
+        let out: Vec<u64> = m.loaded("ops", &snap).iter().map(|e| e.offset).collect();
+        assert_eq!(out, [1, 2]);
+        // Redis away and back: the channel is stale, then reloaded from
+        // where its subscribers were.
+        m.disconnected();
+        assert!(!m.is_synced("ops", true));
+        assert_eq!(m.stale(), ["ops"]);
+        m.start_load("ops", pos(F, 2));
+        m.load_failed("ops");
+        assert_eq!(m.stale(), ["ops"]);
+        m.start_load("ops", pos(F, 2));
+        let snap = Snapshot {
+            epoch: F.into(),
+            last: 4,
+            entries: (1..=4).map(|n| entry(n, "0")).collect(),
+        };
+        let out: Vec<u64> = m.loaded("ops", &snap).iter().map(|e| e.offset).collect();
+        assert_eq!(out, [3, 4]);
+        // Forgotten channels start over.
+        m.disconnected();
+        m.forget("ops");
+        assert!(m.stale().is_empty());
+    }
+}

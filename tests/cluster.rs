@@ -1,0 +1,352 @@
+//! SPEC §12 cluster mode, black-box: three real `tessera serve` nodes on one
+//! real Redis (Debian's `redis-server`, started here on a free loopback
+//! port without persistence and killed by PID). Without `redis-server` on
+//! the PATH each test prints `SKIPPED: ...` and passes.
+#![cfg(feature = "cluster")]
+
+mod common;
+
+use common::*;
+use serde_json::{Value, json};
+use smol::block_on;
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A `redis-server` of this test's own, stopped by PID in `Drop`.
+struct Redis {
+    child: Option<Child>,
+    port: u16,
+}
+
+impl Redis {
+    /// `None` (after printing SKIPPED) when `redis-server` is not installed.
+    fn start(test: &str) -> Option<Redis> {
+        let found = Command::new("redis-server")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !found {
+            println!("SKIPPED: {test}: redis-server is not installed (apt-get install redis-server)");
+            return None;
+        }
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut r = Redis { child: None, port };
+        r.launch();
+        Some(r)
+    }
+
+    fn launch(&mut self) {
+        let port = self.port.to_string();
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port,
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .args(["--daemonize", "no", "--loglevel", "warning"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn redis-server");
+        self.child = Some(child);
+        let until = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < until, "redis-server did not start on {port}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL, as a crash would (its data is gone: no persistence).
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill").args(["-KILL", &c.id().to_string()]).status();
+            let _ = c.wait();
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn node(redis: &Redis, id: &str, extra: &[&str]) -> Server {
+    let url = redis.url();
+    let mut args = vec!["--redis", url.as_str(), "--node-id", id, "--redis-prefix", "t"];
+    args.extend_from_slice(extra);
+    let s = Server::start(&args);
+    s.wait_log(&["broker_up", id]);
+    s
+}
+
+fn hq() -> String {
+    token("hq", 9, 600, |c| c.publish = true)
+}
+
+async fn subscribe(ws: &mut Ws, channel: &str, since: Option<Value>) -> Value {
+    let mut cmd = json!({"type":"subscribe","channel":channel});
+    if let Some(s) = since {
+        cmd["since"] = s;
+    }
+    send(ws, cmd).await;
+    let r = recv(ws).await;
+    assert_eq!(r["type"], "subscribed", "{r}");
+    r
+}
+
+/// The next `n` messages of `channel`: their `data.n`.
+async fn numbers(ws: &mut Ws, channel: &str, n: usize) -> Vec<u64> {
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        let m = recv(ws).await;
+        assert_eq!(
+            (m["type"].as_str(), m["channel"].as_str()),
+            (Some("message"), Some(channel)),
+            "{m}"
+        );
+        out.push(m["data"]["n"].as_u64().unwrap());
+    }
+    out
+}
+
+async fn quiet(ws: &mut Ws) {
+    match next_event(ws, Duration::from_millis(300)).await {
+        Event::Timeout => {}
+        other => panic!("expected nothing, got {other:?}"),
+    }
+}
+
+fn publish(s: &Server, channel: &str, n: u64) -> String {
+    publish_as(s.addr, &hq(), &json!({"channel":channel,"data":{"n":n}}).to_string())
+}
+
+#[test]
+fn spec12_a_publish_on_one_node_reaches_every_node_in_the_same_order() {
+    let Some(redis) = Redis::start("spec12_a_publish_on_one_node_reaches_every_node_in_the_same_order") else {
+        return;
+    };
+    let nodes = [node(&redis, "a", &[]), node(&redis, "b", &[]), node(&redis, "c", &[])];
+    block_on(async {
+        let mut subs = Vec::new();
+        for (i, n) in nodes.iter().enumerate() {
+            let (mut ws, _) = ws_bearer(n.addr, &token(&format!("r{i}"), 0, 600, |_| {})).await;
+            let r = subscribe(&mut ws, "ops", None).await;
+            assert_eq!(r["offset"], 0, "{r}");
+            subs.push((ws, r["epoch"].as_str().unwrap().to_string()));
+        }
+        // Every node names the same epoch for the channel.
+        assert!(subs.iter().all(|(_, e)| *e == subs[0].1));
+        // Publishes on all three nodes, interleaved, WebSocket and HTTP.
+        let (mut publisher, _) = ws_bearer(nodes[1].addr, &hq()).await;
+        let mut sent = Vec::new();
+        for k in 0..30u64 {
+            if k % 3 == 1 {
+                send(&mut publisher, json!({"type":"publish","channel":"ops","data":{"n":k}})).await;
+                let ack = recv(&mut publisher).await;
+                assert_eq!(ack["type"], "published", "{ack}");
+                assert_eq!(ack["epoch"].as_str(), Some(subs[0].1.as_str()), "{ack}");
+            } else {
+                let r = publish(&nodes[(k % 3) as usize], "ops", k);
+                assert_eq!(status(&r), 202, "{r}");
+                assert_eq!(body(&r)["id"], k + 1, "{r}");
+            }
+            sent.push(k);
+        }
+        for (ws, _) in subs.iter_mut() {
+            assert_eq!(numbers(ws, "ops", 30).await, sent);
+            quiet(ws).await;
+        }
+        let h = body(&http(nodes[2].addr, "GET", "/healthz", &[], ""));
+        assert_eq!(
+            (h["broker"].as_str(), h["node"].as_str()),
+            (Some("up"), Some("c")),
+            "{h}"
+        );
+        let m = http(nodes[0].addr, "GET", "/metrics", &[], "");
+        assert!(m.contains("tessera_broker_up 1"), "{m}");
+    });
+}
+
+#[test]
+fn spec12_resume_on_another_node_with_no_gap() {
+    let Some(redis) = Redis::start("spec12_resume_on_another_node_with_no_gap") else {
+        return;
+    };
+    let a = node(&redis, "a", &[]);
+    let c = node(&redis, "c", &[]);
+    block_on(async {
+        let t = token("field", 0, 600, |_| {});
+        let (mut ws, _) = ws_bearer(a.addr, &t).await;
+        let r = subscribe(&mut ws, "ops", None).await;
+        let epoch = r["epoch"].as_str().unwrap().to_string();
+        for k in 1..=5 {
+            assert_eq!(status(&publish(&a, "ops", k)), 202);
+        }
+        assert_eq!(numbers(&mut ws, "ops", 5).await, [1, 2, 3, 4, 5]);
+        drop(ws);
+        // Offline: 6..=9 are published on both nodes.
+        for k in 6..=9 {
+            let on = if k % 2 == 0 { &a } else { &c };
+            assert_eq!(status(&publish(on, "ops", k)), 202);
+        }
+        // Resumes on C from offset 5, while A keeps publishing.
+        let (mut ws, _) = ws_bearer(c.addr, &t).await;
+        let stream = std::thread::spawn({
+            let addr = a.addr;
+            move || {
+                for k in 10..=40u64 {
+                    let r = publish_as(addr, &hq(), &json!({"channel":"ops","data":{"n":k}}).to_string());
+                    assert_eq!(status(&r), 202, "{r}");
+                }
+            }
+        });
+        let r = subscribe(&mut ws, "ops", Some(json!({"epoch":epoch,"offset":5}))).await;
+        assert_eq!(r["recovered"], true, "{r}");
+        assert_eq!(r["epoch"].as_str(), Some(epoch.as_str()), "{r}");
+        let got = numbers(&mut ws, "ops", 35).await;
+        assert_eq!(got, (6..=40).collect::<Vec<u64>>());
+        stream.join().unwrap();
+        quiet(&mut ws).await;
+        // A stale position in the same epoch is resumed from Redis history too.
+        let (mut ws2, _) = ws_bearer(c.addr, &token("late", 0, 600, |_| {})).await;
+        let r = subscribe(&mut ws2, "ops", Some(json!({"epoch":epoch,"offset":38}))).await;
+        assert_eq!(r["recovered"], true, "{r}");
+        assert_eq!(numbers(&mut ws2, "ops", 2).await, [39, 40]);
+    });
+}
+
+#[test]
+fn spec12_redis_killed_and_restarted_during_a_publish_stream() {
+    let Some(mut redis) = Redis::start("spec12_redis_killed_and_restarted_during_a_publish_stream") else {
+        return;
+    };
+    let a = node(&redis, "a", &[]);
+    let b = node(&redis, "b", &[]);
+    block_on(async {
+        let t = token("watcher", 0, 600, |_| {});
+        let (mut ws, _) = ws_bearer(b.addr, &t).await;
+        let r = subscribe(&mut ws, "ops", None).await;
+        let epoch = r["epoch"].as_str().unwrap().to_string();
+        for k in 1..=3 {
+            assert_eq!(status(&publish(&a, "ops", k)), 202);
+        }
+        assert_eq!(numbers(&mut ws, "ops", 3).await, [1, 2, 3]);
+
+        redis.kill();
+        a.wait_log(&["broker_down", "\"a\""]);
+        b.wait_log(&["broker_down", "\"b\""]);
+        // Down: publishes are refused with 503, the socket stays open, and
+        // valid tokens still connect.
+        let r = publish(&a, "ops", 99);
+        assert_eq!(status(&r), 503, "{r}");
+        assert_eq!(body(&r)["error"], "broker_unavailable", "{r}");
+        let (mut p, _) = ws_bearer(a.addr, &hq()).await;
+        send(
+            &mut p,
+            json!({"type":"publish","channel":"ops","data":{"n":99},"ref":1}),
+        )
+        .await;
+        let e = recv(&mut p).await;
+        assert_eq!(
+            (e["type"].as_str(), e["code"].as_str()),
+            (Some("error"), Some("broker_unavailable")),
+            "{e}"
+        );
+        let h = body(&http(b.addr, "GET", "/healthz", &[], ""));
+        assert_eq!(h["broker"], "down", "{h}");
+        assert!(http(b.addr, "GET", "/metrics", &[], "").contains("tessera_broker_up 0"));
+        quiet(&mut ws).await;
+
+        // Back, empty (no persistence): a new epoch, never a silent gap.
+        redis.launch();
+        a.wait_log(&["broker_up", "\"a\""]);
+        let until = Instant::now() + Duration::from_secs(15);
+        while !b.logs().lines().filter(|l| l.contains("broker_up")).nth(1).is_some() {
+            assert!(Instant::now() < until, "b did not reconnect:\n{}", b.logs());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let r = publish(&a, "ops", 4);
+        assert_eq!(status(&r), 202, "{r}");
+        let new_epoch = body(&r)["epoch"].as_str().unwrap().to_string();
+        assert_ne!(new_epoch, epoch);
+        assert_eq!(body(&r)["id"], 1, "{r}");
+        // The live subscriber on B still gets it.
+        assert_eq!(numbers(&mut ws, "ops", 1).await, [4]);
+        for k in 5..=6 {
+            assert_eq!(status(&publish(&b, "ops", k)), 202);
+        }
+        assert_eq!(numbers(&mut ws, "ops", 2).await, [5, 6]);
+        // A resume from the old epoch is not recovered and gets all there is.
+        let (mut late, _) = ws_bearer(a.addr, &token("late", 0, 600, |_| {})).await;
+        let r = subscribe(&mut late, "ops", Some(json!({"epoch":epoch,"offset":3}))).await;
+        assert_eq!(r["recovered"], false, "{r}");
+        assert_eq!(numbers(&mut late, "ops", 3).await, [4, 5, 6]);
+        // A resume within the new epoch is recovered.
+        let (mut again, _) = ws_bearer(b.addr, &token("again", 0, 600, |_| {})).await;
+        let r = subscribe(&mut again, "ops", Some(json!({"epoch":new_epoch,"offset":1}))).await;
+        assert_eq!(r["recovered"], true, "{r}");
+        assert_eq!(numbers(&mut again, "ops", 2).await, [5, 6]);
+    });
+    assert!(a.logs().lines().all(|l| !l.contains("panicked")));
+}
+
+#[test]
+fn spec12_flags() {
+    let out = tessera_command()
+        .args(["serve", "--redis", "redis://127.0.0.1:1", "--history-dir", "/tmp/x"])
+        .env("TESSERA_SECRET", KEY)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--history-dir"));
+    let out = tessera_command()
+        .args(["serve", "--redis", "redis://u:hunter2@127.0.0.1:x"])
+        .env("TESSERA_SECRET", KEY)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--redis") && !err.contains("hunter2"), "{err}");
+    // Redis not there at start: the node serves, says so, and refuses publishes.
+    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let url = format!("redis://127.0.0.1:{port}");
+    let s = Server::start(&["--redis", &url, "--node-id", "lonely"]);
+    s.wait_log(&["broker_down", "lonely"]);
+    let r = publish(&s, "ops", 1);
+    assert_eq!(
+        (status(&r), body(&r)["error"].as_str()),
+        (503, Some("broker_unavailable")),
+        "{r}"
+    );
+    block_on(async {
+        let (mut ws, w) = ws_bearer(s.addr, &token("x", 0, 600, |_| {})).await;
+        assert_eq!(w["type"], "welcome");
+        send(&mut ws, json!({"type":"subscribe","channel":"ops"})).await;
+        let e = recv(&mut ws).await;
+        assert_eq!(e["code"], "broker_unavailable", "{e}");
+    });
+}
+
+#[test]
+fn reuse_port_lets_two_nodes_share_one_port() {
+    let first = Server::start(&["--reuse-port"]);
+    let listen = first.addr.to_string();
+    let second = Server::start_at(&listen, &["--reuse-port"], &[("TESSERA_SECRET", KEY)]);
+    assert_eq!(first.addr, second.addr);
+    for _ in 0..4 {
+        assert_eq!(status(&http(first.addr, "GET", "/healthz", &[], "")), 200);
+    }
+}
