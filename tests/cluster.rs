@@ -229,6 +229,53 @@ fn spec12_resume_on_another_node_with_no_gap() {
 }
 
 #[test]
+fn spec12_first_subscribes_racing_a_publish_stream_have_no_gap_or_duplicate() {
+    let Some(redis) = Redis::start("spec12_first_subscribes_racing_a_publish_stream_have_no_gap_or_duplicate") else {
+        return;
+    };
+    let a = node(&redis, "a", &[]);
+    let c = node(&redis, "c", &[]);
+    const CHANNELS: u64 = 16;
+    const PER: u64 = 50;
+    block_on(async {
+        // A stream on A over 16 channels, sent without waiting for acks,
+        // while one client per channel subscribes on C for the first time
+        // (each subscribe loads its channel from Redis as messages keep
+        // arriving by pub/sub).
+        let (mut publisher, _) = ws_bearer(a.addr, &hq()).await;
+        let stream = async {
+            for k in 0..CHANNELS * PER {
+                let ch = format!("r{}", k % CHANNELS);
+                send(&mut publisher, json!({"type":"publish","channel":ch,"data":{"n":k}})).await;
+            }
+            for _ in 0..CHANNELS * PER {
+                let ack = recv(&mut publisher).await;
+                assert_eq!(ack["type"], "published", "{ack}");
+            }
+        };
+        let readers = (0..CHANNELS).map(|i| {
+            let addr = c.addr;
+            async move {
+                smol::Timer::after(Duration::from_millis(3 * i)).await;
+                let (mut ws, _) = ws_bearer(addr, &token(&format!("r{i}"), 0, 600, |_| {})).await;
+                let ch = format!("r{i}");
+                let r = subscribe(&mut ws, &ch, Some(json!({"last": 1000}))).await;
+                assert_eq!(r["recovered"], true, "{r}");
+                let mut ids = Vec::new();
+                while ids.last() != Some(&PER) {
+                    let m = recv(&mut ws).await;
+                    assert_eq!(m["channel"].as_str(), Some(ch.as_str()), "{m}");
+                    ids.push(m["id"].as_u64().unwrap());
+                }
+                assert_eq!(ids, (1..=PER).collect::<Vec<u64>>(), "{ch}");
+                quiet(&mut ws).await;
+            }
+        });
+        futures_util::future::join(stream, futures_util::future::join_all(readers)).await;
+    });
+}
+
+#[test]
 fn spec12_redis_killed_and_restarted_during_a_publish_stream() {
     let Some(mut redis) = Redis::start("spec12_redis_killed_and_restarted_during_a_publish_stream") else {
         return;
@@ -274,7 +321,7 @@ fn spec12_redis_killed_and_restarted_during_a_publish_stream() {
         redis.launch();
         a.wait_log(&["broker_up", "\"a\""]);
         let until = Instant::now() + Duration::from_secs(15);
-        while !b.logs().lines().filter(|l| l.contains("broker_up")).nth(1).is_some() {
+        while b.logs().lines().filter(|l| l.contains("broker_up")).nth(1).is_none() {
             assert!(Instant::now() < until, "b did not reconnect:\n{}", b.logs());
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -301,6 +348,53 @@ fn spec12_redis_killed_and_restarted_during_a_publish_stream() {
         assert_eq!(numbers(&mut again, "ops", 2).await, [5, 6]);
     });
     assert!(a.logs().lines().all(|l| !l.contains("panicked")));
+}
+
+#[test]
+fn spec12_a_node_killed_mid_stream_its_client_resumes_on_another_with_no_gap() {
+    let Some(redis) = Redis::start("spec12_a_node_killed_mid_stream_its_client_resumes_on_another_with_no_gap") else {
+        return;
+    };
+    let a = node(&redis, "a", &[]);
+    let b = node(&redis, "b", &[]);
+    const N: u64 = 60;
+    block_on(async {
+        let t = token("field", 0, 600, |_| {});
+        let (mut ws, _) = ws_bearer(a.addr, &t).await;
+        let r = subscribe(&mut ws, "ops", None).await;
+        let epoch = r["epoch"].as_str().unwrap().to_string();
+        let stream = std::thread::spawn({
+            let addr = b.addr;
+            move || {
+                for k in 1..=N {
+                    let r = publish_as(addr, &hq(), &json!({"channel":"ops","data":{"n":k}}).to_string());
+                    assert_eq!(status(&r), 202, "{r}");
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+        });
+        // The client's position: the last message it got from A.
+        let mut last = 0;
+        while last < 10 {
+            let m = recv(&mut ws).await;
+            assert_eq!(m["id"], last + 1, "{m}");
+            last = m["id"].as_u64().unwrap();
+        }
+        a.signal("KILL");
+        drop(ws);
+        let (mut ws, _) = ws_bearer(b.addr, &t).await;
+        let r = subscribe(&mut ws, "ops", Some(json!({"epoch":epoch,"offset":last}))).await;
+        assert_eq!(r["recovered"], true, "{r}");
+        let mut ids = Vec::new();
+        while ids.last() != Some(&N) {
+            let m = recv(&mut ws).await;
+            assert_eq!(m["type"], "message", "{m}");
+            ids.push(m["id"].as_u64().unwrap());
+        }
+        assert_eq!(ids, (last + 1..=N).collect::<Vec<u64>>());
+        stream.join().unwrap();
+        quiet(&mut ws).await;
+    });
 }
 
 #[test]

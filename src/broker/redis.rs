@@ -93,7 +93,76 @@ const MAX_DEPTH: usize = 4;
 /// are needed, else the value and the bytes it took. Malformed or
 /// oversized input is an error (the connection is then dropped).
 pub fn decode(buf: &[u8]) -> Result<Option<(Value, usize)>, &'static str> {
-    decode_at(buf, 0, 0)
+    // A cheap walk first (no copies): a large reply arriving in many reads
+    // is only built once it is complete.
+    match scan(buf, 0, 0)? {
+        None => Ok(None),
+        Some(_) => decode_at(buf, 0, 0),
+    }
+}
+
+/// Longest `+`/`-` line accepted.
+const MAX_LINE: usize = 1 << 20;
+
+/// The header line of the reply at `at`: its type byte, text and the
+/// position after it; `Ok(None)` while incomplete.
+fn header(buf: &[u8], at: usize) -> Result<Option<(u8, &[u8], usize)>, &'static str> {
+    let Some(&kind) = buf.get(at) else { return Ok(None) };
+    match line(buf, at + 1) {
+        Some((l, next)) => Ok(Some((kind, l, next))),
+        None => {
+            let limit = if matches!(kind, b'+' | b'-') { MAX_LINE } else { 64 };
+            if buf.len() - at > limit + 1 {
+                return Err("reply header too long");
+            }
+            Ok(None)
+        }
+    }
+}
+
+/// Where the reply at `at` ends, without building it (`Ok(None)`: incomplete).
+fn scan(buf: &[u8], at: usize, depth: usize) -> Result<Option<usize>, &'static str> {
+    if depth > MAX_DEPTH {
+        return Err("reply nested too deep");
+    }
+    let Some((kind, l, next)) = header(buf, at)? else {
+        return Ok(None);
+    };
+    match kind {
+        b'+' | b'-' => Ok(Some(next)),
+        b':' => number(l).map(|_| Some(next)),
+        b'$' => {
+            let n = number(l)?;
+            if n < 0 {
+                return Ok(Some(next));
+            }
+            let n = usize::try_from(n).map_err(|_| "bad length")?;
+            if n > MAX_BULK {
+                return Err("bulk string too large");
+            }
+            let end = next + n + 2;
+            Ok((buf.len() >= end).then_some(end))
+        }
+        b'*' => {
+            let n = number(l)?;
+            if n < 0 {
+                return Ok(Some(next));
+            }
+            let n = usize::try_from(n).map_err(|_| "bad length")?;
+            if n > MAX_ARRAY {
+                return Err("array too large");
+            }
+            let mut pos = next;
+            for _ in 0..n {
+                match scan(buf, pos, depth + 1)? {
+                    None => return Ok(None),
+                    Some(p) => pos = p,
+                }
+            }
+            Ok(Some(pos))
+        }
+        _ => Err("unknown reply type"),
+    }
 }
 
 fn line(buf: &[u8], at: usize) -> Option<(&[u8], usize)> {
@@ -113,11 +182,7 @@ fn decode_at(buf: &[u8], at: usize, depth: usize) -> Result<Option<(Value, usize
     if depth > MAX_DEPTH {
         return Err("reply nested too deep");
     }
-    let Some(&kind) = buf.get(at) else { return Ok(None) };
-    let Some((l, next)) = line(buf, at + 1) else {
-        if buf.len() - at > 64 + 1 && !matches!(kind, b'+' | b'-') {
-            return Err("reply header too long");
-        }
+    let Some((kind, l, next)) = header(buf, at)? else {
         return Ok(None);
     };
     let text = || String::from_utf8_lossy(l).into_owned();
@@ -787,7 +852,11 @@ impl Node {
         {
             return Ok(());
         }
-        for _ in 0..3 {
+        // Every load wakes every waiter: wait for this channel's, at most
+        // two loads and a bounded time.
+        let deadline = std::time::Instant::now() + CALL_TIMEOUT * 2;
+        let mut loads = 0;
+        loop {
             let known = shared.hub.borrow().history().has(channel);
             if self.mirror.borrow().is_synced(channel, known) {
                 return Ok(());
@@ -797,6 +866,10 @@ impl Node {
             }
             let listener = self.loaded.listen();
             if !self.mirror.borrow().is_loading(channel) {
+                if loads == 2 {
+                    return Err(());
+                }
+                loads += 1;
                 self.clone().spawn_load(shared, channel);
             }
             let woke = smol::future::or(
@@ -805,7 +878,7 @@ impl Node {
                     true
                 },
                 async {
-                    smol::Timer::after(CALL_TIMEOUT * 2).await;
+                    smol::Timer::at(deadline).await;
                     false
                 },
             )
@@ -813,12 +886,6 @@ impl Node {
             if !woke {
                 return Err(());
             }
-        }
-        let known = shared.hub.borrow().history().has(channel);
-        if self.mirror.borrow().is_synced(channel, known) {
-            Ok(())
-        } else {
-            Err(())
         }
     }
 
@@ -1101,6 +1168,7 @@ mod tests {
             assert!(decode(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
         }
         assert!(decode(&[b'$'; 200]).is_err());
+        assert!(decode(&[b'+'; 2 << 20]).is_err());
     }
 
     #[test]
