@@ -104,9 +104,11 @@ pub fn decode(buf: &[u8]) -> Result<Option<(Value, usize)>, &'static str> {
 /// Longest `+`/`-` line accepted.
 const MAX_LINE: usize = 1 << 20;
 
-/// The header line of the reply at `at`: its type byte, text and the
-/// position after it; `Ok(None)` while incomplete.
-fn header(buf: &[u8], at: usize) -> Result<Option<(u8, &[u8], usize)>, &'static str> {
+/// A reply's header line: its type byte, its text, the position after it.
+type Header<'a> = (u8, &'a [u8], usize);
+
+/// The header line of the reply at `at`; `Ok(None)` while incomplete.
+fn header(buf: &[u8], at: usize) -> Result<Option<Header<'_>>, &'static str> {
     let Some(&kind) = buf.get(at) else { return Ok(None) };
     match line(buf, at + 1) {
         Some((l, next)) => Ok(Some((kind, l, next))),
