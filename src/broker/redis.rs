@@ -110,15 +110,14 @@ type Header<'a> = (u8, &'a [u8], usize);
 /// The header line of the reply at `at`; `Ok(None)` while incomplete.
 fn header(buf: &[u8], at: usize) -> Result<Option<Header<'_>>, &'static str> {
     let Some(&kind) = buf.get(at) else { return Ok(None) };
+    // The same limit whether the line is complete or not, so a reply never
+    // depends on how it was split across reads.
+    let limit = if matches!(kind, b'+' | b'-') { MAX_LINE } else { 64 };
     match line(buf, at + 1) {
+        Some((l, _)) if l.len() > limit => Err("reply header too long"),
         Some((l, next)) => Ok(Some((kind, l, next))),
-        None => {
-            let limit = if matches!(kind, b'+' | b'-') { MAX_LINE } else { 64 };
-            if buf.len() - at > limit + 1 {
-                return Err("reply header too long");
-            }
-            Ok(None)
-        }
+        None if buf.len() - at > limit + 2 => Err("reply header too long"),
+        None => Ok(None),
     }
 }
 
@@ -1171,6 +1170,11 @@ mod tests {
         }
         assert!(decode(&[b'$'; 200]).is_err());
         assert!(decode(&[b'+'; 2 << 20]).is_err());
+        // fuzz/regressions/broker_reply: a long length line is refused
+        // whole and cut alike.
+        let long = format!("$-{}1\r\n", "0".repeat(80));
+        assert!(decode(long.as_bytes()).is_err());
+        assert!(decode(&long.as_bytes()[..long.len() - 1]).is_err());
     }
 
     #[test]
