@@ -397,6 +397,106 @@ fn spec12_a_node_killed_mid_stream_its_client_resumes_on_another_with_no_gap() {
     });
 }
 
+/// A users file with `hq` (clearance 5, TOTP) and `agent-7` (no TOTP);
+/// passwords `<name>-pass`.
+fn users_file(test: &str) -> (std::path::PathBuf, tessera::auth::totp::TotpSecret) {
+    use tessera::auth::totp::TotpSecret;
+    use tessera::auth::users::{PasswordHash, User, UsersFile};
+    let dir = std::env::temp_dir().join(format!("tessera-cluster-{test}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let secret = TotpSecret::from_base32("JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP").unwrap();
+    let mut f = UsersFile::parse("").unwrap();
+    for (name, clearance, totp) in [("hq", 5, true), ("agent-7", 2, false)] {
+        f.upsert(User {
+            name: name.into(),
+            clearance,
+            publish: false,
+            channels: vec![],
+            hash: PasswordHash::new(format!("{name}-pass").as_bytes(), 1000, [9; 16]),
+            totp: totp.then(|| TotpSecret::from_base32("JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP").unwrap()),
+        });
+    }
+    let p = dir.join("users");
+    std::fs::write(&p, f.render()).unwrap();
+    (p, secret)
+}
+
+fn login(s: &Server, user: &str, otp: Option<&str>) -> String {
+    let mut b = json!({"username": user, "password": format!("{user}-pass")});
+    if let Some(c) = otp {
+        b["otp"] = json!(c);
+    }
+    http(
+        s.addr,
+        "POST",
+        "/auth/login",
+        &[("Content-Type", "application/json")],
+        &b.to_string(),
+    )
+}
+
+#[test]
+fn spec12_a_totp_code_used_on_one_node_is_refused_on_another() {
+    let Some(mut redis) = Redis::start("spec12_a_totp_code_used_on_one_node_is_refused_on_another") else {
+        return;
+    };
+    let (users, secret) = users_file("totp");
+    let users = users.to_str().unwrap().to_string();
+    let a = node(&redis, "a", &["--users", &users]);
+    let b = node(&redis, "b", &["--users", &users]);
+    // At least 4 s left in this 30 s step, so "now" is one step for all.
+    while now() % 30 >= 26 {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let step = now() / 30;
+    let code = secret.code_at(step);
+    let r = login(&a, "hq", Some(&code));
+    assert_eq!(status(&r), 200, "{r}");
+    // The same code, and the step before, on B: already used.
+    for c in [code.clone(), secret.code_at(step - 1)] {
+        let r = login(&b, "hq", Some(&c));
+        assert_eq!(
+            (status(&r), body(&r)["error"].as_str()),
+            (401, Some("invalid_otp")),
+            "{r}"
+        );
+    }
+    // The next step's code is fresh: accepted on B, then refused on A.
+    let next = secret.code_at(step + 1);
+    let r = login(&b, "hq", Some(&next));
+    assert_eq!(status(&r), 200, "{r}");
+    let refresh = body(&r)["refresh_token"].as_str().unwrap().to_string();
+    let r = login(&a, "hq", Some(&next));
+    assert_eq!(
+        (status(&r), body(&r)["error"].as_str()),
+        (401, Some("invalid_otp")),
+        "{r}"
+    );
+
+    // Redis away: logins and refreshes are 503 state_unavailable.
+    redis.kill();
+    b.wait_log(&["broker_down", "\"b\""]);
+    let r = login(&b, "agent-7", None);
+    assert_eq!(
+        (status(&r), body(&r)["error"].as_str()),
+        (503, Some("state_unavailable")),
+        "{r}"
+    );
+    let r = http(
+        b.addr,
+        "POST",
+        "/auth/refresh",
+        &[("Content-Type", "application/json")],
+        &json!({"refresh_token": refresh}).to_string(),
+    );
+    assert_eq!(
+        (status(&r), body(&r)["error"].as_str()),
+        (503, Some("state_unavailable")),
+        "{r}"
+    );
+}
+
 #[test]
 fn spec12_flags() {
     let out = tessera_command()

@@ -270,6 +270,28 @@ pub async fn ready_to_subscribe(shared: &std::rc::Rc<Shared>, rights: &Rights, c
     }
 }
 
+/// Whether logins and refreshes can be served now: always with the local
+/// engine; in cluster mode only while Redis is reachable (else 503
+/// `state_unavailable`, SPEC §12).
+pub fn state_available(shared: &Shared) -> bool {
+    shared.engine.broker_up() != Some(false)
+}
+
+/// Claims TOTP step `step` of `user` across the cluster (SPEC §11 replay
+/// refusal on every node): `Ok(false)` when this or a later step was
+/// already used on some node, `Err` when Redis is away. The local engine
+/// has nothing to add to the state file's check.
+pub async fn claim_totp_step(shared: &Shared, user: &str, step: u64) -> Result<bool, ()> {
+    match &shared.engine {
+        Engine::Local => {
+            let _ = (user, step);
+            Ok(true)
+        }
+        #[cfg(feature = "cluster")]
+        Engine::Redis(node) => node.claim_totp_step(user, step).await,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -255,6 +255,12 @@ impl Keys {
     pub fn meta(&self, channel: &str) -> String {
         format!("{}:m:{channel}", self.prefix)
     }
+    /// A user's last used TOTP step. User names may hold any byte but
+    /// `:` and newlines, so the name goes in hex.
+    pub fn totp(&self, user: &str) -> String {
+        let hex: String = user.bytes().map(|b| format!("{b:02x}")).collect();
+        format!("{}:totp:{hex}", self.prefix)
+    }
     /// The channel's retained messages (a list, oldest first).
     pub fn history(&self, channel: &str) -> String {
         format!("{}:h:{channel}", self.prefix)
@@ -303,6 +309,20 @@ local r = {e, redis.call('HGET', KEYS[1], 'o')}
 for _, v in ipairs(redis.call('LRANGE', KEYS[2], 0, -1)) do r[#r + 1] = v end
 return r
 "#;
+
+/// Claims a TOTP step for a user: KEYS the user's last-step key; ARGV the
+/// step, its TTL ms. Returns 1 when `step` is later than every step used
+/// so far (now recorded), 0 when it was used already.
+pub const TOTP_SCRIPT: &str = r#"
+local last = tonumber(redis.call('GET', KEYS[1]) or '-1')
+if tonumber(ARGV[1]) <= last then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"#;
+
+/// How long a used step is remembered in Redis: codes of steps before the
+/// one before now are refused anyway (SPEC §11 accepts now ±1 step).
+pub const TOTP_STEP_TTL_MS: u64 = 10 * 60 * 1000;
 
 /// Hex SHA-1 of a script (its `EVALSHA` name).
 pub fn script_sha(script: &str) -> String {
@@ -611,6 +631,15 @@ impl Mirror {
         }
     }
 
+    /// Channels known (synced, stale or loading).
+    pub fn len(&self) -> usize {
+        self.channels.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.channels.is_empty()
+    }
+
     /// Drops channels the hub no longer has (pruned).
     pub fn retain(&mut self, known: impl Fn(&str) -> bool) {
         self.channels
@@ -705,6 +734,7 @@ pub struct Node {
     keys: Keys,
     publish_sha: String,
     read_sha: String,
+    totp_sha: String,
     /// The command connection; `None` while Redis is down.
     cmd: smol::lock::Mutex<Option<Conn>>,
     up: Cell<bool>,
@@ -731,6 +761,7 @@ impl Node {
             cfg,
             publish_sha: script_sha(PUBLISH_SCRIPT),
             read_sha: script_sha(READ_SCRIPT),
+            totp_sha: script_sha(TOTP_SCRIPT),
             cmd: smol::lock::Mutex::new(None),
             up: Cell::new(false),
             broken: Cell::new(false),
@@ -788,6 +819,26 @@ impl Node {
                 Err(())
             }
             Some(Ok(v)) => Ok(v),
+        }
+    }
+
+    /// See [`super::claim_totp_step`].
+    pub async fn claim_totp_step(&self, user: &str, step: u64) -> Result<bool, ()> {
+        let key = self.keys.totp(user);
+        let step = step.to_string();
+        let ttl = TOTP_STEP_TTL_MS.to_string();
+        match self
+            .script(
+                &self.totp_sha,
+                TOTP_SCRIPT,
+                &[key.as_bytes()],
+                &[step.as_bytes(), ttl.as_bytes()],
+            )
+            .await?
+        {
+            Value::Int(1) => Ok(true),
+            Value::Int(0) => Ok(false),
+            _ => Err(()),
         }
     }
 
@@ -892,6 +943,14 @@ impl Node {
 
     /// Starts loading `channel` from Redis on the event loop.
     fn spawn_load(self: Rc<Self>, shared: &Rc<Shared>, channel: &str) {
+        {
+            // Channels the hub pruned leave the mirror too (now and then).
+            let hub = shared.hub.borrow();
+            let mut m = self.mirror.borrow_mut();
+            if m.len() > 2 * hub.channel_count() + 64 {
+                m.retain(|c| hub.history().has(c));
+            }
+        }
         let pos = hub_position(shared, channel);
         self.mirror.borrow_mut().start_load(channel, pos);
         self.launch_load(shared, channel);
@@ -1183,6 +1242,7 @@ mod tests {
         assert_eq!(k.meta("ops"), "tessera:m:ops");
         assert_eq!(k.history("@bob"), "tessera:h:@bob");
         assert_eq!(k.broadcast(), "tessera:pub");
+        assert_eq!(k.totp("bo b:"), "tessera:totp:626f20623a");
         assert_eq!(script_sha("return 1"), "e0e1f9fabfc9d4800c877a703b823ac0578ff8db");
     }
 
