@@ -72,6 +72,14 @@ impl Redis {
         }
     }
 
+    fn signal(&self, sig: &str) {
+        if let Some(c) = &self.child {
+            let _ = Command::new("kill")
+                .args([&format!("-{sig}"), &c.id().to_string()])
+                .status();
+        }
+    }
+
     fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
@@ -495,6 +503,38 @@ fn spec12_a_totp_code_used_on_one_node_is_refused_on_another() {
         (503, Some("state_unavailable")),
         "{r}"
     );
+}
+
+#[test]
+fn spec12_a_frozen_redis_counts_as_down_and_back_when_it_answers() {
+    let Some(redis) = Redis::start("spec12_a_frozen_redis_counts_as_down_and_back_when_it_answers") else {
+        return;
+    };
+    let a = node(&redis, "a", &[]);
+    assert_eq!(status(&publish(&a, "ops", 1)), 202);
+    // SIGSTOP: the connections stay open but nothing answers.
+    redis.signal("STOP");
+    let until = Instant::now() + Duration::from_secs(15);
+    while !a.logs().contains("no reply to PING") {
+        assert!(Instant::now() < until, "no broker_down:\n{}", a.logs());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    a.wait_log(&["broker_down", "no reply to PING"]);
+    let r = publish(&a, "ops", 2);
+    assert_eq!(
+        (status(&r), body(&r)["error"].as_str()),
+        (503, Some("broker_unavailable")),
+        "{r}"
+    );
+    redis.signal("CONT");
+    let until = Instant::now() + Duration::from_secs(15);
+    while a.logs().lines().filter(|l| l.contains("broker_up")).count() < 2 {
+        assert!(Instant::now() < until, "no second broker_up:\n{}", a.logs());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Same Redis, same data: the channel goes on in its epoch.
+    let r = publish(&a, "ops", 2);
+    assert_eq!((status(&r), body(&r)["id"].as_u64()), (202, Some(2)), "{r}");
 }
 
 #[test]

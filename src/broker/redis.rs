@@ -651,6 +651,8 @@ impl Mirror {
 
 /// How long one command may take before the connection counts as broken.
 const CALL_TIMEOUT: Duration = Duration::from_secs(2);
+/// Silence on the subscription after which the node sends a PING.
+const PING_EVERY: Duration = Duration::from_secs(5);
 /// Reconnect backoff: first wait and cap.
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
@@ -1096,28 +1098,55 @@ impl Node {
                         ],
                     );
                     self.resync(&shared);
+                    // A PING on the subscription every `PING_EVERY` of
+                    // silence; no reply within `CALL_TIMEOUT` after it counts
+                    // as down (a connection can die without a reset).
+                    let mut heard = std::time::Instant::now();
+                    let mut pinged: Option<std::time::Instant> = None;
                     let why = loop {
                         if self.broken.get() {
                             break "a command failed".to_string();
                         }
+                        let wake_at = match pinged {
+                            Some(at) => at + CALL_TIMEOUT,
+                            None => heard + PING_EVERY,
+                        };
                         let listener = self.broken_event.listen();
-                        let ev = smol::future::or(async { Some(sub.next().await) }, async {
-                            listener.await;
-                            None
-                        })
+                        let ev = smol::future::or(
+                            async { Some(Some(sub.next().await)) },
+                            smol::future::or(
+                                async {
+                                    listener.await;
+                                    None
+                                },
+                                async {
+                                    smol::Timer::at(wake_at).await;
+                                    Some(None)
+                                },
+                            ),
+                        )
                         .await;
                         match ev {
                             None => continue,
-                            Some(Err(e)) => break e.to_string(),
-                            Some(Ok(Value::Array(Some(items)))) => {
-                                if let [kind, _, payload] = items.as_slice()
+                            Some(None) if pinged.is_some() => break "no reply to PING".to_string(),
+                            Some(None) => {
+                                if let Err(e) = sub.send(&[b"PING"]).await {
+                                    break e.to_string();
+                                }
+                                pinged = Some(std::time::Instant::now());
+                            }
+                            Some(Some(Err(e))) => break e.to_string(),
+                            Some(Some(Ok(v))) => {
+                                heard = std::time::Instant::now();
+                                pinged = None;
+                                if let Value::Array(Some(items)) = &v
+                                    && let [kind, _, payload] = items.as_slice()
                                     && kind.bytes() == Some(b"message")
                                     && let Some(payload) = payload.bytes()
                                 {
                                     self.on_message(&shared, payload);
                                 }
                             }
-                            Some(Ok(_)) => {}
                         }
                     };
                     self.up.set(false);
