@@ -506,6 +506,49 @@ fn spec12_a_totp_code_used_on_one_node_is_refused_on_another() {
 }
 
 #[test]
+fn spec12_failed_logins_count_across_nodes() {
+    let Some(redis) = Redis::start("spec12_failed_logins_count_across_nodes") else {
+        return;
+    };
+    let (users, _) = users_file("throttle");
+    let users = users.to_str().unwrap().to_string();
+    let nodes = [
+        node(&redis, "a", &["--users", &users]),
+        node(&redis, "b", &["--users", &users]),
+        node(&redis, "c", &["--users", &users]),
+    ];
+    let wrong = |s: &Server| {
+        http(
+            s.addr,
+            "POST",
+            "/auth/login",
+            &[("Content-Type", "application/json")],
+            &json!({"username":"agent-7","password":"nope"}).to_string(),
+        )
+    };
+    // 4 + 4 + 1 failures: no node reaches the limit of 10 by itself.
+    for (n, times) in [(0, 4), (1, 4), (2, 1)] {
+        for _ in 0..times {
+            let r = wrong(&nodes[n]);
+            assert_eq!(status(&r), 401, "{r}");
+        }
+    }
+    let r = login(&nodes[0], "agent-7", None);
+    assert_eq!(status(&r), 200, "the 9th failure must not block: {r}");
+    // The 10th, on C, starts the block everywhere, also for a right password.
+    assert_eq!(status(&wrong(&nodes[2])), 401);
+    nodes[2].wait_log(&["ip_throttled"]);
+    for n in &nodes {
+        let r = login(n, "agent-7", None);
+        assert_eq!(
+            (status(&r), body(&r)["error"].as_str()),
+            (429, Some("too_many_attempts")),
+            "{r}"
+        );
+    }
+}
+
+#[test]
 fn spec12_a_frozen_redis_counts_as_down_and_back_when_it_answers() {
     let Some(redis) = Redis::start("spec12_a_frozen_redis_counts_as_down_and_back_when_it_answers") else {
         return;

@@ -292,6 +292,34 @@ pub async fn claim_totp_step(shared: &Shared, user: &str, step: u64) -> Result<b
     }
 }
 
+/// Cluster mode: whether logins from `client` or naming `user` are blocked
+/// on the cluster's §7 counters (`Ok(Some(seconds))`), `Err` when Redis is
+/// away. The local engine's counters are the [`crate::throttle::Throttle`]
+/// the caller checked already.
+pub async fn login_blocked(shared: &Shared, client: std::net::IpAddr, user: &str) -> Result<Option<u64>, ()> {
+    match &shared.engine {
+        Engine::Local => {
+            let _ = (client, user);
+            Ok(None)
+        }
+        #[cfg(feature = "cluster")]
+        Engine::Redis(node) => node.login_blocked(client, user).await,
+    }
+}
+
+/// Cluster mode: counts a failed login in Redis; which blocks it started
+/// (none when Redis is away: the node's own count still holds).
+pub async fn login_failure(shared: &Shared, client: std::net::IpAddr, user: &str) -> crate::throttle::NewBlocks {
+    match &shared.engine {
+        Engine::Local => {
+            let _ = (client, user);
+            crate::throttle::NewBlocks::default()
+        }
+        #[cfg(feature = "cluster")]
+        Engine::Redis(node) => node.login_failure(client, user).await,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

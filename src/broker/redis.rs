@@ -261,6 +261,18 @@ impl Keys {
         let hex: String = user.bytes().map(|b| format!("{b:02x}")).collect();
         format!("{}:totp:{hex}", self.prefix)
     }
+    /// The §7 failure count (`c`) and block (`b`) keys of an address
+    /// (IPv6 by its /64) and of a user name (in hex, first 128 bytes).
+    pub fn throttle(&self, client: std::net::IpAddr, user: &str) -> [String; 4] {
+        let addr = crate::throttle::address_key(client);
+        let name: String = user.bytes().take(128).map(|b| format!("{b:02x}")).collect();
+        [
+            format!("{}:thr:c:a:{addr}", self.prefix),
+            format!("{}:thr:b:a:{addr}", self.prefix),
+            format!("{}:thr:c:u:{name}", self.prefix),
+            format!("{}:thr:b:u:{name}", self.prefix),
+        ]
+    }
     /// The channel's retained messages (a list, oldest first).
     pub fn history(&self, channel: &str) -> String {
         format!("{}:h:{channel}", self.prefix)
@@ -323,6 +335,39 @@ return 1
 /// How long a used step is remembered in Redis: codes of steps before the
 /// one before now are refused anyway (SPEC §11 accepts now ±1 step).
 pub const TOTP_STEP_TTL_MS: u64 = 10 * 60 * 1000;
+
+/// Whether logins are blocked: KEYS the address's and the user's block
+/// keys. Returns the seconds left of the longer block (0: none).
+pub const BLOCKED_SCRIPT: &str = r#"
+local t = 0
+for i = 1, #KEYS do
+  local ttl = redis.call('TTL', KEYS[i])
+  if ttl > t then t = ttl end
+end
+return t
+"#;
+
+/// Counts one failed login (SPEC §7, shared): KEYS address count, address
+/// block, user count, user block; ARGV address limit, user limit, window
+/// seconds. A count lives one window from its first failure; reaching the
+/// limit replaces it with a block for one window. Returns 1 when an
+/// address block started, plus 2 when a user block did.
+pub const FAILURE_SCRIPT: &str = r#"
+local started = 0
+for i = 0, 1 do
+  local count, block = KEYS[2 * i + 1], KEYS[2 * i + 2]
+  if redis.call('EXISTS', block) == 0 then
+    local n = redis.call('INCR', count)
+    if n == 1 then redis.call('EXPIRE', count, ARGV[3]) end
+    if n >= tonumber(ARGV[i + 1]) then
+      redis.call('DEL', count)
+      redis.call('SET', block, '1', 'EX', ARGV[3])
+      started = started + i + 1
+    end
+  end
+end
+return started
+"#;
 
 /// Hex SHA-1 of a script (its `EVALSHA` name).
 pub fn script_sha(script: &str) -> String {
@@ -737,6 +782,8 @@ pub struct Node {
     publish_sha: String,
     read_sha: String,
     totp_sha: String,
+    blocked_sha: String,
+    failure_sha: String,
     /// The command connection; `None` while Redis is down.
     cmd: smol::lock::Mutex<Option<Conn>>,
     up: Cell<bool>,
@@ -764,6 +811,8 @@ impl Node {
             publish_sha: script_sha(PUBLISH_SCRIPT),
             read_sha: script_sha(READ_SCRIPT),
             totp_sha: script_sha(TOTP_SCRIPT),
+            blocked_sha: script_sha(BLOCKED_SCRIPT),
+            failure_sha: script_sha(FAILURE_SCRIPT),
             cmd: smol::lock::Mutex::new(None),
             up: Cell::new(false),
             broken: Cell::new(false),
@@ -821,6 +870,49 @@ impl Node {
                 Err(())
             }
             Some(Ok(v)) => Ok(v),
+        }
+    }
+
+    /// See [`super::login_blocked`].
+    pub async fn login_blocked(&self, client: std::net::IpAddr, user: &str) -> Result<Option<u64>, ()> {
+        let [_, addr_block, _, user_block] = self.keys.throttle(client, user);
+        let v = self
+            .script(
+                &self.blocked_sha,
+                BLOCKED_SCRIPT,
+                &[addr_block.as_bytes(), user_block.as_bytes()],
+                &[],
+            )
+            .await?;
+        match v.int() {
+            Some(0) => Ok(None),
+            Some(s) if s > 0 => Ok(Some(s as u64)),
+            _ => Err(()),
+        }
+    }
+
+    /// See [`super::login_failure`].
+    pub async fn login_failure(&self, client: std::net::IpAddr, user: &str) -> crate::throttle::NewBlocks {
+        let keys = self.keys.throttle(client, user);
+        let (addr_limit, user_limit, window) = (
+            crate::throttle::LIMIT.to_string(),
+            crate::throttle::USER_LIMIT.to_string(),
+            crate::throttle::WINDOW_SECS.to_string(),
+        );
+        let started = self
+            .script(
+                &self.failure_sha,
+                FAILURE_SCRIPT,
+                &keys.each_ref().map(|k| k.as_bytes()),
+                &[addr_limit.as_bytes(), user_limit.as_bytes(), window.as_bytes()],
+            )
+            .await
+            .ok()
+            .and_then(|v| v.int())
+            .unwrap_or(0);
+        crate::throttle::NewBlocks {
+            address: started & 1 != 0,
+            user: started & 2 != 0,
         }
     }
 
@@ -1272,6 +1364,9 @@ mod tests {
         assert_eq!(k.history("@bob"), "tessera:h:@bob");
         assert_eq!(k.broadcast(), "tessera:pub");
         assert_eq!(k.totp("bo b:"), "tessera:totp:626f20623a");
+        let t = k.throttle("2001:db8::1".parse().unwrap(), "ab");
+        assert_eq!(t[1], "tessera:thr:b:a:2001:db8::");
+        assert_eq!(t[2], "tessera:thr:c:u:6162");
         assert_eq!(script_sha("return 1"), "e0e1f9fabfc9d4800c877a703b823ac0578ff8db");
     }
 

@@ -325,6 +325,12 @@ pub async fn login(
         Ok(a) => Reserved(shared, Some(a)),
         Err(secs) => return Rejection::Throttled(secs).response(),
     };
+    // Cluster mode: blocks started on any node count here too (SPEC §12).
+    match crate::broker::login_blocked(shared, client, &b.username).await {
+        Ok(None) => {}
+        Ok(Some(secs)) => return Rejection::Throttled(secs).response(),
+        Err(()) => return state_unavailable(),
+    }
     // Unknown users are hashed against a dummy record with the cost of the
     // strongest user's, so neither status nor timing tells them apart.
     let users = shared.users.borrow().clone();
@@ -346,7 +352,7 @@ pub async fn login(
     let user = match (ok, user) {
         (true, Some(u)) => u,
         _ => {
-            login_failed(shared, &b.username, peer, client, reserved, "invalid_credentials");
+            login_failed(shared, &b.username, peer, client, reserved, "invalid_credentials").await;
             return Response::error(401, "invalid_credentials", "unknown user or wrong password");
         }
     };
@@ -360,7 +366,7 @@ pub async fn login(
                 match crate::broker::claim_totp_step(shared, &user.name, step).await {
                     Ok(true) => {}
                     Ok(false) => {
-                        login_failed(shared, &user.name, peer, client, reserved, "invalid_otp");
+                        login_failed(shared, &user.name, peer, client, reserved, "invalid_otp").await;
                         return invalid_otp();
                     }
                     Err(()) => {
@@ -373,7 +379,7 @@ pub async fn login(
             amr
         }
         Err((reason, r)) => {
-            login_failed(shared, &user.name, peer, client, reserved, reason);
+            login_failed(shared, &user.name, peer, client, reserved, reason).await;
             return r;
         }
     };
@@ -414,7 +420,7 @@ pub async fn login(
 
 /// Counts and logs a failed login (`reason` is a code, never what was
 /// sent); a 401 also counts toward the address's throttle (SPEC §7).
-fn login_failed(
+async fn login_failed(
     shared: &Shared,
     username: &str,
     peer: SocketAddr,
@@ -447,7 +453,15 @@ fn login_failed(
         ],
     );
     // 403 `mfa_not_enrolled` follows a correct password: nothing was guessed.
-    let blocks = reserved.settle(reason != "mfa_not_enrolled");
+    let counted = reason != "mfa_not_enrolled";
+    let mut blocks = reserved.settle(counted);
+    if counted {
+        // Cluster mode: counted in Redis too; a block it starts is logged
+        // here unless this node's own count started one already.
+        let cluster = crate::broker::login_failure(shared, client, username).await;
+        blocks.address |= cluster.address;
+        blocks.user |= cluster.user;
+    }
     if blocks.address {
         super::admin::security_event(
             shared,
