@@ -4,7 +4,9 @@
 //! without the cargo feature `cluster`); [`Engine::Redis`] makes this process
 //! one node of a cluster whose offsets, epochs, history and fan-out live in
 //! Redis ([`redis`]). The socket tasks and `POST /publish` call
-//! [`publish`] and [`ready_to_subscribe`] and do not know which engine runs.
+//! [`publish`] and [`ready_to_subscribe`], and logins [`state_available`],
+//! [`claim_totp_step`], [`login_blocked`] and [`login_failure`]; none of
+//! them knows which engine runs.
 //!
 //! The cluster flags are validated here as plain functions (no sockets).
 

@@ -23,6 +23,12 @@
 //! reconnect after Redis was down, reloads the channel and delivers what
 //! its live subscribers missed.
 //!
+//! Shared login state: `P:totp:USER` holds the user's last used TOTP step
+//! ([`TOTP_SCRIPT`]: a code's step must be later, so a code works on one
+//! node only), and `P:thr:*` the §7 failure counts and blocks per address
+//! and per user name ([`FAILURE_SCRIPT`], [`BLOCKED_SCRIPT`]). Sessions and
+//! refresh tokens are not here yet: each node keeps its own.
+//!
 //! The RESP codec, key names, payload codecs and [`Mirror`] are sans-IO and
 //! tested here; the async shell ([`Node`]) is two TCP connections (commands
 //! and pub/sub) on the event loop, reconnected with backoff, and logs
