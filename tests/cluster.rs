@@ -506,6 +506,61 @@ fn spec12_a_totp_code_used_on_one_node_is_refused_on_another() {
 }
 
 #[test]
+fn spec12_logout_on_one_node_closes_the_sessions_sockets_on_every_node() {
+    let Some(redis) = Redis::start("spec12_logout_on_one_node_closes_the_sessions_sockets_on_every_node") else {
+        return;
+    };
+    let (users, _) = users_file("logout");
+    let users = users.to_str().unwrap().to_string();
+    let a = node(&redis, "a", &["--users", &users]);
+    let b = node(&redis, "b", &["--users", &users]);
+    let c = node(&redis, "c", &["--users", &users]);
+    let r = login(&a, "agent-7", None);
+    assert_eq!(status(&r), 200, "{r}");
+    let access = body(&r)["access_token"].as_str().unwrap().to_string();
+    let refresh = body(&r)["refresh_token"].as_str().unwrap().to_string();
+    block_on(async {
+        let (mut on_a, _) = ws_bearer(a.addr, &access).await;
+        let (mut on_c, _) = ws_bearer(c.addr, &access).await;
+        // Another agent's socket is left alone.
+        let (mut other, _) = ws_bearer(c.addr, &token("someone", 0, 600, |_| {})).await;
+        // Logout on B, which never saw the session: by its access token.
+        let r = http(
+            b.addr,
+            "POST",
+            "/auth/logout",
+            &[("Content-Type", "application/json")],
+            &json!({"access_token": access}).to_string(),
+        );
+        assert_eq!(status(&r), 204, "{r}");
+        assert_eq!(close_code(&mut on_a, Duration::from_secs(1)).await, Some(4003));
+        assert_eq!(close_code(&mut on_c, Duration::from_secs(1)).await, Some(4003));
+        send(&mut other, json!({"type":"ping"})).await;
+        assert_eq!(recv(&mut other).await["type"], "pong");
+        // The session's tokens are dead on every node.
+        for n in [&a, &b, &c] {
+            let up = ws_connect(n.addr, &[("Authorization", &format!("Bearer {access}"))]).await;
+            assert!(up.is_err(), "a revoked session's token opened a socket");
+        }
+    });
+    let r = http(
+        a.addr,
+        "POST",
+        "/auth/refresh",
+        &[("Content-Type", "application/json")],
+        &json!({"refresh_token": refresh}).to_string(),
+    );
+    assert_eq!(status(&r), 401, "{r}");
+    // A node started later learns the revocation from Redis.
+    let d = node(&redis, "d", &["--users", &users]);
+    block_on(async {
+        std::thread::sleep(Duration::from_millis(200));
+        let up = ws_connect(d.addr, &[("Authorization", &format!("Bearer {access}"))]).await;
+        assert!(up.is_err(), "a node started later accepted a revoked session");
+    });
+}
+
+#[test]
 fn spec12_failed_logins_count_across_nodes() {
     let Some(redis) = Redis::start("spec12_failed_logins_count_across_nodes") else {
         return;

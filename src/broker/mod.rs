@@ -322,6 +322,40 @@ pub async fn login_failure(shared: &Shared, client: std::net::IpAddr, user: &str
     }
 }
 
+/// Whether session `sid` was revoked on another node of the cluster (the
+/// handshake's check stays local: nodes keep the cluster's revoked set).
+pub fn revoked_elsewhere(shared: &Shared, sid: &str) -> bool {
+    match &shared.engine {
+        Engine::Local => {
+            let _ = sid;
+            false
+        }
+        #[cfg(feature = "cluster")]
+        Engine::Redis(node) => node.is_revoked(sid),
+    }
+}
+
+/// After a session (`sub`: `None`) or every session of an agent was revoked
+/// here: in cluster mode every node revokes it too and closes its sockets
+/// with 4003 (SPEC §12).
+pub fn announce_revocation(shared: &Shared, sid: Option<&str>, sub: Option<&str>) {
+    match &shared.engine {
+        Engine::Local => {
+            let _ = (sid, sub);
+        }
+        #[cfg(feature = "cluster")]
+        Engine::Redis(node) => {
+            let _ = shared;
+            if let Some(sid) = sid {
+                node.announce(redis::Revocation::Sid(sid.to_string()));
+            }
+            if let Some(sub) = sub {
+                node.announce(redis::Revocation::Sub(sub.to_string()));
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

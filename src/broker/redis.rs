@@ -279,6 +279,10 @@ impl Keys {
             format!("{}:thr:b:u:{name}", self.prefix),
         ]
     }
+    /// The sorted set of revoked session ids (score: until when).
+    pub fn revoked(&self) -> String {
+        format!("{}:revoked", self.prefix)
+    }
     /// The channel's retained messages (a list, oldest first).
     pub fn history(&self, channel: &str) -> String {
         format!("{}:h:{channel}", self.prefix)
@@ -374,6 +378,48 @@ for i = 0, 1 do
 end
 return started
 "#;
+
+/// Announces a revocation (SPEC §12): KEYS the revoked-sessions sorted
+/// set, the broadcast channel; ARGV `sid` or `sub`, the id, until (Unix
+/// seconds), now. A session id is kept in the set until its access tokens
+/// can no longer be valid (nodes load it when they connect); both kinds are
+/// broadcast as `!sid ID` / `!sub NAME`.
+pub const REVOKE_SCRIPT: &str = r#"
+if ARGV[1] == 'sid' then
+  redis.call('ZADD', KEYS[1], ARGV[3], ARGV[2])
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[4])
+redis.call('PUBLISH', KEYS[2], '!' .. ARGV[1] .. ' ' .. ARGV[2])
+return 1
+"#;
+
+/// The revoked sessions still relevant: KEYS the sorted set; ARGV now.
+/// Returns `{sid, until, ...}`.
+pub const REVOKED_SCRIPT: &str = r#"
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+return redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
+"#;
+
+/// A revocation broadcast: `!sid ID` or `!sub NAME`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Revocation {
+    Sid(String),
+    Sub(String),
+}
+
+/// Parses a revocation broadcast (`None` when it is not one).
+pub fn decode_revocation(payload: &[u8]) -> Option<Revocation> {
+    let text = std::str::from_utf8(payload.strip_prefix(b"!")?).ok()?;
+    let (kind, id) = text.split_once(' ')?;
+    if id.is_empty() || id.len() > 256 {
+        return None;
+    }
+    match kind {
+        "sid" => Some(Revocation::Sid(id.to_string())),
+        "sub" => Some(Revocation::Sub(id.to_string())),
+        _ => None,
+    }
+}
 
 /// Hex SHA-1 of a script (its `EVALSHA` name).
 pub fn script_sha(script: &str) -> String {
@@ -790,6 +836,15 @@ pub struct Node {
     totp_sha: String,
     blocked_sha: String,
     failure_sha: String,
+    revoke_sha: String,
+    revoked_sha: String,
+    /// Sessions revoked anywhere in the cluster, until when (Unix seconds):
+    /// the handshake checks it locally.
+    revoked: RefCell<HashMap<String, u64>>,
+    /// Revocations made while Redis was away, announced when it is back.
+    unsent: RefCell<Vec<Revocation>>,
+    /// The server's shared state (set when [`Node::supervise`] starts).
+    shared: RefCell<std::rc::Weak<Shared>>,
     /// The command connection; `None` while Redis is down.
     cmd: smol::lock::Mutex<Option<Conn>>,
     up: Cell<bool>,
@@ -819,6 +874,11 @@ impl Node {
             totp_sha: script_sha(TOTP_SCRIPT),
             blocked_sha: script_sha(BLOCKED_SCRIPT),
             failure_sha: script_sha(FAILURE_SCRIPT),
+            revoke_sha: script_sha(REVOKE_SCRIPT),
+            revoked_sha: script_sha(REVOKED_SCRIPT),
+            revoked: RefCell::default(),
+            unsent: RefCell::default(),
+            shared: RefCell::new(std::rc::Weak::new()),
             cmd: smol::lock::Mutex::new(None),
             up: Cell::new(false),
             broken: Cell::new(false),
@@ -876,6 +936,129 @@ impl Node {
                 Err(())
             }
             Some(Ok(v)) => Ok(v),
+        }
+    }
+
+    /// Whether session `sid` was revoked on some node.
+    pub fn is_revoked(&self, sid: &str) -> bool {
+        self.revoked
+            .borrow()
+            .get(sid)
+            .is_some_and(|&until| until > crate::commands::now_unix())
+    }
+
+    /// How long a revoked session id matters: its access tokens, at most
+    /// `--access-ttl` (plus leeway) old, are dead after that.
+    fn revoked_until(shared: &Shared) -> u64 {
+        crate::commands::now_unix()
+            .saturating_add(shared.cfg.access_ttl)
+            .saturating_add(shared.cfg.gate.verify.leeway)
+            .saturating_add(60)
+    }
+
+    /// Tells every node about a revocation made here (see
+    /// [`super::announce_revocation`]); kept for later while Redis is away.
+    pub fn announce(self: &Rc<Self>, r: Revocation) {
+        let Some(shared) = self.shared.borrow().upgrade() else {
+            return;
+        };
+        if let Revocation::Sid(sid) = &r {
+            self.revoked
+                .borrow_mut()
+                .insert(sid.clone(), Self::revoked_until(&shared));
+        }
+        let node = self.clone();
+        self.ex
+            .spawn(async move {
+                if node.send_revocation(&shared, &r).await.is_err() {
+                    node.unsent.borrow_mut().push(r);
+                }
+            })
+            .detach();
+    }
+
+    async fn send_revocation(&self, shared: &Shared, r: &Revocation) -> Result<(), ()> {
+        let (kind, id) = match r {
+            Revocation::Sid(s) => ("sid", s),
+            Revocation::Sub(s) => ("sub", s),
+        };
+        let until = Self::revoked_until(shared).to_string();
+        let now = crate::commands::now_unix().to_string();
+        let (set, ch) = (self.keys.revoked(), self.keys.broadcast());
+        self.script(
+            &self.revoke_sha,
+            REVOKE_SCRIPT,
+            &[set.as_bytes(), ch.as_bytes()],
+            &[kind.as_bytes(), id.as_bytes(), until.as_bytes(), now.as_bytes()],
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// At `broker_up`: loads the cluster's revoked sessions, then announces
+    /// what was revoked here while Redis was away.
+    async fn sync_revocations(self: Rc<Self>, shared: Rc<Shared>) {
+        let now = crate::commands::now_unix().to_string();
+        let set = self.keys.revoked();
+        if let Ok(Value::Array(Some(items))) = self
+            .script(&self.revoked_sha, REVOKED_SCRIPT, &[set.as_bytes()], &[now.as_bytes()])
+            .await
+        {
+            let mut revoked = self.revoked.borrow_mut();
+            for pair in items.chunks(2) {
+                if let [sid, until] = pair
+                    && let Some(sid) = sid.bytes().and_then(|b| std::str::from_utf8(b).ok())
+                    && let Some(until) = until
+                        .bytes()
+                        .and_then(|b| std::str::from_utf8(b).ok()?.parse::<f64>().ok())
+                {
+                    revoked.insert(sid.to_string(), until as u64);
+                }
+            }
+        }
+        let unsent = std::mem::take(&mut *self.unsent.borrow_mut());
+        for r in unsent {
+            if self.send_revocation(&shared, &r).await.is_err() {
+                self.unsent.borrow_mut().push(r);
+            }
+        }
+        let now = crate::commands::now_unix();
+        self.revoked.borrow_mut().retain(|_, until| *until > now);
+    }
+
+    /// A revocation broadcast (possibly this node's own): the session is
+    /// revoked here too and its sockets close with 4003.
+    fn on_revocation(self: &Rc<Self>, shared: &Rc<Shared>, r: Revocation) {
+        let changed = match &r {
+            Revocation::Sid(sid) => {
+                self.revoked
+                    .borrow_mut()
+                    .insert(sid.clone(), Self::revoked_until(shared));
+                let changed = shared.sessions.borrow_mut().revoke(sid);
+                crate::server::close_session(shared, sid);
+                changed
+            }
+            Revocation::Sub(sub) => {
+                let sids = shared.sessions.borrow_mut().revoke_sub(sub);
+                for (_, rights, _, h) in shared.hub.borrow().connections() {
+                    if rights.sub == *sub && !h.closing() {
+                        h.close(4003, "session revoked");
+                    }
+                }
+                // The sessions this node held: their tokens die everywhere.
+                for sid in &sids {
+                    self.announce(Revocation::Sid(sid.clone()));
+                }
+                !sids.is_empty()
+            }
+        };
+        if changed {
+            let shared = shared.clone();
+            self.ex
+                .spawn(async move {
+                    shared.persist.commit().await;
+                })
+                .detach();
         }
     }
 
@@ -1130,6 +1313,13 @@ impl Node {
 
     /// One broadcast from Redis.
     fn on_message(self: &Rc<Self>, shared: &Rc<Shared>, payload: &[u8]) {
+        if payload.first() == Some(&b'!') {
+            match decode_revocation(payload) {
+                Some(r) => self.on_revocation(shared, r),
+                None => shared.log.warn("broker_bad_message", &[]),
+            }
+            return;
+        }
         let Some(p) = std::str::from_utf8(payload).ok().and_then(decode_pub) else {
             shared.log.warn("broker_bad_message", &[]);
             return;
@@ -1177,6 +1367,7 @@ impl Node {
     /// a failure reconnect with backoff (logging `broker_down` once per
     /// outage and `broker_up` when back).
     pub async fn supervise(self: Rc<Self>, shared: Rc<Shared>) {
+        *self.shared.borrow_mut() = Rc::downgrade(&shared);
         let mut backoff = BACKOFF_MIN;
         let mut announced_down = false;
         loop {
@@ -1196,6 +1387,7 @@ impl Node {
                         ],
                     );
                     self.resync(&shared);
+                    self.ex.spawn(self.clone().sync_revocations(shared.clone())).detach();
                     // A PING on the subscription every `PING_EVERY` of
                     // silence; no reply within `CALL_TIMEOUT` after it counts
                     // as down (a connection can die without a reset).
@@ -1413,6 +1605,15 @@ mod tests {
             "5 a bcdEPOCH_0123456789 1 1 0 {}",
         ] {
             assert_eq!(decode_pub(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn spec12_revocation_broadcasts() {
+        assert_eq!(decode_revocation(b"!sid abc"), Some(Revocation::Sid("abc".into())));
+        assert_eq!(decode_revocation(b"!sub a b"), Some(Revocation::Sub("a b".into())));
+        for bad in [&b"sid abc"[..], b"!sid ", b"!xyz a", b"!sid", b"!"] {
+            assert_eq!(decode_revocation(bad), None, "{:?}", String::from_utf8_lossy(bad));
         }
     }
 

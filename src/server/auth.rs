@@ -592,6 +592,8 @@ fn cookie_origin_ok(shared: &Shared, req: &Request) -> bool {
 pub fn revoke_session(shared: &Shared, sid: &str) {
     shared.sessions.borrow_mut().revoke(sid);
     socket::close_session(shared, sid);
+    // Cluster mode: every node revokes it and closes its sockets (SPEC §12).
+    crate::broker::announce_revocation(shared, Some(sid), None);
 }
 
 /// `POST /auth/refresh`.

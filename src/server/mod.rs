@@ -35,7 +35,7 @@ use std::time::Duration;
 
 pub use admin::operator_rule;
 pub use socket::ConnHandle;
-pub use socket::{after_publish, publish as publish_here};
+pub use socket::{after_publish, close_session, publish as publish_here};
 
 /// Everything `serve` was told, validated.
 #[derive(Debug, Clone)]
@@ -291,7 +291,7 @@ impl Shared {
 
     /// Whether a session id is revoked.
     pub fn is_revoked(&self, sid: &str) -> bool {
-        self.sessions.borrow().is_revoked(sid)
+        self.sessions.borrow().is_revoked(sid) || crate::broker::revoked_elsewhere(self, sid)
     }
 
     /// The current key set (cheap clone of an `Rc`).
