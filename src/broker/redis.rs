@@ -26,8 +26,12 @@
 //! Shared login state: `P:totp:USER` holds the user's last used TOTP step
 //! ([`TOTP_SCRIPT`]: a code's step must be later, so a code works on one
 //! node only), and `P:thr:*` the §7 failure counts and blocks per address
-//! and per user name ([`FAILURE_SCRIPT`], [`BLOCKED_SCRIPT`]). Sessions and
-//! refresh tokens are not here yet: each node keeps its own.
+//! and per user name ([`FAILURE_SCRIPT`], [`BLOCKED_SCRIPT`]). Revocations
+//! go out on `P:pub` as `!sid ID` / `!sub NAME` ([`REVOKE_SCRIPT`]) and
+//! session ids stay in the sorted set `P:revoked` until their access tokens
+//! are dead; every node keeps that set in memory for its handshakes.
+//! Sessions and refresh tokens themselves are not here yet: each node
+//! keeps its own.
 //!
 //! The RESP codec, key names, payload codecs and [`Mirror`] are sans-IO and
 //! tested here; the async shell ([`Node`]) is two TCP connections (commands
