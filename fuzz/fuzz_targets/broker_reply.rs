@@ -1,7 +1,8 @@
 //! `broker_reply`: arbitrary bytes as if Redis sent them to a cluster node
 //! (cargo feature `cluster`): the RESP reader (`broker::redis::decode`),
 //! then what the node makes of a reply (`decode_snapshot`,
-//! `decode_published`) and of a broadcast payload (`decode_pub`).
+//! `decode_published`) and of a broadcast payload (`decode_pub`,
+//! `decode_revocation`).
 //!
 //! Oracle: nothing panics or allocates a claimed huge length; a decoded
 //! reply used at most the bytes given, decodes the same from exactly those
@@ -10,7 +11,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tessera::broker::redis::{decode, decode_pub, decode_published, decode_snapshot, encode_pub};
+use tessera::broker::redis::{decode, decode_pub, decode_published, decode_revocation, decode_snapshot, encode_pub};
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(Some((v, used))) = decode(data) {
@@ -20,6 +21,7 @@ fuzz_target!(|data: &[u8]| {
         let _ = decode_snapshot(&v);
         let _ = decode_published(&v);
     }
+    let _ = decode_revocation(data);
     if let Ok(text) = std::str::from_utf8(data)
         && let Some(p) = decode_pub(text)
     {

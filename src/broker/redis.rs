@@ -404,6 +404,10 @@ redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
 return redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
 "#;
 
+/// Most revocations kept for announcing after Redis is back (each is also
+/// in force on this node at once).
+const MAX_UNSENT: usize = 10_000;
+
 /// A revocation broadcast: `!sid ID` or `!sub NAME`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Revocation {
@@ -975,7 +979,10 @@ impl Node {
         self.ex
             .spawn(async move {
                 if node.send_revocation(&shared, &r).await.is_err() {
-                    node.unsent.borrow_mut().push(r);
+                    let mut unsent = node.unsent.borrow_mut();
+                    if unsent.len() < MAX_UNSENT {
+                        unsent.push(r);
+                    }
                 }
             })
             .detach();
