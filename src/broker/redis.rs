@@ -46,11 +46,11 @@ use super::{ClusterConfig, StoreFailure};
 use crate::history::{Position, epoch_ok};
 use crate::hub::{Frame, PublishError, Published, Rights};
 use crate::server::Shared;
-use serde_json::value::RawValue;
 /// A Redis reply, as the `redis` crate reads it.
 pub use ::redis::Value;
 use ::redis::aio::{MultiplexedConnection, PubSubSink, PubSubStream};
 use futures_util::StreamExt;
+use serde_json::value::RawValue;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -714,7 +714,9 @@ impl Node {
         if !self.up.get() {
             return Err(());
         }
-        let Some(mut conn) = self.cmd.borrow().clone() else { return Err(()) };
+        let Some(mut conn) = self.cmd.borrow().clone() else {
+            return Err(());
+        };
         let mut call = script.prepare_invoke();
         for k in keys {
             call.key(*k);
@@ -1220,10 +1222,7 @@ impl Node {
                     if !announced_down {
                         shared.log.warn(
                             "broker_down",
-                            &[
-                                ("node", self.cfg.node_id.as_str().into()),
-                                ("error", (&e).into()),
-                            ],
+                            &[("node", self.cfg.node_id.as_str().into()), ("error", (&e).into())],
                         );
                         announced_down = true;
                     }
@@ -1331,8 +1330,14 @@ mod tests {
         let b = |s: &str| Value::BulkString(s.as_bytes().to_vec());
         let v = Value::Array(vec![b("EPOCH_0123456789"), Value::Int(7)]);
         assert_eq!(decode_published(&v), Some(("EPOCH_0123456789".into(), 7)));
-        assert_eq!(decode_published(&Value::Array(vec![b("bad epoch!"), Value::Int(7)])), None);
-        assert_eq!(decode_published(&Value::Array(vec![b("EPOCH_0123456789"), Value::Int(0)])), None);
+        assert_eq!(
+            decode_published(&Value::Array(vec![b("bad epoch!"), Value::Int(7)])),
+            None
+        );
+        assert_eq!(
+            decode_published(&Value::Array(vec![b("EPOCH_0123456789"), Value::Int(0)])),
+            None
+        );
         assert_eq!(decode_published(&Value::Nil), None);
         let snap = Value::Array(vec![
             b("EPOCH_0123456789"),
