@@ -17,11 +17,18 @@ use std::time::{Duration, Instant};
 struct Redis {
     child: Option<Child>,
     port: u16,
+    /// Extra `redis-server` arguments (passwords, users).
+    extra: Vec<String>,
 }
 
 impl Redis {
     /// `None` (after printing SKIPPED) when `redis-server` is not installed.
     fn start(test: &str) -> Option<Redis> {
+        Redis::start_with(test, &[])
+    }
+
+    /// [`Redis::start`] with extra `redis-server` arguments.
+    fn start_with(test: &str, extra: &[&str]) -> Option<Redis> {
         let found = Command::new("redis-server")
             .arg("--version")
             .stdout(Stdio::null())
@@ -33,7 +40,11 @@ impl Redis {
             return None;
         }
         let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let mut r = Redis { child: None, port };
+        let mut r = Redis {
+            child: None,
+            port,
+            extra: extra.iter().map(|a| a.to_string()).collect(),
+        };
         r.launch();
         Some(r)
     }
@@ -52,6 +63,7 @@ impl Redis {
                 "no",
             ])
             .args(["--daemonize", "no", "--loglevel", "warning"])
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -633,6 +645,65 @@ fn spec12_a_frozen_redis_counts_as_down_and_back_when_it_answers() {
     // Same Redis, same data: the channel goes on in its epoch.
     let r = publish(&a, "ops", 2);
     assert_eq!((status(&r), body(&r)["id"].as_u64()), (202, Some(2)), "{r}");
+}
+
+#[test]
+fn spec12_redis_password_user_and_database() {
+    let Some(redis) = Redis::start_with(
+        "spec12_redis_password_user_and_database",
+        &[
+            "--requirepass",
+            "Def4ultPw",
+            "--user",
+            "app",
+            "on",
+            ">AppPw77",
+            "~*",
+            "&*",
+            "+@all",
+        ],
+    ) else {
+        return;
+    };
+    let url = |auth: &str, db: &str| format!("redis://{auth}127.0.0.1:{}{db}", redis.port);
+    let start = |u: &str, id: &str| Server::start(&["--redis", u, "--node-id", id, "--redis-prefix", "t"]);
+    // The default user's password and database 3; a named user, database 4.
+    let a = start(&url(":Def4ultPw@", "/3"), "a");
+    a.wait_log(&["broker_up", "\"a\""]);
+    let b = start(&url("app:AppPw77@", "/4"), "b");
+    b.wait_log(&["broker_up", "\"b\""]);
+    let c = start(&url("app:AppPw77@", "/3"), "c");
+    c.wait_log(&["broker_up", "\"c\""]);
+    let id = |s: &Server| body(&publish(s, "ops", 1))["id"].as_u64();
+    // a and c share database 3, b has its own.
+    assert_eq!((id(&a), id(&b), id(&c)), (Some(1), Some(1), Some(2)));
+    // A wrong password, a wrong user's password, no password: down with
+    // the reason, never up, and no password in the log.
+    let wrong = start(&url(":Wr0ngPw@", ""), "w");
+    wrong.wait_log(&["broker_down", "AUTH refused"]);
+    let wrong_user = start(&url("app:Wr0ngPw@", "/3"), "u");
+    wrong_user.wait_log(&["broker_down", "AUTH refused"]);
+    let none = start(&url("", ""), "n");
+    none.wait_log(&["broker_down", "\"n\""]);
+    let bad_db = start(&url(":Def4ultPw@", "/99"), "d");
+    bad_db.wait_log(&["broker_down", "\"d\""]);
+    std::thread::sleep(Duration::from_millis(1500));
+    for s in [&wrong, &wrong_user, &none, &bad_db] {
+        let logs = s.logs();
+        assert!(!logs.contains("broker_up"), "{logs}");
+        assert_eq!(logs.matches("broker_down").count(), 1, "{logs}");
+        assert!(!logs.contains("Wr0ngPw") && !logs.contains("Def4ultPw"), "{logs}");
+        let r = publish(s, "ops", 1);
+        assert_eq!(
+            (status(&r), body(&r)["error"].as_str()),
+            (503, Some("broker_unavailable")),
+            "{r}"
+        );
+    }
+    for s in [&a, &b, &c] {
+        let logs = s.logs();
+        assert!(!logs.contains("AppPw77") && !logs.contains("Def4ultPw"), "{logs}");
+    }
 }
 
 #[test]

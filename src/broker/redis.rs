@@ -1143,6 +1143,13 @@ impl Node {
         let cmd = within(client.get_multiplexed_async_connection_with_config(&config)).await?;
         let (mut sink, stream) = within(client.get_async_pubsub()).await?.split();
         within(sink.subscribe(self.keys.broadcast())).await?;
+        // The crate takes an error reply to SUBSCRIBE (NOAUTH, NOPERM) as
+        // done: a PING answered in the subscribed form (`pong`, ``) confirms
+        // the subscription.
+        let pong = within(sink.ping::<Value>()).await?;
+        if !matches!(&pong, Value::Array(a) if a.first().and_then(bytes) == Some(&b"pong"[..])) {
+            return Err("SUBSCRIBE was not confirmed".to_string());
+        }
         *self.cmd.borrow_mut() = Some(cmd);
         Ok((sink, stream))
     }
