@@ -35,8 +35,8 @@
 //!
 //! Key names, scripts, payload codecs and [`Mirror`] are sans-IO and tested
 //! here. The async shell ([`Node`]) talks to Redis through the `redis` crate:
-//! one multiplexed connection for commands and scripts (`EVALSHA`, `EVAL`
-//! when Redis does not know the script yet) and one pub/sub connection. The
+//! one multiplexed connection for commands and scripts (`EVALSHA`; after a
+//! `NOSCRIPT`, `SCRIPT LOAD` and `EVALSHA` again) and one pub/sub connection. The
 //! crate runs each connection's driver on smol's global executor (one extra
 //! thread); the event loop only awaits replies and messages, with smol timers
 //! as timeouts. The node reconnects with backoff and logs `broker_down` /
@@ -706,8 +706,9 @@ impl Node {
         self.broken_event.notify(usize::MAX);
     }
 
-    /// Runs a script by its SHA (`EVALSHA`), loading it with `EVAL` when
-    /// Redis does not know it yet. `Err` when Redis is down or the call
+    /// Runs a script by its SHA (`EVALSHA`), loading it (`SCRIPT LOAD`,
+    /// then `EVALSHA` again) when Redis does not know it yet: one round trip
+    /// once loaded. `Err` when Redis is down or the call
     /// failed, was refused or took longer than [`CALL_TIMEOUT`]: the
     /// connection then counts as broken.
     async fn script(&self, script: &::redis::Script, keys: &[&[u8]], argv: &[&[u8]]) -> Result<Value, ()> {
