@@ -262,6 +262,25 @@ pub struct Serve {
     /// `too_many_sockets` [256]
     #[argh(option, default = "256")]
     pub max_sockets_per_address: usize,
+
+    // Cluster mode (SPEC §12).
+    /// run as one node of a cluster on this Redis:
+    /// redis://[user:pass@]HOST:PORT[/DB] (cargo feature `cluster`);
+    /// publications, offsets, epochs and history then live in Redis
+    #[argh(option)]
+    pub redis: Option<String>,
+    /// prefix of every Redis key and pub/sub channel this cluster uses
+    /// (1-64 of A-Z a-z 0-9 _ . : -) [tessera]
+    #[argh(option)]
+    pub redis_prefix: Option<String>,
+    /// this node's name in logs and /healthz (1-64 of A-Z a-z 0-9 _ . -)
+    /// [random]
+    #[argh(option)]
+    pub node_id: Option<String>,
+    /// let several processes listen on the same --listen address
+    /// (SO_REUSEPORT, Linux): one node per core on one machine
+    #[argh(switch)]
+    pub reuse_port: bool,
 }
 
 fn parse_cidr(s: &str) -> Result<crate::http::Cidr, String> {

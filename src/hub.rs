@@ -681,6 +681,18 @@ impl<O: Outbox + Clone> Hub<O> {
         Ok(self.offer_all(channel, &msg, id, next.epoch))
     }
 
+    /// Offers a message already kept elsewhere (cluster mode: received
+    /// from the broker with its offset and epoch) to every subscriber of
+    /// `channel`, without touching the history.
+    pub fn fan_out(&self, channel: &str, msg: &Frame, id: u64, epoch: Rc<str>) -> Published {
+        self.offer_all(channel, msg, id, epoch)
+    }
+
+    /// Whether some connection is subscribed to `channel`.
+    pub fn has_subscribers(&self, channel: &str) -> bool {
+        self.channels.get(channel).is_some_and(|c| !c.subscribers.is_empty())
+    }
+
     /// Offers `msg` to every subscriber of `channel`.
     fn offer_all(&self, channel: &str, msg: &Frame, id: u64, epoch: Rc<str>) -> Published {
         let mut delivered = 0;

@@ -13,12 +13,16 @@
 //! - [`log`], [`metrics`]: events and counters;
 //! - [`notify`]: systemd readiness and watchdog messages (`sd_notify`).
 //!
+//! [`broker`] is the seam between the shell and where publications and
+//! history live (this process, or Redis in cluster mode).
+//!
 //! [`server`] is the thin async shell that owns sockets and timers;
 //! [`cli`] declares the command line; `main.rs` dispatches it.
 #![forbid(unsafe_code)]
 
 pub mod agent;
 pub mod auth;
+pub mod broker;
 pub mod cli;
 pub mod commands;
 pub mod events;

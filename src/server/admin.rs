@@ -228,16 +228,31 @@ async fn revoke(shared: &Shared, req: &Request, body: &[u8], by: &Claims, peer: 
         }) if !s.is_empty() => Target::Sid(s),
         _ => return Response::error(400, "bad_request", "body must be {\"sub\":…} or {\"sid\":…}"),
     };
+    let mut sids = Vec::new();
     let (revoked, sub) = {
         let mut sessions = shared.sessions.borrow_mut();
         match &target {
-            Target::Sub(s) => (sessions.revoke_sub(s).len(), Some(s.clone())),
+            Target::Sub(s) => {
+                sids = sessions.revoke_sub(s);
+                (sids.len(), Some(s.clone()))
+            }
             Target::Sid(sid) => {
                 let n = usize::from(sessions.revoke(sid));
                 (n, sessions.session(sid).map(|s| s.sub.clone()))
             }
         }
     };
+    // Cluster mode: every node revokes too and closes its sockets (the
+    // counts in the answer are this node's).
+    match &target {
+        Target::Sub(s) => {
+            crate::broker::announce_revocation(shared, None, Some(s));
+            for sid in &sids {
+                crate::broker::announce_revocation(shared, Some(sid), None);
+            }
+        }
+        Target::Sid(sid) => crate::broker::announce_revocation(shared, Some(sid), None),
+    }
     let mut closed = 0;
     for (_, rights, _, h) in shared.hub.borrow().connections() {
         let hit = match &target {

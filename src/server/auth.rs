@@ -297,6 +297,9 @@ pub async fn login(
     client: std::net::IpAddr,
 ) -> Response {
     let now = now_unix();
+    if !crate::broker::state_available(shared) {
+        return state_unavailable();
+    }
     if let Some(secs) = shared.throttle.borrow().blocked(client, now) {
         return Rejection::Throttled(secs).response();
     }
@@ -322,6 +325,12 @@ pub async fn login(
         Ok(a) => Reserved(shared, Some(a)),
         Err(secs) => return Rejection::Throttled(secs).response(),
     };
+    // Cluster mode: blocks started on any node count here too (SPEC §12).
+    match crate::broker::login_blocked(shared, client, &b.username).await {
+        Ok(None) => {}
+        Ok(Some(secs)) => return Rejection::Throttled(secs).response(),
+        Err(()) => return state_unavailable(),
+    }
     // Unknown users are hashed against a dummy record with the cost of the
     // strongest user's, so neither status nor timing tells them apart.
     let users = shared.users.borrow().clone();
@@ -343,19 +352,34 @@ pub async fn login(
     let user = match (ok, user) {
         (true, Some(u)) => u,
         _ => {
-            login_failed(shared, &b.username, peer, client, reserved, "invalid_credentials");
+            login_failed(shared, &b.username, peer, client, reserved, "invalid_credentials").await;
             return Response::error(401, "invalid_credentials", "unknown user or wrong password");
         }
     };
     // The reserved attempt stays open through the second factor: a wrong
     // code counts like a wrong password (SPEC §11).
     let amr = match second_factor(shared, &user, b.otp.as_ref()) {
-        Ok(amr) => {
+        Ok((amr, step)) => {
+            // Cluster mode: the step is claimed in Redis too, so a code used
+            // on one node is refused on every other (SPEC §11, §12).
+            if let Some(step) = step {
+                match crate::broker::claim_totp_step(shared, &user.name, step).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        login_failed(shared, &user.name, peer, client, reserved, "invalid_otp").await;
+                        return invalid_otp();
+                    }
+                    Err(()) => {
+                        reserved.settle(false);
+                        return state_unavailable();
+                    }
+                }
+            }
             reserved.settle(false);
             amr
         }
         Err((reason, r)) => {
-            login_failed(shared, &user.name, peer, client, reserved, reason);
+            login_failed(shared, &user.name, peer, client, reserved, reason).await;
             return r;
         }
     };
@@ -396,7 +420,7 @@ pub async fn login(
 
 /// Counts and logs a failed login (`reason` is a code, never what was
 /// sent); a 401 also counts toward the address's throttle (SPEC §7).
-fn login_failed(
+async fn login_failed(
     shared: &Shared,
     username: &str,
     peer: SocketAddr,
@@ -429,7 +453,15 @@ fn login_failed(
         ],
     );
     // 403 `mfa_not_enrolled` follows a correct password: nothing was guessed.
-    let blocks = reserved.settle(reason != "mfa_not_enrolled");
+    let counted = reason != "mfa_not_enrolled";
+    let mut blocks = reserved.settle(counted);
+    if counted {
+        // Cluster mode: counted in Redis too; a block it starts is logged
+        // here unless this node's own count started one already.
+        let cluster = crate::broker::login_failure(shared, client, username).await;
+        blocks.address |= cluster.address;
+        blocks.user |= cluster.user;
+    }
     if blocks.address {
         super::admin::security_event(
             shared,
@@ -459,15 +491,36 @@ fn login_failed(
     }
 }
 
+/// 503 `state_unavailable` while the cluster's Redis is away (SPEC §12).
+fn state_unavailable() -> Response {
+    Response::error(
+        503,
+        "state_unavailable",
+        "the cluster's state store (Redis) is unreachable; retry shortly",
+    )
+    .header("Retry-After", "1")
+}
+
+fn invalid_otp() -> Response {
+    Response::error(
+        401,
+        "invalid_otp",
+        "the code is wrong, malformed or already used; wait for the next one",
+    )
+}
+
+/// A login's `amr` (RFC 8176).
+type Amr = &'static [&'static str];
+
 /// The second factor after a correct password (SPEC §11): the `amr` of the
-/// login, or the refusal. An accepted code's step is marked used at once
-/// (no await between the check and the mark), so two logins racing with
-/// one code cannot both pass.
+/// login and the TOTP step used (if any), or the refusal. An accepted code's
+/// step is marked used at once (no await between the check and the mark),
+/// so two logins racing with one code cannot both pass.
 fn second_factor(
     shared: &Shared,
     user: &User,
     otp: Option<&serde_json::Value>,
-) -> Result<&'static [&'static str], (&'static str, Response)> {
+) -> Result<(Amr, Option<u64>), (&'static str, Response)> {
     let now = now_unix();
     let Some(secret) = &user.totp else {
         if shared.cfg.gate.needs_mfa(user.clearance) {
@@ -480,7 +533,7 @@ fn second_factor(
                 ),
             ));
         }
-        return Ok(&["pwd"]);
+        return Ok((&["pwd"], None));
     };
     let Some(otp) = otp else {
         return Err((
@@ -498,16 +551,9 @@ fn second_factor(
     match totp::check(secret, code, now, last) {
         Some(step) => {
             shared.sessions.borrow_mut().use_totp_step(&user.name, step);
-            Ok(&["pwd", "otp"])
+            Ok((&["pwd", "otp"], Some(step)))
         }
-        None => Err((
-            "invalid_otp",
-            Response::error(
-                401,
-                "invalid_otp",
-                "the code is wrong, malformed or already used; wait for the next one",
-            ),
-        )),
+        None => Err(("invalid_otp", invalid_otp())),
     }
 }
 
@@ -546,6 +592,8 @@ fn cookie_origin_ok(shared: &Shared, req: &Request) -> bool {
 pub fn revoke_session(shared: &Shared, sid: &str) {
     shared.sessions.borrow_mut().revoke(sid);
     socket::close_session(shared, sid);
+    // Cluster mode: every node revokes it and closes its sockets (SPEC §12).
+    crate::broker::announce_revocation(shared, Some(sid), None);
 }
 
 /// `POST /auth/refresh`.
@@ -567,6 +615,9 @@ pub async fn refresh(shared: &Shared, req: &Request, body: &[u8], peer: SocketAd
             "send the refresh token (cookie tessera_refresh or body)",
         );
     };
+    if !crate::broker::state_available(shared) {
+        return state_unavailable();
+    }
     let now = now_unix();
     let Some(tok) = random::<32>() else {
         return Response::error(503, "busy", "no randomness from the OS");

@@ -404,15 +404,20 @@ async fn read_exact_by(stream: &mut Stream, buf: &mut Vec<u8>, want: usize, dead
 /// Plain HTTP endpoints (everything but `/ws`).
 fn respond(shared: &Shared, req: &Request, route: Route) -> Response {
     match route {
-        Route::Health => Response::json(
-            200,
-            &serde_json::json!({
+        Route::Health => {
+            let mut health = serde_json::json!({
                 "status": "ok",
                 "version": env!("TESSERA_VERSION"),
                 "commit": env!("TESSERA_COMMIT"),
                 "connections": shared.hub.borrow().len(),
-            }),
-        ),
+            });
+            // Cluster mode (SPEC §12): whether Redis is reachable, and the node.
+            if let (Some(up), Some(o)) = (shared.engine.broker_up(), health.as_object_mut()) {
+                o.insert("broker".into(), (if up { "up" } else { "down" }).into());
+                o.insert("node".into(), shared.engine.node_id().unwrap_or_default().into());
+            }
+            Response::json(200, &health)
+        }
         Route::Metrics => {
             shared.metrics.connections.set(shared.hub.borrow().len() as u64);
             let hub = shared.hub.borrow();
@@ -422,7 +427,9 @@ fn respond(shared: &Shared, req: &Request, route: Route) -> Response {
             m.history_bytes.set(hub.history().retained_bytes());
             m.history_disk_bytes
                 .set(shared.disk.borrow().as_ref().map_or(0, |l| l.disk_bytes()));
-            Response::with_body(200, "text/plain; version=0.0.4", shared.metrics.render().into_bytes())
+            let mut text = shared.metrics.render();
+            text.push_str(&shared.engine.metrics_text());
+            Response::with_body(200, "text/plain; version=0.0.4", text.into_bytes())
         }
         Route::Publish => Response::error(500, "internal", "routed elsewhere"),
         Route::WrongMethod(allow) => {
@@ -481,7 +488,7 @@ async fn publish(shared: &Shared, req: &Request, body: &[u8], peer: SocketAddr) 
     if crate::hub::may_publish(&rights, &b.channel, shared.hub.borrow().levels()).is_ok() {
         socket::room_for(shared, &b.channel).await;
     }
-    let result = socket::publish(shared, &rights, &b.channel, &b.data);
+    let result = crate::broker::publish(shared, &rights, &b.channel, &b.data).await;
     smol::future::yield_now().await;
     match result {
         Ok(p) => {
@@ -499,11 +506,10 @@ async fn publish(shared: &Shared, req: &Request, body: &[u8], peer: SocketAddr) 
                 &serde_json::json!({ "id": p.id, "delivered": p.delivered, "epoch": &*p.epoch }),
             )
         }
-        Err(crate::hub::PublishError::Store(_)) => Response::error(
-            503,
-            "history_unavailable",
-            "the message could not be stored; it was not published",
-        ),
+        Err(crate::hub::PublishError::Store(failure)) => {
+            let (code, message) = failure.code();
+            Response::error(503, code, message)
+        }
         Err(crate::hub::PublishError::Denied(d)) => Response::error(
             match d {
                 crate::hub::Denied::BadChannel => 400,

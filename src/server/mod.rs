@@ -35,6 +35,7 @@ use std::time::Duration;
 
 pub use admin::operator_rule;
 pub use socket::ConnHandle;
+pub use socket::{after_publish, close_session, publish as publish_here};
 
 /// Everything `serve` was told, validated.
 #[derive(Debug, Clone)]
@@ -75,6 +76,11 @@ pub struct Config {
     pub max_commands_per_sec: u32,
     pub max_sockets_per_sub: usize,
     pub max_sockets_per_address: usize,
+    /// `--redis`, `--redis-prefix`, `--node-id` (SPEC §12); `None`: one
+    /// node on its own.
+    pub cluster: Option<crate::broker::ClusterConfig>,
+    /// `--reuse-port`.
+    pub reuse_port: bool,
 }
 
 impl Config {
@@ -155,7 +161,24 @@ impl Config {
                 ))
             })?),
         };
+        #[cfg(feature = "cluster")]
+        let random_id = crate::broker::redis::random_node_id;
+        #[cfg(not(feature = "cluster"))]
+        let random_id = String::new;
+        let cluster = crate::broker::cluster_config(
+            a.redis.as_deref(),
+            a.redis_prefix.as_deref(),
+            a.node_id.as_deref(),
+            a.history_dir.is_some(),
+            random_id,
+        )
+        .map_err(Failure::usage)?;
+        if a.reuse_port && !cfg!(target_os = "linux") {
+            return Err(Failure::usage("--reuse-port: SO_REUSEPORT is only used on Linux"));
+        }
         Ok(Config {
+            cluster,
+            reuse_port: a.reuse_port,
             max_pending: a.max_pending,
             max_pending_per_address: a.max_pending_per_address,
             write_timeout: Duration::from_secs(a.write_timeout),
@@ -252,6 +275,8 @@ pub struct Shared {
     pub login_turn: event_listener::Event,
     /// Connections that have not upgraded (`--max-pending*`).
     pub pending: RefCell<pending::Pending<Rc<conn::ShedSignal>>>,
+    /// Where publications and history live (this process, or Redis).
+    pub engine: crate::broker::Engine,
     /// The TLS server config; replaced on SIGHUP.
     #[cfg(feature = "tls")]
     pub tls: RefCell<Option<futures_rustls::TlsAcceptor>>,
@@ -266,7 +291,7 @@ impl Shared {
 
     /// Whether a session id is revoked.
     pub fn is_revoked(&self, sid: &str) -> bool {
-        self.sessions.borrow().is_revoked(sid)
+        self.sessions.borrow().is_revoked(sid) || crate::broker::revoked_elsewhere(self, sid)
     }
 
     /// The current key set (cheap clone of an `Rc`).
@@ -303,8 +328,8 @@ pub fn serve(args: &cli::Serve) -> Result<(), Failure> {
         None => Sessions::default(),
     };
     raise_nofile_limit(&log);
-    let listener =
-        TcpListener::bind(cfg.listen).map_err(|e| Failure::usage(format!("--listen {}: {e}", cfg.listen)))?;
+    let listener = bind_listener(cfg.listen, cfg.reuse_port)
+        .map_err(|e| Failure::usage(format!("--listen {}: {e}", cfg.listen)))?;
     conn::listener_options(&listener);
     let metrics_listener = match cfg.metrics_listen {
         None => None,
@@ -334,7 +359,16 @@ pub fn serve(args: &cli::Serve) -> Result<(), Failure> {
     history.set_salt(salt);
     let mut hub = Hub::with_history(cfg.levels.clone(), history);
     hub.set_limits(cfg.max_subscriptions, cfg.max_channels);
+    let ex = Rc::new(LocalExecutor::new());
+    let engine = match &cfg.cluster {
+        None => crate::broker::Engine::Local,
+        #[cfg(feature = "cluster")]
+        Some(c) => crate::broker::Engine::Redis(Rc::new(crate::broker::redis::Node::new(c.clone(), ex.clone()))),
+        #[cfg(not(feature = "cluster"))]
+        Some(_) => return Err(Failure::usage("--redis: this tessera was built without cluster mode")),
+    };
     let shared = Rc::new(Shared {
+        engine,
         disk: RefCell::new(disk),
         disk_dirty: event_listener::Event::new(),
         disk_syncing: Cell::new(false),
@@ -366,7 +400,10 @@ pub fn serve(args: &cli::Serve) -> Result<(), Failure> {
         sockets_per: RefCell::default(),
         shutting_down: Cell::new(false),
     });
-    let ex = Rc::new(LocalExecutor::new());
+    #[cfg(feature = "cluster")]
+    if let crate::broker::Engine::Redis(node) = &shared.engine {
+        ex.spawn(node.clone().supervise(shared.clone())).detach();
+    }
     if let Some(m) = metrics_listener {
         let at = m.get_ref().local_addr().map(|a| a.to_string()).unwrap_or_default();
         shared.log.info("metrics_listening", &[("addr", (&at).into())]);
@@ -387,6 +424,31 @@ pub fn serve(args: &cli::Serve) -> Result<(), Failure> {
     let _lines = crate::log::buffer_lines();
     let main = std::pin::pin!(ex.run(run(shared, ex.clone(), listener, addr, demo_key, demo_passwords)));
     smol::block_on(crate::log::FlushWhenIdle(main))
+}
+
+/// Binds `--listen`; with `--reuse-port` (Linux) SO_REUSEPORT is set first,
+/// so several processes can listen on the same address and the kernel
+/// spreads connections among them.
+fn bind_listener(addr: SocketAddr, reuse_port: bool) -> std::io::Result<TcpListener> {
+    #[cfg(target_os = "linux")]
+    if reuse_port {
+        use rustix::net::{AddressFamily, SocketType, bind, listen, socket, sockopt};
+        let family = if addr.is_ipv4() {
+            AddressFamily::INET
+        } else {
+            AddressFamily::INET6
+        };
+        let fd = socket(family, SocketType::STREAM, None)?;
+        sockopt::set_socket_reuseaddr(&fd, true)?;
+        sockopt::set_socket_reuseport(&fd, true)?;
+        bind(&fd, &addr)?;
+        // std's backlog: a longer queue let attack connections queue ahead
+        // of clients (BENCHMARKS.md "Under attack").
+        listen(&fd, 128)?;
+        return Ok(TcpListener::from(fd));
+    }
+    let _ = reuse_port;
+    TcpListener::bind(addr)
 }
 
 /// Raises the soft limit on open files to the hard limit (connections are
@@ -834,7 +896,7 @@ async fn demo_ticker(shared: Rc<Shared>) {
             Ok(r) => r,
             Err(_) => continue,
         };
-        let _ = socket::publish(&shared, &hq, "ops", &raw);
+        let _ = crate::broker::publish(&shared, &hq, "ops", &raw).await;
     }
 }
 

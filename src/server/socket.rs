@@ -742,10 +742,17 @@ where
                                     room_for_socket(shared, &handle, &mut tx, id, channel, &mut msgs_out, deadline);
                                 wrote = Box::pin(wait).await;
                             }
-                            if wrote == Wrote::Done {
+                            if wrote != Wrote::Done {
+                                Vec::new()
+                            } else if shared.engine.is_local() {
                                 command(shared, &handle, id, &mut rights, &mut timers, parsed)
                             } else {
-                                Vec::new()
+                                // Cluster mode: publishes and first subscribes wait for Redis
+                                // (boxed: the wait's state must not size every socket's task).
+                                match Box::pin(broker_command(shared, &rights, &parsed)).await {
+                                    Some(r) => r,
+                                    None => command(shared, &handle, id, &mut rights, &mut timers, parsed),
+                                }
                             }
                         }
                         Message::Binary(_) => {
@@ -949,6 +956,45 @@ impl Budget {
         } else {
             Spend::Over
         }
+    }
+}
+
+/// Cluster mode (SPEC §12): a publish goes through the broker (its replies
+/// are returned), and a subscribe first waits until this node's copy of the
+/// channel is the cluster's (`None`: the hub handles it as usual; error
+/// `broker_unavailable` when Redis is away).
+async fn broker_command(
+    shared: &Rc<Shared>,
+    rights: &Rights,
+    parsed: &Result<protocol::ClientMessage, protocol::BadMessage>,
+) -> Option<Vec<String>> {
+    let Ok(msg) = parsed else { return None };
+    let r = msg.reference.as_deref();
+    let unavailable = |f: crate::broker::StoreFailure| {
+        let (code, message) = f.code();
+        vec![protocol::error(code, message, r)]
+    };
+    match &msg.command {
+        Command::Subscribe { channel, .. } => match crate::broker::ready_to_subscribe(shared, rights, channel).await {
+            Ok(()) => None,
+            Err(()) => Some(unavailable(crate::broker::StoreFailure::Broker)),
+        },
+        Command::Publish { channel, data } => Some(match crate::broker::publish(shared, rights, channel, data).await {
+            Ok(p) => vec![
+                Reply {
+                    kind: "published",
+                    channel: Some(channel),
+                    id: Some(p.id),
+                    epoch: Some(&p.epoch),
+                    reference: r,
+                    ..Reply::default()
+                }
+                .to_json(),
+            ],
+            Err(PublishError::Denied(d)) => vec![protocol::error(d.as_str(), d.message(), r)],
+            Err(PublishError::Store(f)) => unavailable(f),
+        }),
+        _ => None,
     }
 }
 
