@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use tessera::cli::{Command, TopLevel};
 use tessera::commands::{self, Failure};
 
-/// jemalloc on glibc targets (feature `jemalloc`, on by default): its
+/// jemalloc on glibc targets (opt-in feature `jemalloc`): its
 /// background thread hands freed memory back to the OS while the event loop
 /// idles (see Cargo.toml, .cargo/config.toml and BENCHMARKS.md).
 #[cfg(all(feature = "jemalloc", target_os = "linux", target_env = "gnu"))]
