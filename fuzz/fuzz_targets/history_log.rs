@@ -15,7 +15,11 @@ use tessera::history::disk::{decode, encode};
 fuzz_target!(|data: &[u8]| {
     let d = decode(data);
     assert!(d.valid_len <= data.len());
-    assert_eq!(d.problem.is_some(), d.valid_len < data.len(), "problem iff a tail was left");
+    assert_eq!(
+        d.problem.is_some(),
+        d.valid_len < data.len(),
+        "problem iff a tail was left"
+    );
     let mut again = Vec::with_capacity(d.valid_len);
     for r in &d.records {
         encode(r.as_ref(), &mut again);

@@ -25,10 +25,7 @@ fuzz_target!(|data: &[u8]| {
         }
     };
     assert!(req.head_len <= data.len() && req.head_len <= http::MAX_HEAD_BYTES);
-    assert!(
-        req.headers()
-            .all(|(n, _)| !n.bytes().any(|b| b.is_ascii_uppercase()))
-    );
+    assert!(req.headers().all(|(n, _)| !n.bytes().any(|b| b.is_ascii_uppercase())));
     let _ = http::route(&req.method, &req.path);
     let _ = (
         req.body_length(),

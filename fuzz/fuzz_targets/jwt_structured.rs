@@ -640,7 +640,21 @@ fn check_claims(members: &[(String, J)], is_object: bool, opts: &VerifyOptions) 
     ];
     let mut dup = false;
     let found = known(members, &NAMES, &mut dup);
-    let [sub, exp, nbf, iat, iss, aud, clearance, channels, publish, sid, jti, amr] = found[..] else {
+    let [
+        sub,
+        exp,
+        nbf,
+        iat,
+        iss,
+        aud,
+        clearance,
+        channels,
+        publish,
+        sid,
+        jti,
+        amr,
+    ] = found[..]
+    else {
         unreachable!()
     };
     let mut why = Reasons::new();
