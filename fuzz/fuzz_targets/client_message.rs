@@ -9,11 +9,14 @@ use libfuzzer_sys::fuzz_target;
 use serde_json::value::RawValue;
 use std::cell::RefCell;
 use std::collections::VecDeque;
+use std::rc::Rc;
 use tessera::hub::{self, Hub, Levels, Offer, Outbox, Rights};
 use tessera::protocol::{self, Command};
 
-#[derive(Default)]
-struct Sink(RefCell<VecDeque<hub::Frame>>);
+/// A socket's queue as the hub holds it: a cheap handle (subscriptions
+/// carry a clone of their socket's outbox).
+#[derive(Default, Clone)]
+struct Sink(Rc<RefCell<VecDeque<hub::Frame>>>);
 impl Outbox for Sink {
     fn offer(&self, m: &hub::Frame) -> Offer {
         self.0.borrow_mut().push_back(m.clone());
