@@ -33,29 +33,6 @@ fn tempdir(name: &str) -> PathBuf {
     d
 }
 
-/// True (after one `SKIPPED:` line) when a tool the tests need is missing.
-fn missing() -> bool {
-    for t in ["oathtool", "script"] {
-        if Command::new(t).arg("--version").output().is_err() {
-            println!("SKIPPED: `{t}` is not installed (apt-get install oathtool bsdutils; .ci/run does it)");
-            return true;
-        }
-    }
-    false
-}
-
-/// The TOTP code of `secret` at Unix time `at`, from `oathtool`.
-fn oath(secret: &str, at: u64) -> String {
-    let out = Command::new("oathtool")
-        .args(["--totp", "-b", secret, "-N", &format!("@{at}")])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let code = String::from_utf8(out.stdout).unwrap().trim().to_string();
-    assert_eq!(code.len(), 6, "{code}");
-    code
-}
-
 /// Enrols `field-1` (clearance 3, may publish, password `field-pass`) with the real
 /// `useradd --totp`; returns the users file and the printed secret.
 fn enrol(dir: &Path) -> (String, String) {
@@ -291,7 +268,7 @@ const WAIT: Duration = Duration::from_secs(15);
 
 #[test]
 fn spec11_agent_prompts_on_a_terminal_for_the_code_and_receives() {
-    if missing() {
+    if missing_tools(&["oathtool", "script"]) {
         return;
     }
     let d = tempdir("ok");
@@ -320,7 +297,7 @@ fn spec11_agent_prompts_on_a_terminal_for_the_code_and_receives() {
 
 #[test]
 fn spec11_agent_prompt_asks_again_after_a_wrong_code_and_gives_up_after_three() {
-    if missing() {
+    if missing_tools(&["oathtool", "script"]) {
         return;
     }
     let d = tempdir("wrong");
@@ -371,7 +348,7 @@ fn spec11_agent_prompt_asks_again_after_a_wrong_code_and_gives_up_after_three() 
 
 #[test]
 fn spec11_agent_prompts_again_when_a_refresh_failure_forces_a_new_login() {
-    if missing() {
+    if missing_tools(&["oathtool", "script"]) {
         return;
     }
     let d = tempdir("relogin");
@@ -419,7 +396,7 @@ fn spec11_agent_prompts_again_when_a_refresh_failure_forces_a_new_login() {
 
 #[test]
 fn spec11_agent_ctrl_c_at_the_prompt_exits_0_with_the_echo_back_on() {
-    if missing() {
+    if missing_tools(&["oathtool", "script"]) {
         return;
     }
     let d = tempdir("ctrl-c");
@@ -444,7 +421,7 @@ fn spec11_agent_ctrl_c_at_the_prompt_exits_0_with_the_echo_back_on() {
 
 #[test]
 fn spec11_agent_publishing_from_the_terminal_does_not_prompt_again() {
-    if missing() {
+    if missing_tools(&["oathtool", "script"]) {
         return;
     }
     let d = tempdir("publish");

@@ -65,32 +65,6 @@ fn start(dir: &Path, extra: &[&str]) -> Server {
     Server::start(&refs)
 }
 
-/// True (after one `SKIPPED:` line) when one of `tools` is not installed:
-/// `cargo test` on a fresh machine passes without them; `.ci/run` installs
-/// both (`oathtool`, `zbar-tools`), so CI runs every test here.
-fn missing(tools: &[&str]) -> bool {
-    for t in tools {
-        let found = Command::new(t).arg("--version").output().is_ok();
-        if !found {
-            println!("SKIPPED: `{t}` is not installed (apt-get install oathtool zbar-tools; .ci/run does it)");
-            return true;
-        }
-    }
-    false
-}
-
-/// The TOTP code of `secret` at Unix time `at`, from `oathtool`.
-fn oath(secret: &str, at: u64) -> String {
-    let out = Command::new("oathtool")
-        .args(["--totp", "-b", secret, "-N", &format!("@{at}")])
-        .output()
-        .expect("oathtool is needed for these tests (apt-get install oathtool; .ci/run does it)");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let code = String::from_utf8(out.stdout).unwrap().trim().to_string();
-    assert_eq!(code.len(), 6, "{code}");
-    code
-}
-
 /// Waits, if needed, until at least 4 s remain in the current 30 s step,
 /// so that "the step of now" means the same to the test and the server.
 fn settle() -> u64 {
@@ -138,7 +112,7 @@ fn access_of(r: &str) -> String {
 
 #[test]
 fn spec11_login_with_a_code_carries_amr_and_refresh_keeps_it() {
-    if missing(&["oathtool"]) {
+    if missing_tools(&["oathtool"]) {
         return;
     }
     let d = tempdir("amr");
@@ -172,7 +146,7 @@ fn spec11_login_with_a_code_carries_amr_and_refresh_keeps_it() {
 
 #[test]
 fn spec11_wrong_password_with_or_without_a_code_reveals_nothing() {
-    if missing(&["oathtool"]) {
+    if missing_tools(&["oathtool"]) {
         return;
     }
     let d = tempdir("wrongpw");
@@ -200,7 +174,7 @@ fn spec11_wrong_password_with_or_without_a_code_reveals_nothing() {
 
 #[test]
 fn spec11_malformed_codes_are_invalid_otp() {
-    if missing(&["oathtool"]) {
+    if missing_tools(&["oathtool"]) {
         return;
     }
     let d = tempdir("malformed");
@@ -231,7 +205,7 @@ fn spec11_malformed_codes_are_invalid_otp() {
 
 #[test]
 fn spec11_neighbour_steps_and_replay_within_a_step() {
-    if missing(&["oathtool"]) {
+    if missing_tools(&["oathtool"]) {
         return;
     }
     let d = tempdir("steps");
@@ -256,7 +230,7 @@ fn spec11_neighbour_steps_and_replay_within_a_step() {
 
 #[test]
 fn spec11_a_used_code_stays_used_across_a_crash_and_restart() {
-    if missing(&["oathtool"]) {
+    if missing_tools(&["oathtool"]) {
         return;
     }
     let d = tempdir("restart");
@@ -283,7 +257,7 @@ fn spec11_a_used_code_stays_used_across_a_crash_and_restart() {
 
 #[test]
 fn spec11_mfa_min_clearance_login_and_handshake() {
-    if missing(&["oathtool"]) {
+    if missing_tools(&["oathtool"]) {
         return;
     }
     let d = tempdir("minclr");
@@ -350,7 +324,7 @@ fn spec11_mfa_min_clearance_login_and_handshake() {
 
 #[test]
 fn spec11_ten_wrong_codes_throttle_the_address() {
-    if missing(&["oathtool"]) {
+    if missing_tools(&["oathtool"]) {
         return;
     }
     let d = tempdir("throttle");
@@ -369,7 +343,7 @@ fn spec11_ten_wrong_codes_throttle_the_address() {
 
 #[test]
 fn spec11_mfa_required_counts_toward_the_throttle_too() {
-    if missing(&["oathtool"]) {
+    if missing_tools(&["oathtool"]) {
         return;
     }
     let d = tempdir("throttle2");
@@ -392,7 +366,7 @@ fn digit_runs(text: &str) -> Vec<&str> {
 
 #[test]
 fn spec11_logs_hold_no_code_or_secret() {
-    if missing(&["oathtool"]) {
+    if missing_tools(&["oathtool"]) {
         return;
     }
     let d = tempdir("logs");
@@ -424,7 +398,7 @@ fn spec11_logs_hold_no_code_or_secret() {
 /// would show as a factor of many times, far beyond scheduling noise.
 #[test]
 fn spec11_enumeration_same_error_and_timing_class() {
-    if missing(&["oathtool"]) {
+    if missing_tools(&["oathtool"]) {
         return;
     }
     let d = tempdir("enum");
@@ -508,7 +482,7 @@ fn qr_drawing_to_pgm(drawing: &[&str], path: &Path) {
 
 #[test]
 fn spec11_useradd_totp_qr_scans_no_totp_and_readd_keeps() {
-    if missing(&["oathtool", "zbarimg"]) {
+    if missing_tools(&["oathtool", "zbarimg"]) {
         return;
     }
     let d = tempdir("useradd");
@@ -587,7 +561,7 @@ fn spec11_useradd_totp_qr_scans_no_totp_and_readd_keeps() {
 
 #[test]
 fn spec11_old_five_field_file_then_sighup_enrols() {
-    if missing(&["oathtool"]) {
+    if missing_tools(&["oathtool"]) {
         return;
     }
     let d = tempdir("sighup");
@@ -662,7 +636,7 @@ fn agent(url: &str, user: &str, pw: &str, otp: Option<&str>) -> std::process::Ch
 
 #[test]
 fn spec11_agent_logs_in_with_tessera_otp() {
-    if missing(&["oathtool"]) {
+    if missing_tools(&["oathtool"]) {
         return;
     }
     use std::io::{BufRead, BufReader};

@@ -211,6 +211,38 @@ pub fn raw_tolerant(addr: SocketAddr, request: &[u8]) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// True (after one `SKIPPED:` line naming the Debian package) when one of
+/// the command-line `tools` a test needs is not installed: `cargo test` on
+/// a fresh machine passes without them; `.ci/run` installs them, so CI runs
+/// every test.
+pub fn missing_tools(tools: &[&str]) -> bool {
+    for t in tools {
+        if Command::new(t).arg("--version").output().is_err() {
+            let package = match *t {
+                "zbarimg" => "zbar-tools",
+                "script" => "bsdutils",
+                other => other,
+            };
+            println!("SKIPPED: `{t}` is not installed (apt-get install {package}; .ci/run does it)");
+            return true;
+        }
+    }
+    false
+}
+
+/// The TOTP code of base32 `secret` at Unix time `at`, from Debian's
+/// `oathtool` (an independent implementation, never tessera's own).
+pub fn oath(secret: &str, at: u64) -> String {
+    let out = Command::new("oathtool")
+        .args(["--totp", "-b", secret, "-N", &format!("@{at}")])
+        .output()
+        .expect("oathtool is needed for these tests (apt-get install oathtool; .ci/run does it)");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let code = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert_eq!(code.len(), 6, "{code}");
+    code
+}
+
 /// A WebSocket upgrade request with extra header lines (each ending in \r\n).
 pub fn upgrade(path: &str, extra: &str) -> Vec<u8> {
     format!(
