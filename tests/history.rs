@@ -477,7 +477,7 @@ fn spec10_restart_without_history_dir_changes_the_epoch() {
     let e1: String = publish_http(&s, "c", json!(1))["epoch"].as_str().unwrap().into();
     let listen = s.addr.to_string();
     drop(s);
-    let s = Server::start_at(&listen, &[], &[("TESSERA_SECRET", KEY)]);
+    let s = Server::launch().listen(&listen).start(&[]);
     let b = publish_http(&s, "c", json!(1));
     assert_eq!(b["id"], 1);
     assert_ne!(b["epoch"].as_str().unwrap(), e1);

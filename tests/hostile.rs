@@ -6,101 +6,21 @@
 //! `--metrics-listen`).
 //!
 //! Many attackers are simulated by binding client sockets to other
-//! 127.0.0.0/8 source addresses. `TESSERA_TEST_BIN` runs the tests against
-//! another build (to see them fail on the code before a fix).
+//! 127.0.0.0/8 source addresses. `TESSERA_BIN` runs the tests against
+//! another build (to see them fail on the code before a fix), as for every
+//! suite that starts its servers through `tests/common`.
 
 mod common;
 
-use common::{KEY, body, header, status, token, ws_bearer};
+use common::{Server, body, header, status, token, ws_bearer};
 use serde_json::{Value, json};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tessera::auth::users::{PasswordHash, User, UsersFile};
-
-/// A server started through `sh -c 'ulimit …; exec tessera serve …'`.
-struct Srv {
-    child: Child,
-    addr: SocketAddr,
-    logs: Arc<Mutex<String>>,
-}
-
-fn bin() -> String {
-    std::env::var("TESSERA_TEST_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_tessera").to_string())
-}
-
-impl Srv {
-    /// `ulimit` is a shell `ulimit` argument list (e.g. `-n 64`), or empty.
-    fn start(ulimit: &str, args: &[&str]) -> Srv {
-        let mut script = String::new();
-        if !ulimit.is_empty() {
-            script.push_str(&format!("ulimit {ulimit} || exit 99; "));
-        }
-        script.push_str("exec \"$0\" serve --listen 127.0.0.1:0 \"$@\"");
-        let mut child = Command::new("sh")
-            .arg("-c")
-            .arg(script)
-            .arg(bin())
-            .args(args)
-            .env("TESSERA_SECRET", KEY)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn");
-        let logs = Arc::new(Mutex::new(String::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let pipe = child.stderr.take().unwrap();
-        let sink = logs.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                if line.contains("\"listening\"") {
-                    let v: Value = serde_json::from_str(&line).unwrap();
-                    let _ = tx.send(v["addr"].as_str().unwrap().to_string());
-                }
-                let mut s = sink.lock().unwrap();
-                s.push_str(&line);
-                s.push('\n');
-            }
-        });
-        let addr = rx
-            .recv_timeout(Duration::from_secs(20))
-            .expect("server did not log `listening`");
-        Srv {
-            child,
-            addr: addr.parse().unwrap(),
-            logs,
-        }
-    }
-
-    fn logs(&self) -> String {
-        self.logs.lock().unwrap().clone()
-    }
-
-    /// The first log line holding every needle, waiting up to `within`.
-    fn wait_log(&self, needles: &[&str], within: Duration) -> Option<String> {
-        let until = Instant::now() + within;
-        loop {
-            if let Some(l) = self.logs().lines().find(|l| needles.iter().all(|n| l.contains(n))) {
-                return Some(l.to_string());
-            }
-            if Instant::now() > until {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Srv {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// A TCP connection from source address `src` (any 127.0.0.0/8 address
 /// works on Linux loopback).
@@ -195,7 +115,7 @@ fn v4(a: u8, b: u8, c: u8) -> Ipv4Addr {
 
 #[test]
 fn f1_idle_connections_under_a_low_file_limit_do_not_lock_out_upgrades() {
-    let s = Srv::start("-n 64", &["--handshake-timeout", "30"]);
+    let s = Server::launch().ulimit("-n 64").start(&["--handshake-timeout", "30"]);
     // 120 silent connections from 30 addresses: more than the process has
     // descriptors for.
     let mut idle = Vec::new();
@@ -236,7 +156,7 @@ fn f1_idle_connections_under_a_low_file_limit_do_not_lock_out_upgrades() {
     assert!(logged <= secs, "{logged} accept_failed lines in {secs} s");
     if logged > 0 {
         assert!(
-            s.wait_log(&["\"accept_failed\"", "\"count\""], Duration::ZERO)
+            s.find_log(&["\"accept_failed\"", "\"count\""], Duration::ZERO)
                 .is_some()
         );
     }
@@ -245,9 +165,9 @@ fn f1_idle_connections_under_a_low_file_limit_do_not_lock_out_upgrades() {
 
 #[test]
 fn f1_the_soft_open_files_limit_is_raised_to_the_hard_one() {
-    let s = Srv::start("-S -n 100", &[]);
+    let s = Server::launch().ulimit("-S -n 100").start(&[]);
     let line = s
-        .wait_log(&["\"open_files_limit\""], Duration::from_secs(2))
+        .find_log(&["\"open_files_limit\""], Duration::from_secs(2))
         .unwrap_or_else(|| panic!("no open_files_limit line\n{}", s.logs()));
     let v: Value = serde_json::from_str(&line).unwrap();
     assert_eq!(v["soft_before"], "100", "{line}");
@@ -256,7 +176,7 @@ fn f1_the_soft_open_files_limit_is_raised_to_the_hard_one() {
 
 #[test]
 fn f1_the_per_address_cap_sheds_that_address_s_oldest_idle_connection() {
-    let s = Srv::start("", &["--handshake-timeout", "30", "--max-pending-per-address", "4"]);
+    let s = Server::start(&["--handshake-timeout", "30", "--max-pending-per-address", "4"]);
     let mut conns: Vec<TcpStream> = (0..4).map(|_| connect_from(v4(0, 3, 1), s.addr)).collect();
     let mut other = connect_from(v4(0, 3, 2), s.addr);
     std::thread::sleep(Duration::from_millis(300));
@@ -274,7 +194,7 @@ fn f1_the_per_address_cap_sheds_that_address_s_oldest_idle_connection() {
 
 #[test]
 fn f1_the_global_cap_sheds_the_oldest_idle_connection_not_the_new_one() {
-    let s = Srv::start("", &["--handshake-timeout", "30", "--max-pending", "8"]);
+    let s = Server::start(&["--handshake-timeout", "30", "--max-pending", "8"]);
     let mut conns: Vec<TcpStream> = (0..8).map(|i| connect_from(v4(0, 4, 1 + i), s.addr)).collect();
     std::thread::sleep(Duration::from_millis(300));
     let r = raw_from(
@@ -298,7 +218,7 @@ fn f1_the_global_cap_sheds_the_oldest_idle_connection_not_the_new_one() {
 
 #[test]
 fn f1_a_client_that_pipelines_and_never_reads_is_cut_off_by_the_write_deadline() {
-    let s = Srv::start("", &["--write-timeout", "2"]);
+    let s = Server::start(&["--write-timeout", "2"]);
     let mut c = connect_from(v4(0, 5, 1), s.addr);
     let n = 3000;
     let req = "GET / HTTP/1.1\r\nHost: x\r\n\r\n".repeat(n);
@@ -307,7 +227,7 @@ fn f1_a_client_that_pipelines_and_never_reads_is_cut_off_by_the_write_deadline()
         let _ = w.write_all(req.as_bytes());
     });
     assert!(
-        s.wait_log(&["\"http_write_timeout\""], Duration::from_secs(15))
+        s.find_log(&["\"http_write_timeout\""], Duration::from_secs(15))
             .is_some(),
         "a write that cannot finish is abandoned\n{}",
         s.logs()
@@ -322,7 +242,7 @@ fn f1_a_client_that_pipelines_and_never_reads_is_cut_off_by_the_write_deadline()
 
 #[test]
 fn f1_keep_alive_idleness_is_bounded() {
-    let s = Srv::start("", &["--handshake-timeout", "30", "--keepalive-timeout", "1"]);
+    let s = Server::start(&["--handshake-timeout", "30", "--keepalive-timeout", "1"]);
     let mut c = connect_from(v4(0, 6, 1), s.addr);
     c.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
     let mut b = [0u8; 1024];
@@ -354,7 +274,7 @@ fn f1_a_request_on_its_way_outlasts_silent_connections_at_the_cap() {
     // A client sends the first line of a valid upgrade, then the rest a
     // moment later; meanwhile silent connections keep arriving at the
     // global cap. The silent ones (older or newer) are shed first.
-    let s = Srv::start("", &["--handshake-timeout", "30", "--max-pending", "8"]);
+    let s = Server::start(&["--handshake-timeout", "30", "--max-pending", "8"]);
     let mut silent: Vec<TcpStream> = (0..4).map(|i| connect_from(v4(0, 7, 1 + i), s.addr)).collect();
     std::thread::sleep(Duration::from_millis(200));
     let t = token("agent", 1, 60, |_| {});
@@ -385,7 +305,7 @@ fn f1_clients_that_do_not_read_their_responses_can_be_shed_at_the_cap() {
     // Four clients pipeline requests and never read: their connections
     // are busy writing, for up to --write-timeout. At a cap of 4 a new
     // client still gets in: one of them is shed instead.
-    let s = Srv::start("", &["--write-timeout", "60", "--max-pending", "4"]);
+    let s = Server::start(&["--write-timeout", "60", "--max-pending", "4"]);
     let req = "GET / HTTP/1.1\r\nHost: x\r\n\r\n".repeat(3000);
     let mut readers = Vec::new();
     for i in 0..4u8 {
@@ -427,7 +347,7 @@ fn f1_clients_that_do_not_read_their_responses_can_be_shed_at_the_cap() {
 fn f5_concurrent_wrong_passwords_reserve_their_attempts_before_hashing() {
     let d = tempdir("reserve");
     let u = users(&d, &[("alice", "right", 10_000)]);
-    let s = Srv::start("", &["--users", u.to_str().unwrap()]);
+    let s = Server::start(&["--users", u.to_str().unwrap()]);
     let addr = s.addr;
     let threads: Vec<_> = (0..30)
         .map(|_| std::thread::spawn(move || status(&raw_from(v4(0, 7, 1), addr, &login_req("alice", "wrong", &[])))))
@@ -446,7 +366,7 @@ fn f5_concurrent_wrong_passwords_reserve_their_attempts_before_hashing() {
 fn f5_trusted_proxy_forwards_the_client_address_and_user_names_have_a_limit() {
     let d = tempdir("proxy");
     let u = users(&d, &[("alice", "right", 1000), ("victim", "vpass", 1000)]);
-    let s = Srv::start("", &["--users", u.to_str().unwrap(), "--trusted-proxy", "127.0.8.0/24"]);
+    let s = Server::start(&["--users", u.to_str().unwrap(), "--trusted-proxy", "127.0.8.0/24"]);
     let proxy = v4(0, 8, 1);
     let via = |client: &str, user: &str, pw: &str| {
         status(&raw_from(
@@ -462,7 +382,7 @@ fn f5_trusted_proxy_forwards_the_client_address_and_user_names_have_a_limit() {
     assert_eq!(via("203.0.113.1", "alice", "right"), 429);
     assert_eq!(via("203.0.113.2", "alice", "right"), 200);
     let line = s
-        .wait_log(&["\"login_failed\"", "203.0.113.1"], Duration::from_secs(2))
+        .find_log(&["\"login_failed\"", "203.0.113.1"], Duration::from_secs(2))
         .unwrap();
     assert!(line.contains("\"peer\":\"127.0.8.1:"), "both addresses logged: {line}");
     // Untrusted peers cannot claim an address.
@@ -493,7 +413,7 @@ fn f5_valid_logins_get_through_a_wrong_password_flood_from_50_addresses() {
     let d = tempdir("flood");
     // Debug builds hash slowly: a cost that keeps the flood going for a while.
     let u = users(&d, &[("alice", "right", 5_000)]);
-    let s = Srv::start("", &["--users", u.to_str().unwrap()]);
+    let s = Server::start(&["--users", u.to_str().unwrap()]);
     let addr = s.addr;
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut flood = Vec::new();
@@ -545,7 +465,7 @@ fn login_time(addr: SocketAddr, src: Ipv4Addr, user: &str) -> Duration {
 fn f6_unknown_users_cost_as_much_as_the_strongest_hash_also_after_sighup() {
     let d = tempdir("timing");
     let u = users(&d, &[("weak", "w", 1), ("weak2", "w", 1)]);
-    let s = Srv::start("", &["--users", u.to_str().unwrap()]);
+    let s = Server::start(&["--users", u.to_str().unwrap()]);
     // Minimum of a few tries: other tests share the CPU, and hashing runs
     // at nice 19.
     let fastest = |user: &str, base: u8| {
@@ -559,7 +479,7 @@ fn f6_unknown_users_cost_as_much_as_the_strongest_hash_also_after_sighup() {
     users(&d, &[("weak", "w", 1), ("strong", "s", 500_000)]);
     let _ = Command::new("kill").args(["-HUP", &s.child.id().to_string()]).status();
     assert!(
-        s.wait_log(&["\"reload\"", "\"users\""], Duration::from_secs(5))
+        s.find_log(&["\"reload\"", "\"users\""], Duration::from_secs(5))
             .is_some()
     );
     let strong = fastest("strong", 10);
@@ -577,7 +497,7 @@ fn f6_unknown_users_cost_as_much_as_the_strongest_hash_also_after_sighup() {
 fn f7_cookie_refresh_and_logout_apply_the_origin_rule() {
     let d = tempdir("origin");
     let u = users(&d, &[("alice", "right", 1000)]);
-    let s = Srv::start("", &["--users", u.to_str().unwrap(), "--insecure-cookies"]);
+    let s = Server::start(&["--users", u.to_str().unwrap(), "--insecure-cookies"]);
     let r = raw_from(v4(0, 0, 1), s.addr, &login_req("alice", "right", &[]));
     assert_eq!(status(&r), 200);
     let refresh = body(&r)["refresh_token"].as_str().unwrap().to_string();
@@ -616,12 +536,9 @@ fn f8_a_planted_symlink_at_the_old_temp_name_is_never_followed() {
     let state = d.join("state.json");
     let victim = d.join("victim");
     std::fs::write(&victim, "precious").unwrap();
-    let s = Srv::start(
-        "",
-        &["--users", u.to_str().unwrap(), "--state", state.to_str().unwrap()],
-    );
+    let s = Server::start(&["--users", u.to_str().unwrap(), "--state", state.to_str().unwrap()]);
     // The old name was `.state.json.tmp-<pid>`; plant links for a range of
-    // pids around the server's (sh execs it, so it keeps the pid).
+    // pids around the server's.
     let pid = s.child.id();
     for p in pid.saturating_sub(2)..pid + 3 {
         let _ = std::os::unix::fs::symlink(&victim, d.join(format!(".state.json.tmp-{p}")));
@@ -650,10 +567,7 @@ fn f9_refresh_rotation_keeps_the_state_bounded_and_old_tokens_still_revoke() {
     let d = tempdir("rotation");
     let u = users(&d, &[("alice", "right", 1000)]);
     let state = d.join("state.json");
-    let s = Srv::start(
-        "",
-        &["--users", u.to_str().unwrap(), "--state", state.to_str().unwrap()],
-    );
+    let s = Server::start(&["--users", u.to_str().unwrap(), "--state", state.to_str().unwrap()]);
     let r = raw_from(v4(0, 0, 1), s.addr, &login_req("alice", "right", &[]));
     let first = body(&r)["refresh_token"].as_str().unwrap().to_string();
     let mut t = first.clone();
@@ -677,7 +591,7 @@ fn f9_refresh_rotation_keeps_the_state_bounded_and_old_tokens_still_revoke() {
 fn f9_sessions_per_user_are_capped() {
     let d = tempdir("sesscap");
     let u = users(&d, &[("alice", "right", 1000)]);
-    let s = Srv::start("", &["--users", u.to_str().unwrap(), "--max-sessions-per-user", "2"]);
+    let s = Server::start(&["--users", u.to_str().unwrap(), "--max-sessions-per-user", "2"]);
     let tokens: Vec<String> = (0..3)
         .map(|_| {
             let r = raw_from(v4(0, 0, 1), s.addr, &login_req("alice", "right", &[]));
@@ -693,14 +607,14 @@ fn f9_sessions_per_user_are_capped() {
     );
     assert_eq!(status(&refresh_with(s.addr, &tokens[1])), 200);
     assert_eq!(status(&refresh_with(s.addr, &tokens[2])), 200);
-    assert!(s.wait_log(&["\"session_evicted\""], Duration::from_secs(5)).is_some());
+    assert!(s.find_log(&["\"session_evicted\""], Duration::from_secs(5)).is_some());
 }
 
 // ---- Finding 10: smaller items -------------------------------------------
 
 #[test]
 fn f10_malformed_upgrades_are_answered_and_counted() {
-    let s = Srv::start("", &[]);
+    let s = Server::start(&[]);
     let base = "GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
     let r = raw_from(v4(0, 10, 1), s.addr, format!("{base}\r\n").as_bytes());
     assert_eq!(status(&r), 426, "no Sec-WebSocket-Version: {r:?}");
@@ -724,7 +638,7 @@ fn f10_malformed_upgrades_are_answered_and_counted() {
 fn f10_expect_100_continue_is_answered_and_others_get_417() {
     let d = tempdir("expect");
     let u = users(&d, &[("alice", "right", 1000)]);
-    let s = Srv::start("", &["--users", u.to_str().unwrap()]);
+    let s = Server::start(&["--users", u.to_str().unwrap()]);
     let b = json!({"username":"alice","password":"right"}).to_string();
     let mut c = connect_from(v4(0, 11, 1), s.addr);
     c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -752,20 +666,20 @@ fn f10_expect_100_continue_is_answered_and_others_get_417() {
 fn f10_login_failed_logs_a_capped_escaped_user_name() {
     let d = tempdir("logname");
     let u = users(&d, &[("alice", "right", 1000)]);
-    let s = Srv::start("", &["--users", u.to_str().unwrap()]);
+    let s = Server::start(&["--users", u.to_str().unwrap()]);
     let long = "p".repeat(10_000);
     assert_eq!(
         status(&raw_from(v4(0, 12, 1), s.addr, &login_req(&long, "x", &[]))),
         401
     );
     let line = s
-        .wait_log(&["\"login_failed\"", "ppp"], Duration::from_secs(5))
+        .find_log(&["\"login_failed\"", "ppp"], Duration::from_secs(5))
         .unwrap();
     assert!(line.len() < 400, "capped: {} bytes", line.len());
     assert!(line.contains("bytes]"), "truncation marked: {line}");
     let evil = "a\u{2028}b\u{202e}c";
     assert_eq!(status(&raw_from(v4(0, 12, 2), s.addr, &login_req(evil, "x", &[]))), 401);
-    let line = s.wait_log(&["\"login_failed\"", "a\\u2028b\\u202ec"], Duration::from_secs(5));
+    let line = s.find_log(&["\"login_failed\"", "a\\u2028b\\u202ec"], Duration::from_secs(5));
     let line = line.unwrap_or_else(|| panic!("escaped name not logged\n{}", s.logs()));
     assert!(!line.contains('\u{2028}') && !line.contains('\u{202e}'));
 }
@@ -779,7 +693,7 @@ fn f10_metrics_listen_moves_metrics_and_healthz_to_a_second_listener() {
         .unwrap()
         .port();
     let m = format!("127.0.0.1:{port}");
-    let s = Srv::start("", &["--metrics-listen", &m]);
+    let s = Server::start(&["--metrics-listen", &m]);
     let maddr: SocketAddr = m.parse().unwrap();
     let get = |a: SocketAddr, path: &str| {
         raw_from(

@@ -48,24 +48,103 @@ pub struct Server {
     stdout: Arc<Mutex<String>>,
 }
 
+/// How a server is started beyond its flags: the builder behind every
+/// `Server::start*`. Defaults: `--listen 127.0.0.1:0`, `TESSERA_SECRET=KEY`
+/// and nothing else from the test's environment for that variable, no
+/// `ulimit`. E.g. `Server::launch().listen(&addr).ulimit("-n 64").start(&args)`.
+#[derive(Clone, Debug)]
+pub struct Launch {
+    listen: String,
+    env: Vec<(String, String)>,
+    ulimit: Option<String>,
+}
+
+impl Default for Launch {
+    fn default() -> Launch {
+        Launch {
+            listen: "127.0.0.1:0".into(),
+            env: vec![("TESSERA_SECRET".into(), KEY.into())],
+            ulimit: None,
+        }
+    }
+}
+
+impl Launch {
+    /// `--listen ADDR` (e.g. the address of a server that was stopped).
+    pub fn listen(mut self, addr: &str) -> Launch {
+        self.listen = addr.into();
+        self
+    }
+
+    /// Exactly these environment variables for tessera (replacing the
+    /// default `TESSERA_SECRET=KEY`; the test's own `TESSERA_SECRET` is
+    /// never passed on).
+    pub fn envs(mut self, env: &[(&str, &str)]) -> Launch {
+        self.env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        self
+    }
+
+    /// One more environment variable (or another value for one already set).
+    pub fn env(mut self, key: &str, value: &str) -> Launch {
+        self.env.retain(|(k, _)| k != key);
+        self.env.push((key.into(), value.into()));
+        self
+    }
+
+    /// Runs tessera through `sh -c 'ulimit ARGS || exit 99; exec …'`, e.g.
+    /// `-n 64` (a limit the shell refuses fails the start: exit 99).
+    pub fn ulimit(mut self, args: &str) -> Launch {
+        self.ulimit = Some(args.into());
+        self
+    }
+
+    /// `tessera serve --listen ADDR ARGS…`; returns once it logs `listening`.
+    pub fn start(&self, args: &[&str]) -> Server {
+        let mut serve = tessera_command();
+        serve.arg("serve").args(["--listen", &self.listen]).args(args);
+        let mut cmd = match &self.ulimit {
+            None => serve,
+            Some(limits) => {
+                let mut sh = Command::new("sh");
+                sh.arg("-c")
+                    .arg(format!("ulimit {limits} || exit 99; exec \"$@\""))
+                    .arg("sh")
+                    .arg(serve.get_program())
+                    .args(serve.get_args());
+                sh
+            }
+        };
+        cmd.env_remove("TESSERA_SECRET");
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        Server::spawn(cmd)
+    }
+}
+
 impl Server {
     /// `tessera serve --listen 127.0.0.1:0 ARGS…` with TESSERA_SECRET=KEY.
     pub fn start(args: &[&str]) -> Server {
-        Server::start_with_env(args, &[("TESSERA_SECRET", KEY)])
+        Server::launch().start(args)
+    }
+
+    /// A [`Launch`] builder for anything beyond flags (address, environment, ulimit).
+    pub fn launch() -> Launch {
+        Launch::default()
     }
 
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Server {
-        Server::start_at("127.0.0.1:0", args, env)
+        Server::launch().envs(env).start(args)
     }
 
     /// Starts on a given address (e.g. the port of a server that was stopped).
     pub fn start_at(listen: &str, args: &[&str], env: &[(&str, &str)]) -> Server {
-        let mut cmd = tessera_command();
-        cmd.arg("serve").args(["--listen", listen]).args(args);
-        cmd.env_remove("TESSERA_SECRET");
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
+        Server::launch().listen(listen).envs(env).start(args)
+    }
+
+    /// Spawns `cmd` with piped output and waits (20 s at most) for its
+    /// `listening` log line.
+    fn spawn(mut cmd: Command) -> Server {
         let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -118,16 +197,23 @@ impl Server {
 
     /// Waits until the log holds a line containing every needle.
     pub fn wait_log(&self, needles: &[&str]) -> String {
-        let until = Instant::now() + Duration::from_secs(10);
+        match self.find_log(needles, Duration::from_secs(10)) {
+            Some(l) => l,
+            None => panic!("no log line with {needles:?} in\n{}", self.logs()),
+        }
+    }
+
+    /// The first log line holding every needle, waiting up to `within`
+    /// (`None` if none came).
+    pub fn find_log(&self, needles: &[&str], within: Duration) -> Option<String> {
+        let until = Instant::now() + within;
         loop {
             if let Some(l) = self.logs().lines().find(|l| needles.iter().all(|n| l.contains(n))) {
-                return l.to_string();
+                return Some(l.to_string());
             }
-            assert!(
-                Instant::now() < until,
-                "no log line with {needles:?} in\n{}",
-                self.logs()
-            );
+            if Instant::now() > until {
+                return None;
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
     }
