@@ -6,27 +6,33 @@
 //
 // This script builds nothing. TESSERA_BIN overrides the binary
 // (default: target/release/tessera), CHROMIUM_BIN the browser (default:
-// /usr/bin/chromium). Screenshots of each state go to
-// target/browser-screenshots/. Every wait has a timeout, and a watchdog ends
-// the run (servers included) if the whole thing takes over five minutes.
+// /usr/bin/chromium): helpers.mjs, shared with the other browser tests.
+// Screenshots of each state go to target/browser-screenshots/. Every wait
+// has a timeout, and a watchdog ends the run (servers included) if the whole
+// thing takes over five minutes.
 
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import http from 'node:http';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import zlib from 'node:zlib';
-import { chromium } from 'playwright-core';
+import {
+  ROOT,
+  SHOTS,
+  WAIT,
+  launchBrowser,
+  login as loginWith,
+  openPage,
+  startServer as startTessera,
+  stopServer,
+  until,
+  waitStatus,
+  watchdog as startWatchdog,
+} from './helpers.mjs';
 
-const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
-const BIN = process.env.TESSERA_BIN || path.join(ROOT, 'target/release/tessera');
-const CHROMIUM = process.env.CHROMIUM_BIN || '/usr/bin/chromium';
-const SHOTS = path.join(ROOT, 'target/browser-screenshots');
-const WAIT = 15_000; // any single step
 const TICK = 12_000; // the demo ticker publishes to ops every 5 s
 
 let server; // { child, addr, port, base, passwords, stderr }
@@ -36,88 +42,13 @@ let evil; // a second local origin
 let hist; // a server for the history tests (SPEC §10), reached through a proxy that can drop
 const problems = []; // CSP violations and script errors on the console pages
 
-const watchdog = setTimeout(() => {
-  console.error('browser tests: watchdog fired after 300 s; stopping');
-  server?.child.kill('SIGKILL');
-  shortLived?.child.kill('SIGKILL');
-  hist?.child.kill('SIGKILL');
-  process.exit(1);
-}, 300_000);
-watchdog.unref();
-process.on('exit', () => {
-  server?.child.kill('SIGKILL');
-  shortLived?.child.kill('SIGKILL');
-  hist?.child.kill('SIGKILL');
-});
+const watchdog = startWatchdog('browser tests', 300_000, () => [server, shortLived, hist]);
 
 // ---- the server ----
 
-function startServer(extra = [], { listen = '127.0.0.1:0', env = {} } = {}) {
-  return new Promise((resolve, reject) => {
-    const args = ['serve', '--demo', '--insecure-cookies', '--listen', listen, '--log-format', 'json', ...extra];
-    const child = spawn(BIN, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } });
-    const s = { child, addr: null, passwords: {}, stderr: [], stdout: '' };
-    const timer = setTimeout(() => {
-      child.kill('SIGKILL');
-      reject(new Error(`${BIN} did not start within 20 s:\n${s.stderr.join('\n')}`));
-    }, 20_000);
-    const ready = () => {
-      if (s.addr && s.passwords.hq && s.passwords['agent-007']) {
-        clearTimeout(timer);
-        s.port = Number(s.addr.split(':').pop());
-        s.base = `http://127.0.0.1:${s.port}`; // one host throughout: cookies are per host
-        resolve(s);
-      }
-    };
-    lines(child.stderr, (line) => {
-      s.stderr.push(line);
-      try {
-        const e = JSON.parse(line);
-        if (e.event === 'listening') s.addr = e.addr;
-      } catch {
-        // not JSON: kept for the failure message
-      }
-      ready();
-    });
-    lines(child.stdout, (line) => {
-      s.stdout += line + '\n';
-      const m = /^demo user (\S+) password: (\S+)$/.exec(line);
-      if (m) s.passwords[m[1]] = m[2];
-      ready();
-    });
-    child.on('error', (e) => {
-      clearTimeout(timer);
-      reject(new Error(`cannot run ${BIN} (build it with cargo build --release, or set TESSERA_BIN): ${e.message}`));
-    });
-    child.on('exit', (code) => {
-      clearTimeout(timer);
-      reject(new Error(`${BIN} exited with ${code}:\n${s.stderr.join('\n')}`));
-    });
-  });
-}
-
-function lines(stream, onLine) {
-  let buf = '';
-  stream.setEncoding('utf8');
-  stream.on('data', (chunk) => {
-    buf += chunk;
-    let i;
-    while ((i = buf.indexOf('\n')) >= 0) {
-      onLine(buf.slice(0, i));
-      buf = buf.slice(i + 1);
-    }
-  });
-}
-
-async function stopServer(s) {
-  if (!s) return;
-  const { child } = s;
-  if (child.exitCode !== null) return;
-  const exited = new Promise((r) => child.once('exit', r));
-  child.kill('SIGTERM'); // SPEC §5: exits 0 within 5 s
-  const t = setTimeout(() => child.kill('SIGKILL'), 6_000);
-  await exited;
-  clearTimeout(t);
+/** The demo server (hq and agent-007), JSON logs, cookies over plain HTTP. */
+function startServer(extra = [], opts = {}) {
+  return startTessera(['--demo', '--insecure-cookies', '--log-format', 'json', ...extra], opts);
 }
 
 /** A server's JSON log events named `event`. */
@@ -130,16 +61,6 @@ function logEvents(event, s = server) {
       return [];
     }
   });
-}
-
-async function until(what, check, ms = WAIT) {
-  const end = Date.now() + ms;
-  for (;;) {
-    const v = await check();
-    if (v) return v;
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
 }
 
 // ---- plain HTTP and a raw upgrade, from Node ----
@@ -240,30 +161,15 @@ ws.onclose = (e) => {
 // ---- browser helpers ----
 
 async function consolePage(name, s = server) {
-  const ctx = await browser.newContext({ viewport: { width: 1280, height: 880 } });
-  const page = await ctx.newPage();
-  page.setDefaultTimeout(WAIT);
-  page.on('console', (m) => {
-    if (m.type() === 'error' && /Content Security Policy/i.test(m.text())) problems.push(`${name}: ${m.text()}`);
-  });
-  page.on('pageerror', (e) => problems.push(`${name}: ${e.message}`));
-  await page.goto(s.base + '/');
-  return page;
+  return openPage(browser, s.base + '/', { label: name, problems, viewport: { width: 1280, height: 880 } });
 }
 
 async function shot(page, name) {
   await page.screenshot({ path: path.join(SHOTS, `${name}.png`) });
 }
 
-async function waitStatus(page, text) {
-  await page.waitForFunction((t) => document.getElementById('status').textContent.includes(t), text);
-}
-
 async function login(page, user, s = server) {
-  await page.fill('#login-form input[name=username]', user);
-  await page.fill('#login-form input[name=password]', s.passwords[user]);
-  await page.click('#login-form button');
-  await waitStatus(page, `connected as ${user}`);
+  await loginWith(page, user, s.passwords[user]);
 }
 
 const updates = (page, text) => page.locator('#updates li:not(.event)', { hasText: text });
@@ -278,21 +184,7 @@ describe('console page in headless Chromium', { timeout: 170_000 }, () => {
     fs.mkdirSync(SHOTS, { recursive: true });
     server = await startServer();
     evil = await startEvil();
-    browser = await chromium.launch({
-      executablePath: CHROMIUM,
-      // launch() gives every run a fresh temporary user-data dir of its own.
-      args: [
-        '--headless',
-        '--no-sandbox',
-        '--disable-gpu',
-        '--disable-background-networking',
-        '--disable-component-update',
-        '--no-first-run',
-        '--disable-quic',
-        '--disable-sync',
-      ],
-      timeout: 30_000,
-    });
+    browser = await launchBrowser();
   });
 
   after(async () => {
@@ -609,18 +501,9 @@ describe('console history and resume (SPEC §10)', { timeout: 120_000 }, () => {
     const hq = await postJson(hist, '/auth/login', { username: 'hq', password: hist.passwords.hq });
     assert.equal(hq.status, 200);
     hqToken = hq.body.access_token;
-    b = await chromium.launch({
-      executablePath: CHROMIUM,
-      args: ['--headless', '--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-quic'],
-      timeout: 30_000,
-    });
-    page = await (await b.newContext({ viewport: { width: 1280, height: 880 } })).newPage();
-    page.setDefaultTimeout(WAIT);
-    page.on('console', (m) => {
-      if (m.type() === 'error' && /Content Security Policy/i.test(m.text())) problems.push(`history: ${m.text()}`);
-    });
-    page.on('pageerror', (e) => problems.push(`history: ${e.message}`));
-    await page.goto(proxy.base + '/');
+    b = await launchBrowser();
+    const viewport = { width: 1280, height: 880 };
+    page = await openPage(b, proxy.base + '/', { label: 'history', problems, viewport });
     await login(page, 'agent-007', { ...hist, base: proxy.base });
   });
 

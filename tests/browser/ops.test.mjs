@@ -5,99 +5,34 @@
 //   cargo build --release
 //   cd tests/browser && npm ci && node --test
 //
-// TESSERA_BIN and CHROMIUM_BIN as in console.test.mjs. Screenshots go to
+// TESSERA_BIN and CHROMIUM_BIN as in helpers.mjs. Screenshots go to
 // target/browser-screenshots/; with TESSERA_DOCS_SHOT=1 the operations view
 // is also saved as docs/operations.png (the README's picture). Every wait
 // has a timeout, and a watchdog ends the run after two minutes.
 
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import http from 'node:http';
 import net from 'node:net';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { chromium } from 'playwright-core';
-
-const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
-const BIN = process.env.TESSERA_BIN || path.join(ROOT, 'target/release/tessera');
-const CHROMIUM = process.env.CHROMIUM_BIN || '/usr/bin/chromium';
-const SHOTS = path.join(ROOT, 'target/browser-screenshots');
-const WAIT = 15_000;
+import {
+  ROOT,
+  SHOTS,
+  WAIT,
+  launchBrowser,
+  login,
+  openPage,
+  startServer,
+  stopServer,
+  watchdog as startWatchdog,
+} from './helpers.mjs';
 
 let server; // { child, port, base, passwords, stderr }
 let browser;
 const problems = []; // CSP violations and script errors
 
-const watchdog = setTimeout(() => {
-  console.error('ops browser tests: watchdog fired after 120 s; stopping');
-  server?.child.kill('SIGKILL');
-  process.exit(1);
-}, 120_000);
-watchdog.unref();
-process.on('exit', () => server?.child.kill('SIGKILL'));
-
-function startServer() {
-  return new Promise((resolve, reject) => {
-    const args = ['serve', '--demo', '--insecure-cookies', '--listen', '127.0.0.1:0'];
-    const child = spawn(BIN, args, { stdio: ['ignore', 'pipe', 'pipe'] });
-    const s = { child, addr: null, passwords: {}, stderr: [] };
-    const timer = setTimeout(() => {
-      child.kill('SIGKILL');
-      reject(new Error(`${BIN} did not start within 20 s:\n${s.stderr.join('\n')}`));
-    }, 20_000);
-    const ready = () => {
-      if (s.addr && s.passwords.hq && s.passwords['agent-007']) {
-        clearTimeout(timer);
-        s.port = Number(s.addr.split(':').pop());
-        s.base = `http://127.0.0.1:${s.port}`;
-        resolve(s);
-      }
-    };
-    lines(child.stderr, (line) => {
-      s.stderr.push(line);
-      try {
-        const e = JSON.parse(line);
-        if (e.event === 'listening') s.addr = e.addr;
-      } catch {
-        // not JSON
-      }
-      ready();
-    });
-    lines(child.stdout, (line) => {
-      const m = /^demo user (\S+) password: (\S+)$/.exec(line);
-      if (m) s.passwords[m[1]] = m[2];
-      ready();
-    });
-    child.on('error', (e) => {
-      clearTimeout(timer);
-      reject(new Error(`cannot run ${BIN} (cargo build --release, or set TESSERA_BIN): ${e.message}`));
-    });
-  });
-}
-
-function lines(stream, onLine) {
-  let buf = '';
-  stream.setEncoding('utf8');
-  stream.on('data', (chunk) => {
-    buf += chunk;
-    let i;
-    while ((i = buf.indexOf('\n')) >= 0) {
-      onLine(buf.slice(0, i));
-      buf = buf.slice(i + 1);
-    }
-  });
-}
-
-async function stopServer(s) {
-  if (!s || s.child.exitCode !== null) return;
-  const exited = new Promise((r) => s.child.once('exit', r));
-  s.child.kill('SIGTERM');
-  const t = setTimeout(() => s.child.kill('SIGKILL'), 6_000);
-  await exited;
-  clearTimeout(t);
-}
+const watchdog = startWatchdog('ops browser tests', 120_000, () => [server]);
 
 /** A failed login from Node (not a browser). */
 function badLogin(username) {
@@ -148,22 +83,10 @@ function forgedUpgrade() {
 }
 
 async function consolePage(name) {
-  const ctx = await browser.newContext({ viewport: { width: 1280, height: 1000 } });
-  const page = await ctx.newPage();
-  page.setDefaultTimeout(WAIT);
-  page.on('console', (m) => {
-    if (m.type() === 'error' && /Content Security Policy/i.test(m.text())) problems.push(`${name}: ${m.text()}`);
-  });
-  page.on('pageerror', (e) => problems.push(`${name}: ${e.message}`));
-  await page.goto(server.base + '/');
+  const viewport = { width: 1280, height: 1000 };
+  const page = await openPage(browser, server.base + '/', { label: name, problems, viewport });
   await page.waitForSelector('#login-form', { state: 'visible' });
-  await page.fill('#login-form input[name=username]', name);
-  await page.fill('#login-form input[name=password]', server.passwords[name]);
-  await page.click('#login-form button');
-  await page.waitForFunction(
-    (t) => document.getElementById('status').textContent.includes(t),
-    `connected as ${name}`,
-  );
+  await login(page, name, server.passwords[name]);
   return page;
 }
 
@@ -182,12 +105,8 @@ describe('operations view and presence in headless Chromium', { timeout: 110_000
 
   before(async () => {
     fs.mkdirSync(SHOTS, { recursive: true });
-    server = await startServer();
-    browser = await chromium.launch({
-      executablePath: CHROMIUM,
-      args: ['--headless', '--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-quic', '--disable-sync'],
-      timeout: 30_000,
-    });
+    server = await startServer(['--demo', '--insecure-cookies']);
+    browser = await launchBrowser();
   });
 
   after(async () => {
