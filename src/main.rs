@@ -6,19 +6,13 @@ use std::process::ExitCode;
 use tessera::cli::{Command, TopLevel};
 use tessera::commands::{self, Failure};
 
-/// jemalloc on glibc targets (opt-in feature `jemalloc`): its
-/// background thread hands freed memory back to the OS while the event loop
-/// idles (see Cargo.toml, .cargo/config.toml and BENCHMARKS.md).
+/// jemalloc on glibc targets (opt-in feature `jemalloc`): its background
+/// thread hands freed memory back to the OS while the event loop idles, where
+/// glibc's malloc (the default) keeps a spike's peak (see Cargo.toml,
+/// .cargo/config.toml and BENCHMARKS.md). musl targets keep musl's malloc.
 #[cfg(all(feature = "jemalloc", target_os = "linux", target_env = "gnu"))]
 #[global_allocator]
 static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
-/// dlmalloc on musl targets (opt-in feature `dlmalloc`): as fast as glibc's
-/// malloc, where musl's own costs ~40 % more CPU per handshake, but it keeps
-/// the memory of a spike (see Cargo.toml and BENCHMARKS.md).
-#[cfg(all(feature = "dlmalloc", target_os = "linux", target_env = "musl"))]
-#[global_allocator]
-static ALLOC: dlmalloc::GlobalDlmalloc = dlmalloc::GlobalDlmalloc;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
