@@ -344,6 +344,36 @@ fn f1_clients_that_do_not_read_their_responses_can_be_shed_at_the_cap() {
 // ---- Finding 5: the throttle -------------------------------------------
 
 #[test]
+fn f1_an_address_whose_connections_are_shed_goes_before_a_waiting_client() {
+    // One address keeps the table full of silent connections and reopens
+    // them as they are shed; a client from another address connects and
+    // is slow to send its request (as when its first packet is lost to a
+    // full listen queue). Before the repeat-offender rule the client was
+    // the longest waiting after 8 more connections and was shed.
+    let s = Srv::start("", &["--handshake-timeout", "30", "--max-pending", "8"]);
+    let attacker = v4(0, 9, 1);
+    let mut silent: Vec<TcpStream> = (0..10).map(|_| connect_from(attacker, s.addr)).collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let mut c = connect_from(v4(0, 9, 100), s.addr);
+    std::thread::sleep(Duration::from_millis(200));
+    for _ in 0..24 {
+        silent.push(connect_from(attacker, s.addr));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let t = token("agent", 1, 60, |_| {});
+    let _ = c.write_all(&common::upgrade("/ws", &format!("Authorization: Bearer {t}\r\n")));
+    let answer = read_answer(&mut c, Duration::from_secs(5));
+    assert_eq!(status(&answer), 101, "{answer:?}\n{}", s.logs());
+    let shed = silent
+        .iter_mut()
+        .map(|c| closed_within(c, Duration::from_millis(50)))
+        .filter(|&closed| closed)
+        .count();
+    assert!(shed >= 26, "{shed} of the attacker's 34 connections shed");
+}
+
+#[test]
 fn f5_concurrent_wrong_passwords_reserve_their_attempts_before_hashing() {
     let d = tempdir("reserve");
     let u = users(&d, &[("alice", "right", 10_000)]);

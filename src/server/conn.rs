@@ -90,6 +90,11 @@ impl PendingSlot {
     fn busy(&self) {
         self.shared.pending.borrow_mut().busy(self.id);
     }
+
+    /// A complete request head arrived: its address is not a silent one.
+    fn spoke(&self) {
+        self.shared.pending.borrow_mut().spoke(self.id);
+    }
 }
 
 impl Drop for PendingSlot {
@@ -233,7 +238,10 @@ pub async fn serve_connection(
         .await;
         slot.busy();
         let req = match head {
-            ReadHead::Request(r) => r,
+            ReadHead::Request(r) => {
+                slot.spoke();
+                r
+            }
             ReadHead::Refused(e) => {
                 write_by(&shared, &mut stream, &e.response().to_bytes(false), peer, &slot).await;
                 break;

@@ -14,9 +14,22 @@
 //! its way, or that was accepted a moment ago and has not had its first
 //! read, keeps its place. When nothing is sheddable the new connection is
 //! refused. `T` is the caller's handle for telling a connection to go.
+//!
+//! Within a tier, repeat offenders go first: an address (IPv6: /64) that
+//! had a connection shed recently and has sent no complete request head
+//! since is *suspect*, and a sheddable connection of a suspect address goes
+//! before any other of its tier, however young. "Recently" is two
+//! generations of at most four times `--max-pending` distinct addresses
+//! each: an address stays suspect until that many other addresses have
+//! been shed after it. An attacker who reopens every shed connection at
+//! once would otherwise turn the places over so fast that a client
+//! accepted in the same moment, and slow to send its head (a packet lost
+//! to a full listen queue is resent 200 ms later), is the longest waiting
+//! and goes instead; a client address that keeps sending requests is never
+//! suspect for long.
 
 use crate::throttle::address_key;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
 
 /// Why a connection may be shed, in the order they are.
@@ -39,6 +52,8 @@ enum State {
     Sheddable {
         tick: u64,
         tier: Tier,
+        /// Its address was suspect when it became sheddable.
+        suspect: bool,
     },
     Busy,
 }
@@ -72,10 +87,17 @@ pub struct Pending<T> {
     max_total: usize,
     max_per_address: usize,
     entries: HashMap<u64, Entry<T>>,
-    /// Sheddable connections, by tier, tick to id.
-    tiers: [BTreeMap<u64, u64>; TIERS],
+    /// Sheddable connections, tick to id: index `2 × tier` for suspect
+    /// addresses, `2 × tier + 1` for the others.
+    tiers: [BTreeMap<u64, u64>; 2 * TIERS],
     per_address: HashMap<IpAddr, Address>,
     tick: u64,
+    /// Suspect addresses (see the module): shed since the last rotation,
+    /// and in the generation before.
+    suspects: HashSet<IpAddr>,
+    suspects_before: HashSet<IpAddr>,
+    /// Distinct addresses in `suspects` that start a new generation.
+    generation: usize,
 }
 
 impl<T> Pending<T> {
@@ -87,7 +109,80 @@ impl<T> Pending<T> {
             tiers: Default::default(),
             per_address: HashMap::new(),
             tick: 0,
+            suspects: HashSet::new(),
+            suspects_before: HashSet::new(),
+            generation: max_total.saturating_mul(4).clamp(64, 1 << 16),
         }
+    }
+
+    /// Whether `ip`'s connections go first in their tier (see the module).
+    pub fn suspect(&self, ip: IpAddr) -> bool {
+        self.is_suspect(address_key(ip))
+    }
+
+    fn is_suspect(&self, key: IpAddr) -> bool {
+        self.suspects.contains(&key) || self.suspects_before.contains(&key)
+    }
+
+    /// Remembers that a connection of `key` was shed.
+    fn note_shed(&mut self, key: IpAddr) {
+        let was = self.is_suspect(key);
+        self.suspects.insert(key);
+        if self.suspects.len() >= self.generation {
+            let fresh = std::mem::take(&mut self.suspects);
+            let old = std::mem::replace(&mut self.suspects_before, fresh);
+            for k in old {
+                if !self.suspects_before.contains(&k) {
+                    self.reclass(k, false);
+                }
+            }
+        }
+        if !was {
+            self.reclass(key, true);
+        }
+    }
+
+    /// A connection of `id`'s address sent a complete request head: the
+    /// address is not suspect any more.
+    pub fn spoke(&mut self, id: u64) {
+        let Some(key) = self.entries.get(&id).map(|e| e.key) else {
+            return;
+        };
+        let a = self.suspects.remove(&key);
+        let b = self.suspects_before.remove(&key);
+        if a || b {
+            self.reclass(key, false);
+        }
+    }
+
+    /// `key`'s sheddable connections move to the suspect lists of their
+    /// tiers (`suspect`) or back.
+    fn reclass(&mut self, key: IpAddr, suspect: bool) {
+        let Some(a) = self.per_address.get(&key) else { return };
+        let (from, to) = if suspect { (1, 0) } else { (0, 1) };
+        for (t, ticks) in a.tiers.iter().enumerate() {
+            for tick in ticks {
+                let Some(id) = self.tiers[2 * t + from].remove(tick) else {
+                    continue;
+                };
+                self.tiers[2 * t + to].insert(*tick, id);
+                if let Some(Entry {
+                    state: State::Sheddable { suspect: s, .. },
+                    ..
+                }) = self.entries.get_mut(&id)
+                {
+                    *s = suspect;
+                }
+            }
+        }
+    }
+
+    /// Forgets shed victim `id` and notes its address; its handle.
+    fn shed(&mut self, id: u64) -> Option<T> {
+        let key = self.entries.get(&id)?.key;
+        let h = self.remove(id)?;
+        self.note_shed(key);
+        Some(h)
     }
 
     /// Connections counted.
@@ -114,7 +209,7 @@ impl<T> Pending<T> {
         };
         let out = match victim {
             None => Admit::Yes,
-            Some(v) => match v.and_then(|v| self.remove(v)) {
+            Some(v) => match v.and_then(|v| self.shed(v)) {
                 Some(h) => Admit::Shed(h),
                 None => return Admit::No,
             },
@@ -138,13 +233,14 @@ impl<T> Pending<T> {
         let Some(e) = self.entries.get(&id) else { return };
         let tick = match e.state {
             State::Sheddable { tier: t, .. } if t == tier => return,
-            State::Sheddable { tick, tier: t } if t != Tier::Stalled && tier != Tier::Stalled => tick,
+            State::Sheddable { tick, tier: t, .. } if t != Tier::Stalled && tier != Tier::Stalled => tick,
             _ => {
                 self.tick += 1;
                 self.tick
             }
         };
-        self.set_state(id, State::Sheddable { tick, tier });
+        let suspect = self.is_suspect(e.key);
+        self.set_state(id, State::Sheddable { tick, tier, suspect });
     }
 
     /// `id` is reading or answering a request: not sheddable.
@@ -157,18 +253,18 @@ impl<T> Pending<T> {
         let old = std::mem::replace(&mut e.state, state);
         let key = e.key;
         self.unlist(key, old);
-        if let State::Sheddable { tick, tier } = state {
+        if let State::Sheddable { tick, tier, suspect } = state {
             if let Some(a) = self.per_address.get_mut(&key) {
                 a.tiers[tier as usize].insert(tick);
-                self.tiers[tier as usize].insert(tick, id);
+                self.tiers[index(tier, suspect)].insert(tick, id);
             }
         }
     }
 
     /// Takes a sheddable state out of the tick indexes.
     fn unlist(&mut self, key: IpAddr, state: State) {
-        if let State::Sheddable { tick, tier } = state {
-            self.tiers[tier as usize].remove(&tick);
+        if let State::Sheddable { tick, tier, suspect } = state {
+            self.tiers[index(tier, suspect)].remove(&tick);
             if let Some(a) = self.per_address.get_mut(&key) {
                 a.tiers[tier as usize].remove(&tick);
             }
@@ -179,20 +275,24 @@ impl<T> Pending<T> {
     /// (to tell it to go), if any is sheddable.
     pub fn shed_one(&mut self) -> Option<T> {
         let victim = self.victim(None)?;
-        self.remove(victim)
+        self.shed(victim)
     }
 
     /// Who goes first, of `key` or of all: the first tier that has one,
-    /// the longest in it.
+    /// suspect addresses first (of all), the longest in it.
     fn victim(&self, key: Option<IpAddr>) -> Option<u64> {
-        let a = match key {
-            None => None,
-            Some(k) => Some(self.per_address.get(&k)?),
-        };
-        (0..TIERS).find_map(|t| match a {
-            None => self.tiers[t].values().next().copied(),
-            Some(a) => a.tiers[t].first().and_then(|tick| self.tiers[t].get(tick)).copied(),
-        })
+        match key {
+            None => self.tiers.iter().find_map(|t| t.values().next().copied()),
+            Some(k) => {
+                let a = self.per_address.get(&k)?;
+                (0..TIERS).find_map(|t| {
+                    let tick = a.tiers[t].first()?;
+                    (self.tiers[2 * t].get(tick))
+                        .or_else(|| self.tiers[2 * t + 1].get(tick))
+                        .copied()
+                })
+            }
+        }
     }
 
     /// Forgets `id` (it upgraded, closed or was shed); its handle.
@@ -207,6 +307,11 @@ impl<T> Pending<T> {
         }
         Some(e.handle)
     }
+}
+
+/// Where a sheddable connection is listed (see [`Pending::tiers`]).
+fn index(tier: Tier, suspect: bool) -> usize {
+    2 * tier as usize + usize::from(!suspect)
 }
 
 #[cfg(test)]
@@ -334,7 +439,58 @@ mod tests {
         assert_eq!(admit_read(&mut p, 8, "2001:db8::3", 8), Admit::Shed(6));
         assert_eq!(p.remove(7), Some(7));
         assert_eq!(p.remove(7), None);
+        // 2001:db8::/64 just had one shed: its 8 goes before the older 2.
+        assert_eq!(p.shed_one(), Some(8));
         assert_eq!(p.shed_one(), Some(2));
+    }
+
+    #[test]
+    fn repeat_offenders_go_before_a_client_that_waits_longer() {
+        let mut p = Pending::new(3, 10);
+        for id in 1..=3 {
+            admit_read(&mut p, id, "10.9.0.1", id); // the attacker fills the table
+        }
+        assert!(!p.suspect(ip("10.9.0.1")));
+        assert_eq!(admit_read(&mut p, 4, "10.9.0.1", 4), Admit::Shed(1));
+        assert_eq!(admit_read(&mut p, 5, "10.0.0.7", 5), Admit::Shed(2)); // a client
+        assert!(p.suspect(ip("10.9.0.1")));
+        assert!(!p.suspect(ip("10.0.0.7")));
+        // The attacker reopens: its connections go, the client's stays,
+        // though it now waits longest (it was read before 6 and 7).
+        assert_eq!(admit_read(&mut p, 6, "10.9.0.1", 6), Admit::Shed(3));
+        assert_eq!(admit_read(&mut p, 7, "10.9.0.1", 7), Admit::Shed(4));
+        assert_eq!(admit_read(&mut p, 8, "10.9.0.1", 8), Admit::Shed(6));
+        assert_eq!(p.shed_one(), Some(7));
+        // With nothing of a suspect address waiting, the longest waiting.
+        p.remove(8);
+        assert_eq!(p.shed_one(), Some(5));
+        // Suspicion ends two generations later (64 distinct addresses shed
+        // each here: 4 × 3, at least 64).
+        for id in 100..300u64 {
+            admit_read(&mut p, id, &format!("10.1.{}.{}", id / 200, id % 200), id);
+            let _ = p.shed_one();
+        }
+        assert!(!p.suspect(ip("10.9.0.1")));
+        assert!(!p.suspect(ip("10.0.0.7")));
+    }
+
+    #[test]
+    fn an_address_that_sends_a_request_is_no_longer_suspect() {
+        let mut p = Pending::new(10, 2);
+        admit_read(&mut p, 1, "10.0.0.7", 1); // a client, waiting longest
+        for id in 2..=3 {
+            admit_read(&mut p, id, "10.9.0.1", id);
+        }
+        // The per-address cap sheds the attacker's own.
+        assert_eq!(admit_read(&mut p, 4, "10.9.0.1", 4), Admit::Shed(2));
+        assert_eq!(admit_read(&mut p, 5, "10.9.0.1", 5), Admit::Shed(3));
+        assert!(p.suspect(ip("10.9.0.1")));
+        // 5 sends a request head: 4 is back in line behind the client.
+        p.spoke(5);
+        p.busy(5);
+        assert!(!p.suspect(ip("10.9.0.1")));
+        assert_eq!(p.shed_one(), Some(1));
+        assert_eq!(p.shed_one(), Some(4));
     }
 
     #[test]
@@ -349,7 +505,7 @@ mod tests {
             x ^= x << 17;
             let addr = format!("10.0.{}.{}", x % 3, (x >> 8) % 7);
             let other = x % id;
-            match x % 7 {
+            match x % 8 {
                 0 | 1 => {
                     let _ = p.admit(id, ip(&addr), false, id);
                 }
@@ -357,6 +513,7 @@ mod tests {
                 3 => p.sheddable(other, Tier::Partial),
                 4 => p.sheddable(other, Tier::Stalled),
                 5 => p.busy(other),
+                6 => p.spoke(other),
                 _ => {
                     let _ = p.remove(other);
                 }
@@ -368,6 +525,11 @@ mod tests {
                 .filter(|e| matches!(e.state, State::Sheddable { .. }))
                 .count();
             assert_eq!(p.tiers.iter().map(|t| t.len()).sum::<usize>(), sheddable);
+            for (id, e) in &p.entries {
+                if let State::Sheddable { tick, tier, suspect } = e.state {
+                    assert_eq!(p.tiers[index(tier, suspect)].get(&tick), Some(id));
+                }
+            }
             let listed: usize = p
                 .per_address
                 .values()
