@@ -350,7 +350,7 @@ fn f1_an_address_whose_connections_are_shed_goes_before_a_waiting_client() {
     // is slow to send its request (as when its first packet is lost to a
     // full listen queue). Before the repeat-offender rule the client was
     // the longest waiting after 8 more connections and was shed.
-    let s = Srv::start("", &["--handshake-timeout", "30", "--max-pending", "8"]);
+    let s = Server::start(&["--handshake-timeout", "30", "--max-pending", "8"]);
     let attacker = v4(0, 9, 1);
     let mut silent: Vec<TcpStream> = (0..10).map(|_| connect_from(attacker, s.addr)).collect();
     std::thread::sleep(Duration::from_millis(200));
