@@ -753,3 +753,219 @@ fn reuse_port_lets_two_nodes_share_one_port() {
         assert_eq!(status(&http(first.addr, "GET", "/healthz", &[], "")), 200);
     }
 }
+
+fn refresh(s: &Server, token: &str) -> String {
+    http(
+        s.addr,
+        "POST",
+        "/auth/refresh",
+        &[("Content-Type", "application/json")],
+        &json!({"refresh_token": token}).to_string(),
+    )
+}
+
+/// The access and refresh tokens of a 200 from login or refresh.
+fn tokens(r: &str) -> (String, String) {
+    assert_eq!(status(r), 200, "{r}");
+    let b = body(r);
+    (
+        b["access_token"].as_str().unwrap().to_string(),
+        b["refresh_token"].as_str().unwrap().to_string(),
+    )
+}
+
+fn error_of(r: &str) -> (u16, Option<String>) {
+    (status(r), body(r)["error"].as_str().map(String::from))
+}
+
+#[test]
+fn spec12_a_session_made_on_one_node_refreshes_on_any_other() {
+    let Some(redis) = Redis::start("spec12_a_session_made_on_one_node_refreshes_on_any_other") else {
+        return;
+    };
+    let (users, _) = users_file("refresh_anywhere");
+    let users = users.to_str().unwrap().to_string();
+    let a = node(&redis, "a", &["--users", &users]);
+    let b = node(&redis, "b", &["--users", &users]);
+    let c = node(&redis, "c", &["--users", &users]);
+    let (_, r1) = tokens(&login(&a, "agent-7", None));
+    let (access2, r2) = tokens(&refresh(&b, &r1));
+    block_on(async {
+        // The new access token works on a third node, names the same
+        // session and keeps the login's amr.
+        let (mut ws, w) = ws_bearer(c.addr, &access2).await;
+        assert_eq!(w["type"], "welcome", "{w}");
+        send(&mut ws, json!({"type":"ping"})).await;
+        assert_eq!(recv(&mut ws).await["type"], "pong");
+    });
+    // And the new refresh token rotates on C, then on A.
+    let (_, r3) = tokens(&refresh(&c, &r2));
+    let (_, r4) = tokens(&refresh(&a, &r3));
+    assert_ne!(r4, r3);
+    // Redis holds the session by its sid, and only digests of its tokens.
+    let out = Command::new("redis-cli")
+        .args(["-p", &redis.port.to_string(), "--scan", "--pattern", "t:*"])
+        .output()
+        .unwrap();
+    let keys = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(keys.contains("t:s:") && keys.contains("t:us:"), "{keys}");
+    let dump = Command::new("redis-cli")
+        .args(["-p", &redis.port.to_string(), "--no-raw"])
+        .args(["EVAL", "local o = {} for _, k in ipairs(redis.call('KEYS', 't:s:*')) do for _, v in ipairs(redis.call('HGETALL', k)) do o[#o+1] = v end end return o", "0"])
+        .output()
+        .unwrap();
+    let dump = String::from_utf8_lossy(&dump.stdout).to_string();
+    assert!(dump.contains("agent-7"), "{dump}");
+    for t in [&r1, &r2, &r3, &r4] {
+        assert!(!dump.contains(t.as_str()), "a raw refresh token in Redis: {dump}");
+    }
+    // Garbage is refused without a session.
+    assert_eq!(
+        error_of(&refresh(&b, "not-a-token")),
+        (401, Some("invalid_refresh_token".into()))
+    );
+}
+
+#[test]
+fn spec12_refresh_rotated_on_a_and_reused_on_b_revokes_the_session_and_closes_its_socket_on_c_with_4003() {
+    let Some(redis) = Redis::start(
+        "spec12_refresh_rotated_on_a_and_reused_on_b_revokes_the_session_and_closes_its_socket_on_c_with_4003",
+    ) else {
+        return;
+    };
+    let (users, _) = users_file("reuse");
+    let users = users.to_str().unwrap().to_string();
+    let a = node(&redis, "a", &["--users", &users]);
+    let b = node(&redis, "b", &["--users", &users]);
+    let c = node(&redis, "c", &["--users", &users]);
+    let (access1, r1) = tokens(&login(&a, "agent-7", None));
+    block_on(async {
+        let (mut on_c, _) = ws_bearer(c.addr, &access1).await;
+        let (mut other, _) = ws_bearer(c.addr, &token("someone", 0, 600, |_| {})).await;
+        // Rotated on A ...
+        let (access2, r2) = tokens(&refresh(&a, &r1));
+        let (mut on_a, _) = ws_bearer(a.addr, &access2).await;
+        // ... and the old token reused on B: the session dies everywhere.
+        let r = refresh(&b, &r1);
+        assert_eq!(error_of(&r), (401, Some("refresh_token_reused".into())), "{r}");
+        assert_eq!(close_code(&mut on_c, Duration::from_secs(1)).await, Some(4003));
+        assert_eq!(close_code(&mut on_a, Duration::from_secs(1)).await, Some(4003));
+        b.wait_log(&["refresh_reused"]);
+        send(&mut other, json!({"type":"ping"})).await;
+        assert_eq!(recv(&mut other).await["type"], "pong");
+        // The current token is dead too, on every node, and so are the
+        // session's access tokens.
+        for n in [&a, &b, &c] {
+            let r = refresh(n, &r2);
+            assert_eq!(error_of(&r), (401, Some("invalid_refresh_token".into())), "{r}");
+            for t in [&access1, &access2] {
+                let up = ws_connect(n.addr, &[("Authorization", &format!("Bearer {t}"))]).await;
+                assert!(up.is_err(), "a revoked session's token opened a socket");
+            }
+        }
+    });
+}
+
+#[test]
+fn spec12_logout_on_b_of_a_session_made_on_a() {
+    let Some(redis) = Redis::start("spec12_logout_on_b_of_a_session_made_on_a") else {
+        return;
+    };
+    let (users, _) = users_file("logout_refresh");
+    let users = users.to_str().unwrap().to_string();
+    let a = node(&redis, "a", &["--users", &users]);
+    let b = node(&redis, "b", &["--users", &users]);
+    let (access, r1) = tokens(&login(&a, "agent-7", None));
+    let logout = |s: &Server, t: &str| {
+        http(
+            s.addr,
+            "POST",
+            "/auth/logout",
+            &[("Content-Type", "application/json")],
+            &json!({"refresh_token": t}).to_string(),
+        )
+    };
+    block_on(async {
+        let (mut on_a, _) = ws_bearer(a.addr, &access).await;
+        // By the refresh token, on the node that did not make the session.
+        let r = logout(&b, &r1);
+        assert_eq!(status(&r), 204, "{r}");
+        assert_eq!(close_code(&mut on_a, Duration::from_secs(1)).await, Some(4003));
+        // At once refused on B itself.
+        let up = ws_connect(b.addr, &[("Authorization", &format!("Bearer {access}"))]).await;
+        assert!(up.is_err(), "a logged-out session's token opened a socket");
+    });
+    let r = refresh(&a, &r1);
+    assert_eq!(error_of(&r), (401, Some("invalid_refresh_token".into())), "{r}");
+    // A well-formed token of no session is refused, like on one node.
+    let unknown = "A".repeat(43);
+    assert_eq!(error_of(&logout(&b, &unknown)), (401, Some("invalid_token".into())));
+}
+
+#[test]
+fn spec12_refresh_while_redis_is_down_is_503_and_works_again_after() {
+    let dir = std::env::temp_dir().join(format!("tessera-cluster-aof-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let dir_s = dir.to_str().unwrap().to_string();
+    // AOF with fsync on every write: a SIGKILL loses no session.
+    let Some(mut redis) = Redis::start_with(
+        "spec12_refresh_while_redis_is_down_is_503_and_works_again_after",
+        &["--appendonly", "yes", "--appendfsync", "always", "--dir", &dir_s],
+    ) else {
+        return;
+    };
+    let (users, _) = users_file("refresh_down");
+    let users = users.to_str().unwrap().to_string();
+    let a = node(&redis, "a", &["--users", &users]);
+    let b = node(&redis, "b", &["--users", &users]);
+    let (access, r1) = tokens(&login(&a, "agent-7", None));
+    redis.kill();
+    b.wait_log(&["broker_down", "\"b\""]);
+    let r = refresh(&b, &r1);
+    assert_eq!(error_of(&r), (503, Some("state_unavailable".into())), "{r}");
+    assert_eq!(header(&r, "Retry-After"), Some("1"), "{r}");
+    // Valid tokens still connect while Redis is away.
+    block_on(async {
+        let (_ws, w) = ws_bearer(b.addr, &access).await;
+        assert_eq!(w["type"], "welcome", "{w}");
+    });
+    redis.launch();
+    let until = Instant::now() + Duration::from_secs(15);
+    while b.logs().lines().filter(|l| l.contains("broker_up")).count() < 2 {
+        assert!(Instant::now() < until, "b did not reconnect:\n{}", b.logs());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The token the 503 did not consume still rotates, on B.
+    let (_, r2) = tokens(&refresh(&b, &r1));
+    assert_eq!(status(&refresh(&a, &r2)), 200);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn spec12_max_sessions_per_user_evicts_across_nodes() {
+    let Some(redis) = Redis::start("spec12_max_sessions_per_user_evicts_across_nodes") else {
+        return;
+    };
+    let (users, _) = users_file("evict");
+    let users = users.to_str().unwrap().to_string();
+    let flags = ["--users", users.as_str(), "--max-sessions-per-user", "2"];
+    let a = node(&redis, "a", &flags);
+    let b = node(&redis, "b", &flags);
+    let (oldest, r_oldest) = tokens(&login(&a, "agent-7", None));
+    let (second, _) = tokens(&login(&b, "agent-7", None));
+    block_on(async {
+        let (mut ws_oldest, _) = ws_bearer(a.addr, &oldest).await;
+        let (mut ws_second, _) = ws_bearer(a.addr, &second).await;
+        // A third login, on B: the least recently used session (made on A) goes.
+        let (third, _) = tokens(&login(&b, "agent-7", None));
+        assert_eq!(close_code(&mut ws_oldest, Duration::from_secs(1)).await, Some(4003));
+        b.wait_log(&["session_evicted"]);
+        send(&mut ws_second, json!({"type":"ping"})).await;
+        assert_eq!(recv(&mut ws_second).await["type"], "pong");
+        let (_ws, w) = ws_bearer(a.addr, &third).await;
+        assert_eq!(w["type"], "welcome", "{w}");
+    });
+    let r = refresh(&a, &r_oldest);
+    assert_eq!(error_of(&r), (401, Some("invalid_refresh_token".into())), "{r}");
+}

@@ -42,6 +42,8 @@
 //! as timeouts. The node reconnects with backoff and logs `broker_down` /
 //! `broker_up`.
 
+pub mod sessions;
+
 use super::{ClusterConfig, StoreFailure};
 use crate::history::{Position, epoch_ok};
 use crate::hub::{Frame, PublishError, Published, Rights};
@@ -213,17 +215,38 @@ return started
 "#;
 
 /// Announces a revocation (SPEC §12): KEYS the revoked-sessions sorted
-/// set, the broadcast channel; ARGV `sid` or `sub`, the id, until (Unix
-/// seconds), now. A session id is kept in the set until its access tokens
-/// can no longer be valid (nodes load it when they connect); both kinds are
-/// broadcast as `!sid ID` / `!sub NAME`.
+/// set, the broadcast channel, and for `sub` the user's set of sessions;
+/// ARGV `sid` or `sub`, the id, until (Unix seconds), now, the session-key
+/// prefix. A session id is kept in the set until its access tokens can no
+/// longer be valid (nodes load it when they connect) and broadcast as
+/// `!sid ID`; its session in Redis ([`sessions`]) is marked revoked. For
+/// `sub`, each live session of the user is revoked so, then `!sub NAME` is
+/// broadcast. Returns, for `sid`, 0 (no such session in Redis), 1 (revoked
+/// now) or 2 (revoked before); for `sub`, the sessions revoked now.
 pub const REVOKE_SCRIPT: &str = r#"
-if ARGV[1] == 'sid' then
-  redis.call('ZADD', KEYS[1], ARGV[3], ARGV[2])
-end
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[4])
-redis.call('PUBLISH', KEYS[2], '!' .. ARGV[1] .. ' ' .. ARGV[2])
-return 1
+local function revoke(sid)
+  local rev = redis.call('HGET', ARGV[5] .. sid, 'rev')
+  if rev == '0' then redis.call('HSET', ARGV[5] .. sid, 'rev', '1') end
+  redis.call('ZADD', KEYS[1], ARGV[3], sid)
+  redis.call('PUBLISH', KEYS[2], '!sid ' .. sid)
+  return rev
+end
+if ARGV[1] == 'sid' then
+  local rev = revoke(ARGV[2])
+  if not rev then return 0 elseif rev == '0' then return 1 else return 2 end
+end
+local n = 0
+if KEYS[3] then
+  for _, sid in ipairs(redis.call('ZRANGE', KEYS[3], 0, -1)) do
+    if redis.call('HGET', ARGV[5] .. sid, 'rev') == '0' then
+      revoke(sid)
+      n = n + 1
+    end
+  end
+end
+redis.call('PUBLISH', KEYS[2], '!sub ' .. ARGV[2])
+return n
 "#;
 
 /// The revoked sessions still relevant: KEYS the sorted set; ARGV now.
@@ -632,6 +655,8 @@ struct Scripts {
     failure: ::redis::Script,
     revoke: ::redis::Script,
     revoked: ::redis::Script,
+    login: ::redis::Script,
+    refresh: ::redis::Script,
 }
 
 /// This node: the Redis connections, the mirror, and the up/down state.
@@ -679,6 +704,8 @@ impl Node {
                 failure: ::redis::Script::new(FAILURE_SCRIPT),
                 revoke: ::redis::Script::new(REVOKE_SCRIPT),
                 revoked: ::redis::Script::new(REVOKED_SCRIPT),
+                login: ::redis::Script::new(&sessions::login_script()),
+                refresh: ::redis::Script::new(&sessions::refresh_script()),
             },
             revoked: RefCell::default(),
             unsent: RefCell::default(),
@@ -776,21 +803,31 @@ impl Node {
             .detach();
     }
 
-    async fn send_revocation(&self, shared: &Shared, r: &Revocation) -> Result<(), ()> {
-        let (kind, id) = match r {
-            Revocation::Sid(s) => ("sid", s),
-            Revocation::Sub(s) => ("sub", s),
-        };
+    /// One [`REVOKE_SCRIPT`] run; its reply.
+    async fn send_revocation(&self, shared: &Shared, r: &Revocation) -> Result<Value, ()> {
         let until = Self::revoked_until(shared).to_string();
         let now = crate::commands::now_unix().to_string();
-        let (set, ch) = (self.keys.revoked(), self.keys.broadcast());
+        let (set, ch, prefix) = (self.keys.revoked(), self.keys.broadcast(), self.keys.session_prefix());
+        let (kind, id, users) = match r {
+            Revocation::Sid(s) => ("sid", s, None),
+            Revocation::Sub(s) => ("sub", s, Some(self.keys.user_sessions(s))),
+        };
+        let mut keys: Vec<&[u8]> = vec![set.as_bytes(), ch.as_bytes()];
+        if let Some(u) = &users {
+            keys.push(u.as_bytes());
+        }
         self.script(
             &self.scripts.revoke,
-            &[set.as_bytes(), ch.as_bytes()],
-            &[kind.as_bytes(), id.as_bytes(), until.as_bytes(), now.as_bytes()],
+            &keys,
+            &[
+                kind.as_bytes(),
+                id.as_bytes(),
+                until.as_bytes(),
+                now.as_bytes(),
+                prefix.as_bytes(),
+            ],
         )
         .await
-        .map(|_| ())
     }
 
     /// At `broker_up`: loads the cluster's revoked sessions, then announces

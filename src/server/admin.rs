@@ -242,17 +242,32 @@ async fn revoke(shared: &Shared, req: &Request, body: &[u8], by: &Claims, peer: 
             }
         }
     };
-    // Cluster mode: every node revokes too and closes its sockets (the
-    // counts in the answer are this node's).
-    match &target {
-        Target::Sub(s) => {
-            crate::broker::announce_revocation(shared, None, Some(s));
-            for sid in &sids {
-                crate::broker::announce_revocation(shared, Some(sid), None);
+    // Cluster mode: the sessions in Redis are revoked and every node closes
+    // their sockets; `revoked` counts the cluster's sessions (`closed` this
+    // node's sockets). While Redis is away: announced when it is back.
+    let in_redis = match &target {
+        Target::Sub(s) => crate::broker::revoke_sub_now(shared, s)
+            .await
+            .map(|r| r.map(|n| n as usize)),
+        Target::Sid(sid) => crate::broker::revoke_now(shared, sid)
+            .await
+            .map(|r| r.map(|(_, live)| usize::from(live))),
+    };
+    let revoked = match in_redis {
+        Some(Ok(n)) => n.max(revoked),
+        Some(Err(())) | None => {
+            match &target {
+                Target::Sub(s) => {
+                    crate::broker::announce_revocation(shared, None, Some(s));
+                    for sid in &sids {
+                        crate::broker::announce_revocation(shared, Some(sid), None);
+                    }
+                }
+                Target::Sid(sid) => crate::broker::announce_revocation(shared, Some(sid), None),
             }
+            revoked
         }
-        Target::Sid(sid) => crate::broker::announce_revocation(shared, Some(sid), None),
-    }
+    };
     let mut closed = 0;
     for (_, rights, _, h) in shared.hub.borrow().connections() {
         let hit = match &target {
