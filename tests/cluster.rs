@@ -969,3 +969,64 @@ fn spec12_max_sessions_per_user_evicts_across_nodes() {
     let r = refresh(&a, &r_oldest);
     assert_eq!(error_of(&r), (401, Some("invalid_refresh_token".into())), "{r}");
 }
+
+/// The status of a WebSocket upgrade with `token` (the head only: a 101
+/// is not waited on).
+fn upgrade_status(addr: std::net::SocketAddr, token: &str) -> u16 {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(&upgrade("/ws", &format!("Authorization: Bearer {token}\r\n")))
+        .unwrap();
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") && s.read(&mut b).is_ok_and(|n| n == 1) {
+        head.push(b[0]);
+    }
+    status(&String::from_utf8_lossy(&head))
+}
+
+#[test]
+fn spec12_failed_handshakes_count_across_nodes() {
+    let Some(redis) = Redis::start("spec12_failed_handshakes_count_across_nodes") else {
+        return;
+    };
+    let (users, _) = users_file("handshakes");
+    let users = users.to_str().unwrap().to_string();
+    let nodes = [
+        node(&redis, "a", &["--users", &users]),
+        node(&redis, "b", &["--users", &users]),
+        node(&redis, "c", &["--users", &users]),
+    ];
+    let good = token("field", 0, 600, |_| {});
+    let bad = format!("{good}x");
+    // 4 + 4 + 1 refused upgrades: no node reaches the limit of 10 itself,
+    // nor the cluster.
+    for (n, times) in [(0, 4), (1, 4), (2, 1)] {
+        for _ in 0..times {
+            assert_eq!(upgrade_status(nodes[n].addr, &bad), 401);
+        }
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    for n in &nodes {
+        assert_eq!(upgrade_status(n.addr, &good), 101, "the 9th failure must not block");
+    }
+    // The 10th, on B, blocks the address on every node, for a good token
+    // too, and for logins.
+    assert_eq!(upgrade_status(nodes[1].addr, &bad), 401);
+    for n in &nodes {
+        let until = Instant::now() + Duration::from_secs(2);
+        loop {
+            let s = upgrade_status(n.addr, &good);
+            if s == 429 {
+                break;
+            }
+            assert_eq!(s, 101);
+            assert!(Instant::now() < until, "no block on {}", n.addr);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    nodes[1].wait_log(&["ip_throttled"]);
+    let r = login(&nodes[0], "agent-7", None);
+    assert_eq!(error_of(&r), (429, Some("too_many_attempts".into())), "{r}");
+}

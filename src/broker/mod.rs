@@ -327,6 +327,32 @@ pub async fn login_failure(shared: &Shared, client: std::net::IpAddr, user: &str
     }
 }
 
+/// Cluster mode: counts a handshake answered 401 in Redis too (in the
+/// background: the answer does not wait), so the §7 limit holds across
+/// nodes; a block it starts reaches every node by the broadcast.
+pub fn handshake_failure(shared: &Shared, client: std::net::IpAddr) {
+    match &shared.engine {
+        Engine::Local => {
+            let _ = client;
+        }
+        #[cfg(feature = "cluster")]
+        Engine::Redis(node) => node.handshake_failure(client),
+    }
+}
+
+/// Cluster mode: whether handshakes from `client` are blocked by the
+/// cluster's count (a local check, no Redis round trip): seconds left.
+pub fn handshake_blocked(shared: &Shared, client: std::net::IpAddr, now: u64) -> Option<u64> {
+    match &shared.engine {
+        Engine::Local => {
+            let _ = (client, now);
+            None
+        }
+        #[cfg(feature = "cluster")]
+        Engine::Redis(node) => node.address_blocked(client, now),
+    }
+}
+
 /// Whether session `sid` was revoked on another node of the cluster (the
 /// handshake's check stays local: nodes keep the cluster's revoked set).
 pub fn revoked_elsewhere(shared: &Shared, sid: &str) -> bool {

@@ -192,14 +192,17 @@ end
 return t
 "#;
 
-/// Counts one failed login (SPEC §7, shared): KEYS address count, address
-/// block, user count, user block; ARGV address limit, user limit, window
-/// seconds. A count lives one window from its first failure; reaching the
-/// limit replaces it with a block for one window. Returns 1 when an
-/// address block started, plus 2 when a user block did.
+/// Counts one failed authentication (SPEC §7, shared): KEYS address
+/// count, address block, and for a login the user count and user block;
+/// ARGV address limit, user limit, window seconds, the broadcast channel,
+/// the address. A count lives one window from its first failure; reaching
+/// the limit replaces it with a block for one window, and an address block
+/// is broadcast (`!blk ADDRESS SECONDS`) so every node refuses handshakes
+/// from it without asking Redis. Returns 1 when an address block started,
+/// plus 2 when a user block did.
 pub const FAILURE_SCRIPT: &str = r#"
 local started = 0
-for i = 0, 1 do
+for i = 0, #KEYS / 2 - 1 do
   local count, block = KEYS[2 * i + 1], KEYS[2 * i + 2]
   if redis.call('EXISTS', block) == 0 then
     local n = redis.call('INCR', count)
@@ -208,11 +211,21 @@ for i = 0, 1 do
       redis.call('DEL', count)
       redis.call('SET', block, '1', 'EX', ARGV[3])
       started = started + i + 1
+      if i == 0 then redis.call('PUBLISH', ARGV[4], '!blk ' .. ARGV[5] .. ' ' .. ARGV[3]) end
     end
   end
 end
 return started
 "#;
+
+/// Parses an address-block broadcast (`!blk ADDRESS SECONDS`).
+pub fn decode_block(payload: &[u8]) -> Option<(std::net::IpAddr, u64)> {
+    let text = std::str::from_utf8(payload.strip_prefix(b"!blk ")?).ok()?;
+    let (addr, secs) = text.split_once(' ')?;
+    let secs: u64 = secs.parse().ok()?;
+    (secs <= 3600).then_some(())?;
+    Some((addr.parse().ok()?, secs))
+}
 
 /// Announces a revocation (SPEC §12): KEYS the revoked-sessions sorted
 /// set, the broadcast channel, and for `sub` the user's set of sessions;
@@ -669,6 +682,9 @@ pub struct Node {
     revoked: RefCell<HashMap<String, u64>>,
     /// Revocations made while Redis was away, announced when it is back.
     unsent: RefCell<Vec<Revocation>>,
+    /// Addresses blocked by the cluster's §7 counts, until when (Unix
+    /// seconds), from the broadcast: handshakes check it locally.
+    blocked: RefCell<HashMap<std::net::IpAddr, u64>>,
     /// The server's shared state (set when [`Node::supervise`] starts).
     shared: RefCell<std::rc::Weak<Shared>>,
     /// The command connection (multiplexed: a clone per call); `None`
@@ -709,6 +725,7 @@ impl Node {
             },
             revoked: RefCell::default(),
             unsent: RefCell::default(),
+            blocked: RefCell::default(),
             shared: RefCell::new(std::rc::Weak::new()),
             cmd: RefCell::new(None),
             up: Cell::new(false),
@@ -914,17 +931,34 @@ impl Node {
 
     /// See [`super::login_failure`].
     pub async fn login_failure(&self, client: std::net::IpAddr, user: &str) -> crate::throttle::NewBlocks {
-        let keys = self.keys.throttle(client, user);
+        self.count_failure(client, Some(user)).await
+    }
+
+    /// One [`FAILURE_SCRIPT`] run: a failed login (`user`) or handshake
+    /// (`None`: the address only).
+    async fn count_failure(&self, client: std::net::IpAddr, user: Option<&str>) -> crate::throttle::NewBlocks {
+        let keys = self.keys.throttle(client, user.unwrap_or(""));
+        let keys = match user {
+            Some(_) => keys.each_ref().map(|k| k.as_bytes()).to_vec(),
+            None => keys.get(..2).unwrap_or_default().iter().map(|k| k.as_bytes()).collect(),
+        };
         let (addr_limit, user_limit, window) = (
             crate::throttle::LIMIT.to_string(),
             crate::throttle::USER_LIMIT.to_string(),
             crate::throttle::WINDOW_SECS.to_string(),
         );
+        let (bcast, addr) = (self.keys.broadcast(), crate::throttle::address_key(client).to_string());
         let started = self
             .script(
                 &self.scripts.failure,
-                &keys.each_ref().map(|k| k.as_bytes()),
-                &[addr_limit.as_bytes(), user_limit.as_bytes(), window.as_bytes()],
+                &keys,
+                &[
+                    addr_limit.as_bytes(),
+                    user_limit.as_bytes(),
+                    window.as_bytes(),
+                    bcast.as_bytes(),
+                    addr.as_bytes(),
+                ],
             )
             .await
             .ok()
@@ -933,6 +967,54 @@ impl Node {
         crate::throttle::NewBlocks {
             address: started & 1 != 0,
             user: started & 2 != 0,
+        }
+    }
+
+    /// A handshake answered 401 here (see [`super::handshake_failure`]):
+    /// counted in Redis in the background; when the count starts a block,
+    /// this node logs it like its own (`ip_throttled`).
+    pub fn handshake_failure(self: &Rc<Self>, client: std::net::IpAddr) {
+        let Some(shared) = self.shared.borrow().upgrade() else {
+            return;
+        };
+        if !self.up.get() {
+            return;
+        }
+        let node = self.clone();
+        self.ex
+            .spawn(async move {
+                // Logged once: not again when this node's own count
+                // started a block already.
+                if node.count_failure(client, None).await.address
+                    && shared
+                        .throttle
+                        .borrow()
+                        .blocked(client, crate::commands::now_unix())
+                        .is_none()
+                {
+                    crate::server::address_throttled(&shared, &client.to_string(), client);
+                }
+            })
+            .detach();
+    }
+
+    /// Whether handshakes from `client` are blocked by a cluster-wide count
+    /// (learned from the broadcast): the seconds left.
+    pub fn address_blocked(&self, client: std::net::IpAddr, now: u64) -> Option<u64> {
+        let key = crate::throttle::address_key(client);
+        let until = *self.blocked.borrow().get(&key)?;
+        (until > now).then(|| until - now)
+    }
+
+    /// An address block broadcast by some node.
+    fn on_block(&self, addr: std::net::IpAddr, secs: u64) {
+        let now = crate::commands::now_unix();
+        let mut blocked = self.blocked.borrow_mut();
+        if blocked.len() >= crate::throttle::MAX_ADDRESSES {
+            blocked.retain(|_, until| *until > now);
+        }
+        if blocked.len() < crate::throttle::MAX_ADDRESSES {
+            blocked.insert(addr, now.saturating_add(secs));
         }
     }
 
@@ -1141,6 +1223,13 @@ impl Node {
 
     /// One broadcast from Redis.
     fn on_message(self: &Rc<Self>, shared: &Rc<Shared>, payload: &[u8]) {
+        if payload.starts_with(b"!blk ") {
+            match decode_block(payload) {
+                Some((addr, secs)) => self.on_block(addr, secs),
+                None => shared.log.warn("broker_bad_message", &[]),
+            }
+            return;
+        }
         if payload.first() == Some(&b'!') {
             match decode_revocation(payload) {
                 Some(r) => self.on_revocation(shared, r),
@@ -1358,6 +1447,27 @@ mod tests {
             "5 a bcdEPOCH_0123456789 1 1 0 {}",
         ] {
             assert_eq!(decode_pub(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn spec7_address_block_broadcasts() {
+        assert_eq!(
+            decode_block(b"!blk 10.0.0.1 60"),
+            Some(("10.0.0.1".parse().unwrap(), 60))
+        );
+        assert_eq!(
+            decode_block(b"!blk 2001:db8:: 60"),
+            Some(("2001:db8::".parse().unwrap(), 60))
+        );
+        for bad in [
+            &b"!blk 10.0.0.1"[..],
+            b"!blk x 60",
+            b"!blk 10.0.0.1 -1",
+            b"!blk 10.0.0.1 99999",
+            b"blk 1.2.3.4 6",
+        ] {
+            assert_eq!(decode_block(bad), None, "{:?}", String::from_utf8_lossy(bad));
         }
     }
 
