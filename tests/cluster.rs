@@ -1030,3 +1030,97 @@ fn spec12_failed_handshakes_count_across_nodes() {
     let r = login(&nodes[0], "agent-7", None);
     assert_eq!(error_of(&r), (429, Some("too_many_attempts".into())), "{r}");
 }
+
+#[test]
+fn spec13_security_events_of_every_node_reach_an_operator_on_any_node() {
+    let Some(redis) = Redis::start("spec13_security_events_of_every_node_reach_an_operator_on_any_node") else {
+        return;
+    };
+    let (users, _) = users_file("events");
+    let users = users.to_str().unwrap().to_string();
+    let flags = ["--users", users.as_str(), "--admin-min-clearance", "5"];
+    let a = node(&redis, "a", &flags);
+    let b = node(&redis, "b", &flags);
+    let op = token("op", 9, 600, |_| {});
+    block_on(async {
+        let (mut ws, _) = ws_bearer(a.addr, &op).await;
+        subscribe(&mut ws, "$security", None).await;
+        // A failed login on B ...
+        let r = http(
+            b.addr,
+            "POST",
+            "/auth/login",
+            &[("Content-Type", "application/json")],
+            &json!({"username":"agent-7","password":"nope"}).to_string(),
+        );
+        assert_eq!(status(&r), 401, "{r}");
+        // ... is live on A's `$security`, naming B ...
+        let m = recv(&mut ws).await;
+        assert_eq!(m["channel"], "$security", "{m}");
+        let e = &m["data"];
+        assert_eq!(
+            (
+                e["event"].as_str(),
+                e["reason"].as_str(),
+                e["sub"].as_str(),
+                e["node"].as_str()
+            ),
+            (Some("login_failed"), Some("wrong_password"), Some("agent-7"), Some("b")),
+            "{m}"
+        );
+        // ... and one of A's own comes after it, with the next id.
+        let bad = format!("{op}x");
+        assert_eq!(upgrade_status(a.addr, &bad), 401);
+        let m2 = recv(&mut ws).await;
+        assert_eq!(
+            (m2["data"]["event"].as_str(), m2["data"]["node"].as_str()),
+            (Some("ws_reject"), Some("a")),
+            "{m2}"
+        );
+        assert_eq!(m2["data"]["id"].as_u64(), e["id"].as_u64().map(|i| i + 1), "{m2}");
+    });
+    // A's /admin/events has both, ids counting up, and says whose ids they are.
+    let r = http(
+        a.addr,
+        "GET",
+        "/admin/events",
+        &[("Authorization", &format!("Bearer {op}"))],
+        "",
+    );
+    assert_eq!(status(&r), 200, "{r}");
+    let v = body(&r);
+    assert_eq!(v["node"], "a", "{v}");
+    let events = v["events"].as_array().unwrap();
+    let seen: Vec<(&str, &str)> = events
+        .iter()
+        .map(|e| (e["event"].as_str().unwrap(), e["node"].as_str().unwrap()))
+        .collect();
+    assert_eq!(seen, [("login_failed", "b"), ("ws_reject", "a")], "{v}");
+    assert!(events[0]["id"].as_u64() < events[1]["id"].as_u64(), "{v}");
+    // B has its own event once (its own broadcast is not recorded twice),
+    // then A's.
+    let until = Instant::now() + Duration::from_secs(2);
+    loop {
+        let r = http(
+            b.addr,
+            "GET",
+            "/admin/events",
+            &[("Authorization", &format!("Bearer {op}"))],
+            "",
+        );
+        let v = body(&r);
+        let on_b: Vec<&str> = v["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["event"].as_str().unwrap())
+            .collect();
+        if on_b.len() == 2 {
+            assert_eq!(on_b, ["login_failed", "ws_reject"], "{v}");
+            break;
+        }
+        assert_eq!(on_b, ["login_failed"], "{v}");
+        assert!(Instant::now() < until, "A's event never reached B: {v}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

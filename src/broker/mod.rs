@@ -327,6 +327,18 @@ pub async fn login_failure(shared: &Shared, client: std::net::IpAddr, user: &str
     }
 }
 
+/// Cluster mode: sends a security event recorded here to every other node
+/// (SPEC §13 across the cluster); nothing with the local engine.
+pub fn share_event(shared: &Shared, event: &crate::events::Event) {
+    match &shared.engine {
+        Engine::Local => {
+            let _ = event;
+        }
+        #[cfg(feature = "cluster")]
+        Engine::Redis(node) => node.share_event(event),
+    }
+}
+
 /// Cluster mode: counts a handshake answered 401 in Redis too (in the
 /// background: the answer does not wait), so the §7 limit holds across
 /// nodes; a block it starts reaches every node by the broadcast.

@@ -262,6 +262,52 @@ redis.call('PUBLISH', KEYS[2], '!sub ' .. ARGV[2])
 return n
 "#;
 
+/// Shares a security event (SPEC §13) with every node: KEYS the broadcast
+/// channel; ARGV `!ev NODE JSON`.
+pub const EVENT_SCRIPT: &str = r#"
+return redis.call('PUBLISH', KEYS[1], ARGV[1])
+"#;
+
+/// A security event as broadcast: `!ev NODE {event JSON}`.
+pub fn encode_event(node: &str, e: &crate::events::Event) -> String {
+    format!("!ev {node} {}", e.to_json())
+}
+
+/// Parses an event broadcast: the node it came from and the event (its
+/// `id` is the sender's; the receiver numbers it anew).
+pub fn decode_event(payload: &[u8]) -> Option<(String, crate::events::Event)> {
+    #[derive(serde::Deserialize)]
+    struct Wire {
+        ts: u64,
+        event: String,
+        reason: String,
+        peer: Option<String>,
+        sub: Option<String>,
+        #[serde(default)]
+        by: Option<String>,
+    }
+    let text = std::str::from_utf8(payload.strip_prefix(b"!ev ")?).ok()?;
+    let (node, json) = text.split_once(' ')?;
+    if !super::node_id_ok(node) {
+        return None;
+    }
+    let w: Wire = serde_json::from_str(json).ok()?;
+    let clip = crate::events::clip;
+    Some((
+        node.to_string(),
+        crate::events::Event {
+            id: 0,
+            ts: w.ts,
+            event: crate::events::Kind::parse(&w.event)?,
+            reason: clip(&w.reason),
+            peer: w.peer.as_deref().map(clip),
+            sub: w.sub.as_deref().map(clip),
+            by: w.by.as_deref().map(clip),
+            node: Some(node.to_string()),
+        },
+    ))
+}
+
 /// The revoked sessions still relevant: KEYS the sorted set; ARGV now.
 /// Returns `{sid, until, ...}`.
 pub const REVOKED_SCRIPT: &str = r#"
@@ -670,6 +716,7 @@ struct Scripts {
     revoked: ::redis::Script,
     login: ::redis::Script,
     refresh: ::redis::Script,
+    event: ::redis::Script,
 }
 
 /// This node: the Redis connections, the mirror, and the up/down state.
@@ -722,6 +769,7 @@ impl Node {
                 revoked: ::redis::Script::new(REVOKED_SCRIPT),
                 login: ::redis::Script::new(&sessions::login_script()),
                 refresh: ::redis::Script::new(&sessions::refresh_script()),
+                event: ::redis::Script::new(EVENT_SCRIPT),
             },
             revoked: RefCell::default(),
             unsent: RefCell::default(),
@@ -998,6 +1046,24 @@ impl Node {
             .detach();
     }
 
+    /// Sends a security event recorded here to every other node (in the
+    /// background; while Redis is away it stays this node's only).
+    pub fn share_event(self: &Rc<Self>, e: &crate::events::Event) {
+        if !self.up.get() {
+            return;
+        }
+        let payload = encode_event(&self.cfg.node_id, e);
+        let node = self.clone();
+        self.ex
+            .spawn(async move {
+                let ch = node.keys.broadcast();
+                let _ = node
+                    .script(&node.scripts.event, &[ch.as_bytes()], &[payload.as_bytes()])
+                    .await;
+            })
+            .detach();
+    }
+
     /// Whether handshakes from `client` are blocked by a cluster-wide count
     /// (learned from the broadcast): the seconds left.
     pub fn address_blocked(&self, client: std::net::IpAddr, now: u64) -> Option<u64> {
@@ -1223,6 +1289,14 @@ impl Node {
 
     /// One broadcast from Redis.
     fn on_message(self: &Rc<Self>, shared: &Rc<Shared>, payload: &[u8]) {
+        if payload.starts_with(b"!ev ") {
+            match decode_event(payload) {
+                Some((node, _)) if node == self.cfg.node_id => {}
+                Some((_, e)) => crate::server::remote_security_event(shared, &e),
+                None => shared.log.warn("broker_bad_message", &[]),
+            }
+            return;
+        }
         if payload.starts_with(b"!blk ") {
             match decode_block(payload) {
                 Some((addr, secs)) => self.on_block(addr, secs),
@@ -1447,6 +1521,34 @@ mod tests {
             "5 a bcdEPOCH_0123456789 1 1 0 {}",
         ] {
             assert_eq!(decode_pub(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn spec13_event_broadcasts_round_trip() {
+        let mut ring = crate::events::Events::default();
+        let e = ring.record_from(
+            Some("b"),
+            crate::events::Kind::LoginFailed,
+            "wrong_password",
+            Some("10.0.0.1:5"),
+            Some("agent 7"),
+            None,
+            42,
+        );
+        let wire = encode_event("b", &e);
+        assert!(wire.starts_with("!ev b {"), "{wire}");
+        let (node, back) = decode_event(wire.as_bytes()).unwrap();
+        assert_eq!(node, "b");
+        assert_eq!(back, crate::events::Event { id: 0, ..e });
+        for bad in [
+            &b"!ev b"[..],
+            b"!ev b {}",
+            b"!ev a/b {\"ts\":1,\"event\":\"revoked\",\"reason\":\"x\",\"peer\":null,\"sub\":null}",
+            b"!ev b {\"ts\":1,\"event\":\"nope\",\"reason\":\"x\",\"peer\":null,\"sub\":null}",
+            b"!ev b not json",
+        ] {
+            assert_eq!(decode_event(bad), None, "{:?}", String::from_utf8_lossy(bad));
         }
     }
 

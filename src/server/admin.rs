@@ -50,6 +50,10 @@ pub fn is_operator(cfg: &super::Config, c: &Claims) -> bool {
 /// on `$security` to every operator subscribed. Callers pass codes, agent
 /// ids and addresses only. Not to be called while the hub is borrowed
 /// (then the live copy is skipped; the ring still has it).
+///
+/// Cluster mode (SPEC §12): the event also goes to every other node
+/// ([`crate::broker::share_event`]), which records it in its own ring and
+/// `$security` ([`remote_security_event`]); each event names its `node`.
 pub fn security_event(
     shared: &Shared,
     kind: Kind,
@@ -58,12 +62,35 @@ pub fn security_event(
     sub: Option<&str>,
     by: Option<&str>,
 ) {
-    let event = shared
-        .events
-        .borrow_mut()
-        .record(kind, reason, peer, sub, by, now_millis());
+    let event =
+        shared
+            .events
+            .borrow_mut()
+            .record_from(shared.engine.node_id(), kind, reason, peer, sub, by, now_millis());
     shared.metrics.security_event(kind.as_str());
-    let Ok(data) = serde_json::value::to_raw_value(&event) else {
+    crate::broker::share_event(shared, &event);
+    live_event(shared, &event);
+}
+
+/// A security event another node of the cluster recorded: into this
+/// node's ring (with the next id here) and `$security`. Not counted in
+/// this node's metrics (the other node counts it).
+pub fn remote_security_event(shared: &Shared, e: &crate::events::Event) {
+    let event = shared.events.borrow_mut().record_from(
+        e.node.as_deref(),
+        e.event,
+        &e.reason,
+        e.peer.as_deref(),
+        e.sub.as_deref(),
+        e.by.as_deref(),
+        e.ts,
+    );
+    live_event(shared, &event);
+}
+
+/// Publishes an event on `$security`.
+fn live_event(shared: &Shared, event: &crate::events::Event) {
+    let Ok(data) = serde_json::value::to_raw_value(event) else {
         return;
     };
     let published = match shared.hub.try_borrow_mut() {
@@ -197,7 +224,12 @@ fn events(shared: &Shared, req: &Request) -> Response {
     let limit = limit.map_or(DEFAULT_PAGE, |l| usize::try_from(l).unwrap_or(usize::MAX));
     let ring = shared.events.borrow();
     let page = ring.page(after, limit);
-    Response::json(200, &serde_json::json!({ "events": page, "last_id": ring.last_id() }))
+    let mut v = serde_json::json!({ "events": page, "last_id": ring.last_id() });
+    // Cluster mode: ids count up on this node (SPEC §12); name it.
+    if let Some(node) = shared.engine.node_id() {
+        v["node"] = node.into();
+    }
+    Response::json(200, &v)
 }
 
 /// `POST /admin/revoke` with `{"sub":S}` or `{"sid":ID}`: revokes the

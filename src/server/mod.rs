@@ -34,6 +34,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 pub use admin::operator_rule;
+pub use admin::remote_security_event;
 pub use conn::address_throttled;
 pub use socket::ConnHandle;
 pub use socket::{after_publish, close_session, publish as publish_here};
