@@ -26,12 +26,15 @@
 //! Shared login state: `P:totp:USER` holds the user's last used TOTP step
 //! ([`TOTP_SCRIPT`]: a code's step must be later, so a code works on one
 //! node only), and `P:thr:*` the §7 failure counts and blocks per address
-//! and per user name ([`FAILURE_SCRIPT`], [`BLOCKED_SCRIPT`]). Revocations
+//! and per user name ([`FAILURE_SCRIPT`], [`BLOCKED_SCRIPT`]; failed logins
+//! and failed handshakes count, and an address block goes out on `P:pub` as
+//! `!blk ADDRESS SECONDS` so handshakes check it locally). Sessions and
+//! refresh tokens live in `P:s:*` and `P:us:*` ([`sessions`]). Revocations
 //! go out on `P:pub` as `!sid ID` / `!sub NAME` ([`REVOKE_SCRIPT`]) and
 //! session ids stay in the sorted set `P:revoked` until their access tokens
 //! are dead; every node keeps that set in memory for its handshakes.
-//! Sessions and refresh tokens themselves are not here yet: each node
-//! keeps its own.
+//! Security events go out as `!ev NODE JSON` ([`EVENT_SCRIPT`]): every node
+//! records the others' in its own ring and `$security`.
 //!
 //! Key names, scripts, payload codecs and [`Mirror`] are sans-IO and tested
 //! here. The async shell ([`Node`]) talks to Redis through the `redis` crate:

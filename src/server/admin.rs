@@ -8,8 +8,9 @@
 //! these paths answer 404. The token is taken as for `POST /publish`: a
 //! Bearer header, or the cookie from an allowed `Origin`; a same-origin
 //! browser `GET` without `Origin` is told apart by `Sec-Fetch-Site`, which
-//! scripts cannot set. Everything here is node-local: this node's sockets,
-//! events and sessions.
+//! scripts cannot set. Connections are node-local (this node's sockets);
+//! in cluster mode events come from every node (each names its `node`, ids
+//! count up on the node that answers) and revocations reach every node.
 
 use super::{Shared, now_millis};
 use crate::commands::now_unix;
