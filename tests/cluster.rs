@@ -1124,3 +1124,62 @@ fn spec13_security_events_of_every_node_reach_an_operator_on_any_node() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+#[test]
+fn spec13_admin_revoke_on_one_node_reaches_sessions_made_on_another() {
+    let Some(redis) = Redis::start("spec13_admin_revoke_on_one_node_reaches_sessions_made_on_another") else {
+        return;
+    };
+    let (users, _) = users_file("admin_revoke");
+    let users = users.to_str().unwrap().to_string();
+    let flags = ["--users", users.as_str(), "--admin-min-clearance", "5"];
+    let a = node(&redis, "a", &flags);
+    let b = node(&redis, "b", &flags);
+    let op = token("op", 9, 600, |_| {});
+    let revoke = |s: &Server, body: Value| {
+        http(
+            s.addr,
+            "POST",
+            "/admin/revoke",
+            &[
+                ("Authorization", &format!("Bearer {op}")),
+                ("Content-Type", "application/json"),
+            ],
+            &body.to_string(),
+        )
+    };
+    let (access1, r1) = tokens(&login(&a, "agent-7", None));
+    let (access2, r2) = tokens(&login(&a, "agent-7", None));
+    block_on(async {
+        let (mut on_a, _) = ws_bearer(a.addr, &access1).await;
+        let (mut on_b, _) = ws_bearer(b.addr, &access1).await;
+        // By sid, on B: the session made on A counts, and B's socket of it.
+        let sid = body(&http(
+            a.addr,
+            "GET",
+            "/admin/connections",
+            &[("Authorization", &format!("Bearer {op}"))],
+            "",
+        ))["connections"][0]["sid"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let r = revoke(&b, json!({ "sid": sid }));
+        assert_eq!(status(&r), 200, "{r}");
+        assert_eq!(
+            (body(&r)["revoked"].as_u64(), body(&r)["closed"].as_u64()),
+            (Some(1), Some(1)),
+            "{r}"
+        );
+        assert_eq!(close_code(&mut on_a, Duration::from_secs(1)).await, Some(4003));
+        assert_eq!(close_code(&mut on_b, Duration::from_secs(1)).await, Some(4003));
+        // By sub, on B: the other session made on A.
+        let (mut second, _) = ws_bearer(a.addr, &access2).await;
+        let r = revoke(&b, json!({"sub": "agent-7"}));
+        assert_eq!(body(&r)["revoked"].as_u64(), Some(1), "{r}");
+        assert_eq!(close_code(&mut second, Duration::from_secs(1)).await, Some(4003));
+    });
+    for t in [&r1, &r2] {
+        assert_eq!(error_of(&refresh(&a, t)), (401, Some("invalid_refresh_token".into())));
+    }
+}

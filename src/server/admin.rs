@@ -275,6 +275,19 @@ async fn revoke(shared: &Shared, req: &Request, body: &[u8], by: &Claims, peer: 
             }
         }
     };
+    // This node's sockets first (before the cluster's broadcast closes them
+    // too, which would leave them out of `closed`).
+    let mut closed = 0;
+    for (_, rights, _, h) in shared.hub.borrow().connections() {
+        let hit = match &target {
+            Target::Sub(s) => rights.sub == *s,
+            Target::Sid(sid) => h.session().as_deref() == Some(sid.as_str()),
+        };
+        if hit && !h.closing() {
+            h.close(4003, "session revoked");
+            closed += 1;
+        }
+    }
     // Cluster mode: the sessions in Redis are revoked and every node closes
     // their sockets; `revoked` counts the cluster's sessions (`closed` this
     // node's sockets). While Redis is away: announced when it is back.
@@ -301,17 +314,6 @@ async fn revoke(shared: &Shared, req: &Request, body: &[u8], by: &Claims, peer: 
             revoked
         }
     };
-    let mut closed = 0;
-    for (_, rights, _, h) in shared.hub.borrow().connections() {
-        let hit = match &target {
-            Target::Sub(s) => rights.sub == *s,
-            Target::Sid(sid) => h.session().as_deref() == Some(sid.as_str()),
-        };
-        if hit && !h.closing() {
-            h.close(4003, "session revoked");
-            closed += 1;
-        }
-    }
     let peer_s = peer.to_string();
     let sub = sub.as_deref();
     security_event(shared, Kind::Revoked, "operator", Some(&peer_s), sub, Some(&by.sub));
