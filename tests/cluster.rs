@@ -442,6 +442,33 @@ fn users_file(test: &str) -> (std::path::PathBuf, tessera::auth::totp::TotpSecre
     (p, secret)
 }
 
+/// Three nodes `a`, `b`, `c` on a Redis of their own, all with the test
+/// users ([`users_file`]) and `extra` flags. `None` (after SKIPPED) without
+/// `redis-server`. The nodes stop before Redis (field order).
+struct Cluster {
+    nodes: [Server; 3],
+    redis: Redis,
+    /// The users file's path.
+    users: String,
+}
+
+impl Cluster {
+    fn three(test: &str, extra: &[&str]) -> Option<Cluster> {
+        let redis = Redis::start(test)?;
+        let (users, _) = users_file(test);
+        let users = users.to_str().unwrap().to_string();
+        let mut flags = vec!["--users", users.as_str()];
+        flags.extend_from_slice(extra);
+        let nodes = [
+            node(&redis, "a", &flags),
+            node(&redis, "b", &flags),
+            node(&redis, "c", &flags),
+        ];
+        drop(flags);
+        Some(Cluster { nodes, redis, users })
+    }
+}
+
 fn login(s: &Server, user: &str, otp: Option<&str>) -> String {
     let mut b = json!({"username": user, "password": format!("{user}-pass")});
     if let Some(c) = otp {
@@ -519,14 +546,10 @@ fn spec12_a_totp_code_used_on_one_node_is_refused_on_another() {
 
 #[test]
 fn spec12_logout_on_one_node_closes_the_sessions_sockets_on_every_node() {
-    let Some(redis) = Redis::start("spec12_logout_on_one_node_closes_the_sessions_sockets_on_every_node") else {
+    let Some(cluster) = Cluster::three("logout", &[]) else {
         return;
     };
-    let (users, _) = users_file("logout");
-    let users = users.to_str().unwrap().to_string();
-    let a = node(&redis, "a", &["--users", &users]);
-    let b = node(&redis, "b", &["--users", &users]);
-    let c = node(&redis, "c", &["--users", &users]);
+    let [a, b, c] = &cluster.nodes;
     let r = login(&a, "agent-7", None);
     assert_eq!(status(&r), 200, "{r}");
     let access = body(&r)["access_token"].as_str().unwrap().to_string();
@@ -564,7 +587,7 @@ fn spec12_logout_on_one_node_closes_the_sessions_sockets_on_every_node() {
     );
     assert_eq!(status(&r), 401, "{r}");
     // A node started later learns the revocation from Redis.
-    let d = node(&redis, "d", &["--users", &users]);
+    let d = node(&cluster.redis, "d", &["--users", &cluster.users]);
     block_on(async {
         std::thread::sleep(Duration::from_millis(200));
         let up = ws_connect(d.addr, &[("Authorization", &format!("Bearer {access}"))]).await;
@@ -574,16 +597,10 @@ fn spec12_logout_on_one_node_closes_the_sessions_sockets_on_every_node() {
 
 #[test]
 fn spec12_failed_logins_count_across_nodes() {
-    let Some(redis) = Redis::start("spec12_failed_logins_count_across_nodes") else {
+    let Some(cluster) = Cluster::three("throttle", &[]) else {
         return;
     };
-    let (users, _) = users_file("throttle");
-    let users = users.to_str().unwrap().to_string();
-    let nodes = [
-        node(&redis, "a", &["--users", &users]),
-        node(&redis, "b", &["--users", &users]),
-        node(&redis, "c", &["--users", &users]),
-    ];
+    let nodes = &cluster.nodes;
     let wrong = |s: &Server| {
         http(
             s.addr,
@@ -605,7 +622,7 @@ fn spec12_failed_logins_count_across_nodes() {
     // The 10th, on C, starts the block everywhere, also for a right password.
     assert_eq!(status(&wrong(&nodes[2])), 401);
     nodes[2].wait_log(&["ip_throttled"]);
-    for n in &nodes {
+    for n in nodes {
         let r = login(n, "agent-7", None);
         assert_eq!(
             (status(&r), body(&r)["error"].as_str()),
@@ -780,14 +797,10 @@ fn error_of(r: &str) -> (u16, Option<String>) {
 
 #[test]
 fn spec12_a_session_made_on_one_node_refreshes_on_any_other() {
-    let Some(redis) = Redis::start("spec12_a_session_made_on_one_node_refreshes_on_any_other") else {
+    let Some(cluster) = Cluster::three("refresh_anywhere", &[]) else {
         return;
     };
-    let (users, _) = users_file("refresh_anywhere");
-    let users = users.to_str().unwrap().to_string();
-    let a = node(&redis, "a", &["--users", &users]);
-    let b = node(&redis, "b", &["--users", &users]);
-    let c = node(&redis, "c", &["--users", &users]);
+    let ([a, b, c], redis) = (&cluster.nodes, &cluster.redis);
     let (_, r1) = tokens(&login(&a, "agent-7", None));
     let (access2, r2) = tokens(&refresh(&b, &r1));
     block_on(async {
@@ -828,16 +841,10 @@ fn spec12_a_session_made_on_one_node_refreshes_on_any_other() {
 
 #[test]
 fn spec12_refresh_rotated_on_a_and_reused_on_b_revokes_the_session_and_closes_its_socket_on_c_with_4003() {
-    let Some(redis) = Redis::start(
-        "spec12_refresh_rotated_on_a_and_reused_on_b_revokes_the_session_and_closes_its_socket_on_c_with_4003",
-    ) else {
+    let Some(cluster) = Cluster::three("reuse", &[]) else {
         return;
     };
-    let (users, _) = users_file("reuse");
-    let users = users.to_str().unwrap().to_string();
-    let a = node(&redis, "a", &["--users", &users]);
-    let b = node(&redis, "b", &["--users", &users]);
-    let c = node(&redis, "c", &["--users", &users]);
+    let [a, b, c] = &cluster.nodes;
     let (access1, r1) = tokens(&login(&a, "agent-7", None));
     block_on(async {
         let (mut on_c, _) = ws_bearer(c.addr, &access1).await;
@@ -988,16 +995,10 @@ fn upgrade_status(addr: std::net::SocketAddr, token: &str) -> u16 {
 
 #[test]
 fn spec12_failed_handshakes_count_across_nodes() {
-    let Some(redis) = Redis::start("spec12_failed_handshakes_count_across_nodes") else {
+    let Some(cluster) = Cluster::three("handshakes", &[]) else {
         return;
     };
-    let (users, _) = users_file("handshakes");
-    let users = users.to_str().unwrap().to_string();
-    let nodes = [
-        node(&redis, "a", &["--users", &users]),
-        node(&redis, "b", &["--users", &users]),
-        node(&redis, "c", &["--users", &users]),
-    ];
+    let nodes = &cluster.nodes;
     let good = token("field", 0, 600, |_| {});
     let bad = format!("{good}x");
     // 4 + 4 + 1 refused upgrades: no node reaches the limit of 10 itself,
@@ -1008,13 +1009,13 @@ fn spec12_failed_handshakes_count_across_nodes() {
         }
     }
     std::thread::sleep(Duration::from_millis(300));
-    for n in &nodes {
+    for n in nodes {
         assert_eq!(upgrade_status(n.addr, &good), 101, "the 9th failure must not block");
     }
     // The 10th, on B, blocks the address on every node, for a good token
     // too, and for logins.
     assert_eq!(upgrade_status(nodes[1].addr, &bad), 401);
-    for n in &nodes {
+    for n in nodes {
         let until = Instant::now() + Duration::from_secs(2);
         loop {
             let s = upgrade_status(n.addr, &good);
