@@ -17,8 +17,9 @@
 //!   It expires (Redis TTL) when neither its refresh token nor its access
 //!   tokens can be valid any more.
 //! - `P:us:HEX(sub)`, a sorted set of the user's session ids by `t`, for
-//!   `--max-sessions-per-user` and revocation by `sub`; it lives as long as
-//!   the user's longest session.
+//!   `--max-sessions-per-user` and revocation by `sub` (each login drops
+//!   the revoked and expired ones, so it holds about the live sessions); it
+//!   lives as long as the user's longest session.
 //!
 //! One script run per step, so rotation and reuse detection are atomic
 //! across nodes: [`LOGIN_SCRIPT`] (evicts the least recently used sessions
@@ -143,14 +144,15 @@ pub fn login_script() -> String {
         r#"
 local live = {}
 for _, sid in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
-  local rev = redis.call('HGET', ARGV[10] .. sid, 'rev')
-  if not rev then redis.call('ZREM', KEYS[2], sid)
-  elseif rev == '0' then live[#live + 1] = sid end
+  -- Gone or revoked sessions leave the set: it holds the live ones.
+  if redis.call('HGET', ARGV[10] .. sid, 'rev') == '0' then live[#live + 1] = sid
+  else redis.call('ZREM', KEYS[2], sid) end
 end
 local evicted = {}
 local excess = #live + 1 - math.max(tonumber(ARGV[9]), 1)
 for i = 1, excess do
   revoke_one(ARGV[10] .. live[i], live[i], KEYS[3], ARGV[11], KEYS[4])
+  redis.call('ZREM', KEYS[2], live[i])
   evicted[#evicted + 1] = live[i]
 end
 redis.call('HSET', KEYS[1], 'sub', ARGV[2], 'amr', ARGV[3], 'cur', ARGV[4], 'rexp', ARGV[5],
