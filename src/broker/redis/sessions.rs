@@ -168,7 +168,9 @@ return evicted
 /// A refresh: KEYS session, revoked set, broadcast; ARGV sid, presented
 /// digest, new digest, now (s), new refresh expiry, new access expiry,
 /// expire_at, now (ms), revoked until. The user's set is named in the
-/// session (`us`, written at login). Returns `{'ok', sub, amr,
+/// session (`us`, written at login). It compares SHA-256 digests, never
+/// tokens (as the state file does): how long a comparison takes says
+/// nothing about a token. Returns `{'ok', sub, amr,
 /// generation}`, `{'reused', sub}` (the session is now revoked and
 /// announced), `{'revoked'}`, `{'expired'}` or `{'unknown'}`.
 pub fn refresh_script() -> String {
