@@ -255,12 +255,12 @@ mod bench {
         for line in stats.lines().filter(|l| l.starts_with("cmdstat_")) {
             let name = line.split(':').next().unwrap_or("");
             let calls: u64 = line
-                .split(|c| c == ':' || c == ',')
+                .split([':', ','])
                 .find_map(|kv| kv.strip_prefix("calls="))
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(0);
             let usec: f64 = line
-                .split(|c| c == ':' || c == ',')
+                .split([':', ','])
                 .find_map(|kv| kv.strip_prefix("usec_per_call="))
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(0.0);

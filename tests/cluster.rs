@@ -550,7 +550,7 @@ fn spec12_logout_on_one_node_closes_the_sessions_sockets_on_every_node() {
         return;
     };
     let [a, b, c] = &cluster.nodes;
-    let r = login(&a, "agent-7", None);
+    let r = login(a, "agent-7", None);
     assert_eq!(status(&r), 200, "{r}");
     let access = body(&r)["access_token"].as_str().unwrap().to_string();
     let refresh = body(&r)["refresh_token"].as_str().unwrap().to_string();
@@ -801,8 +801,8 @@ fn spec12_a_session_made_on_one_node_refreshes_on_any_other() {
         return;
     };
     let ([a, b, c], redis) = (&cluster.nodes, &cluster.redis);
-    let (_, r1) = tokens(&login(&a, "agent-7", None));
-    let (access2, r2) = tokens(&refresh(&b, &r1));
+    let (_, r1) = tokens(&login(a, "agent-7", None));
+    let (access2, r2) = tokens(&refresh(b, &r1));
     block_on(async {
         // The new access token works on a third node, names the same
         // session and keeps the login's amr.
@@ -812,8 +812,8 @@ fn spec12_a_session_made_on_one_node_refreshes_on_any_other() {
         assert_eq!(recv(&mut ws).await["type"], "pong");
     });
     // And the new refresh token rotates on C, then on A.
-    let (_, r3) = tokens(&refresh(&c, &r2));
-    let (_, r4) = tokens(&refresh(&a, &r3));
+    let (_, r3) = tokens(&refresh(c, &r2));
+    let (_, r4) = tokens(&refresh(a, &r3));
     assert_ne!(r4, r3);
     // Redis holds the session by its sid, and only digests of its tokens.
     let out = Command::new("redis-cli")
@@ -834,7 +834,7 @@ fn spec12_a_session_made_on_one_node_refreshes_on_any_other() {
     }
     // Garbage is refused without a session.
     assert_eq!(
-        error_of(&refresh(&b, "not-a-token")),
+        error_of(&refresh(b, "not-a-token")),
         (401, Some("invalid_refresh_token".into()))
     );
 }
@@ -845,15 +845,15 @@ fn spec12_refresh_rotated_on_a_and_reused_on_b_revokes_the_session_and_closes_it
         return;
     };
     let [a, b, c] = &cluster.nodes;
-    let (access1, r1) = tokens(&login(&a, "agent-7", None));
+    let (access1, r1) = tokens(&login(a, "agent-7", None));
     block_on(async {
         let (mut on_c, _) = ws_bearer(c.addr, &access1).await;
         let (mut other, _) = ws_bearer(c.addr, &token("someone", 0, 600, |_| {})).await;
         // Rotated on A ...
-        let (access2, r2) = tokens(&refresh(&a, &r1));
+        let (access2, r2) = tokens(&refresh(a, &r1));
         let (mut on_a, _) = ws_bearer(a.addr, &access2).await;
         // ... and the old token reused on B: the session dies everywhere.
-        let r = refresh(&b, &r1);
+        let r = refresh(b, &r1);
         assert_eq!(error_of(&r), (401, Some("refresh_token_reused".into())), "{r}");
         assert_eq!(close_code(&mut on_c, Duration::from_secs(1)).await, Some(4003));
         assert_eq!(close_code(&mut on_a, Duration::from_secs(1)).await, Some(4003));
