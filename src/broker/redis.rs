@@ -1626,6 +1626,20 @@ mod tests {
     const E: &str = "EPOCH_0123456789";
     const F: &str = "EPOCH_new_456789";
 
+    /// A snapshot of `epoch` whose last offset is `last`, holding `offsets`.
+    fn snap(epoch: &str, last: u64, offsets: impl IntoIterator<Item = u64>) -> Snapshot {
+        Snapshot {
+            epoch: epoch.into(),
+            last,
+            entries: offsets.into_iter().map(|n| entry(n, "0")).collect(),
+        }
+    }
+
+    /// Finishes the load of `channel` with `s`: the offsets delivered.
+    fn load(m: &mut Mirror, channel: &str, s: &Snapshot) -> Vec<u64> {
+        m.loaded(channel, s).iter().map(|e| e.offset).collect()
+    }
+
     #[test]
     fn spec12_mirror_delivers_in_order_and_reloads_on_a_gap() {
         let mut m = Mirror::default();
@@ -1634,15 +1648,9 @@ mod tests {
         // A subscriber on a never-synced channel: load, hold.
         assert_eq!(m.on_pub(pubm("ops", E, 2), None, true), Step::Load);
         assert_eq!(m.on_pub(pubm("ops", E, 3), None, true), Step::Held);
-        let snap = Snapshot {
-            epoch: E.into(),
-            last: 2,
-            entries: vec![entry(1, "1"), entry(2, "2")],
-        };
         // Never synced: the subscribers get what was held (2 and 3), not
         // the older history.
-        let out: Vec<u64> = m.loaded("ops", &snap).iter().map(|e| e.offset).collect();
-        assert_eq!(out, [2, 3]);
+        assert_eq!(load(&mut m, "ops", &snap(E, 2, 1..=2)), [2, 3]);
         assert!(m.is_synced("ops", true));
         assert!(!m.is_synced("ops", false));
         assert_eq!(m.on_pub(pubm("ops", E, 3), pos(E, 3), true), Step::Skip);
@@ -1650,36 +1658,17 @@ mod tests {
         // 5 and 6 never came: reload, then deliver 5, 6, 7 once each.
         assert_eq!(m.on_pub(pubm("ops", E, 7), pos(E, 4), true), Step::Load);
         assert_eq!(m.on_pub(pubm("ops", E, 8), pos(E, 4), true), Step::Held);
-        let snap = Snapshot {
-            epoch: E.into(),
-            last: 7,
-            entries: (3..=7).map(|n| entry(n, "0")).collect(),
-        };
-        let out: Vec<u64> = m.loaded("ops", &snap).iter().map(|e| e.offset).collect();
-        assert_eq!(out, [5, 6, 7, 8]);
+        assert_eq!(load(&mut m, "ops", &snap(E, 7, 3..=7)), [5, 6, 7, 8]);
     }
 
     #[test]
     fn spec12_mirror_after_redis_lost_the_history_and_after_a_reconnect() {
         let mut m = Mirror::default();
         m.start_load("ops", None);
-        m.loaded(
-            "ops",
-            &Snapshot {
-                epoch: E.into(),
-                last: 5,
-                entries: vec![],
-            },
-        );
+        assert!(load(&mut m, "ops", &snap(E, 5, [])).is_empty());
         // A new epoch (FLUSHALL): everything of it is new to the subscribers.
         assert_eq!(m.on_pub(pubm("ops", F, 2), pos(E, 5), true), Step::Load);
-        let snap = Snapshot {
-            epoch: F.into(),
-            last: 2,
-            entries: vec![entry(1, "1"), entry(2, "2")],
-        };
-        let out: Vec<u64> = m.loaded("ops", &snap).iter().map(|e| e.offset).collect();
-        assert_eq!(out, [1, 2]);
+        assert_eq!(load(&mut m, "ops", &snap(F, 2, 1..=2)), [1, 2]);
         // Redis away and back: the channel is stale, then reloaded from
         // where its subscribers were.
         m.disconnected();
@@ -1689,13 +1678,7 @@ mod tests {
         m.load_failed("ops");
         assert_eq!(m.stale(), ["ops"]);
         m.start_load("ops", pos(F, 2));
-        let snap = Snapshot {
-            epoch: F.into(),
-            last: 4,
-            entries: (1..=4).map(|n| entry(n, "0")).collect(),
-        };
-        let out: Vec<u64> = m.loaded("ops", &snap).iter().map(|e| e.offset).collect();
-        assert_eq!(out, [3, 4]);
+        assert_eq!(load(&mut m, "ops", &snap(F, 4, 1..=4)), [3, 4]);
         // Forgotten channels start over.
         m.disconnected();
         m.forget("ops");
