@@ -732,6 +732,14 @@ fn spec12_flags() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--history-dir"));
+    // Sessions live in Redis: no state file beside it.
+    let out = tessera_command()
+        .args(["serve", "--redis", "redis://127.0.0.1:1", "--state", "/tmp/x"])
+        .env("TESSERA_SECRET", KEY)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--state"));
     let out = tessera_command()
         .args(["serve", "--redis", "redis://u:hunter2@127.0.0.1:x"])
         .env("TESSERA_SECRET", KEY)

@@ -51,9 +51,10 @@ impl Keys {
     pub fn session_prefix(&self) -> String {
         format!("{}:s:", self.prefix)
     }
-    /// The sorted set of `sub`'s sessions (the name in hex, first 128 bytes).
+    /// The sorted set of `sub`'s sessions (the whole name in hex: two
+    /// users never share a set).
     pub fn user_sessions(&self, sub: &str) -> String {
-        let hex: String = sub.bytes().take(128).map(|b| format!("{b:02x}")).collect();
+        let hex: String = sub.bytes().map(|b| format!("{b:02x}")).collect();
         format!("{}:us:{hex}", self.prefix)
     }
 }
@@ -421,6 +422,8 @@ mod tests {
         let k = Keys::new("t");
         assert_eq!(k.session("abc"), "t:s:abc");
         assert_eq!(k.user_sessions("a b"), "t:us:612062");
+        let long = "x".repeat(300);
+        assert_ne!(k.user_sessions(&long), k.user_sessions(&format!("{long}y")));
         let sid = sid_of_family(&[7; 16]);
         assert_eq!(sid.len(), 22);
         assert_ne!(sid, sid_of_family(&[8; 16]));
