@@ -318,6 +318,24 @@ redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
 return redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
 "#;
 
+/// Most security events a node sends to the others per second, and most
+/// failed handshakes it counts in Redis per second: a flood of refused
+/// upgrades costs Redis and the other nodes a bounded amount (past it the
+/// events stay on their node, and the node's own §7 count still holds).
+pub const SHARED_PER_SEC: u32 = 500;
+
+/// A per-second budget: `(second, used)`. Takes one unit at `now` (Unix
+/// seconds) if fewer than `max` were used in that second.
+pub fn take_budget(budget: &Cell<(u64, u32)>, now: u64, max: u32) -> bool {
+    let (sec, used) = budget.get();
+    let used = if sec == now { used } else { 0 };
+    if used >= max {
+        return false;
+    }
+    budget.set((now, used + 1));
+    true
+}
+
 /// Most revocations kept for announcing after Redis is back (each is also
 /// in force on this node at once).
 const MAX_UNSENT: usize = 10_000;
@@ -735,6 +753,9 @@ pub struct Node {
     /// Addresses blocked by the cluster's §7 counts, until when (Unix
     /// seconds), from the broadcast: handshakes check it locally.
     blocked: RefCell<HashMap<std::net::IpAddr, u64>>,
+    /// [`SHARED_PER_SEC`] budgets: events sent, failed handshakes counted.
+    events_budget: Cell<(u64, u32)>,
+    failures_budget: Cell<(u64, u32)>,
     /// The server's shared state (set when [`Node::supervise`] starts).
     shared: RefCell<std::rc::Weak<Shared>>,
     /// The command connection (multiplexed: a clone per call); `None`
@@ -777,6 +798,8 @@ impl Node {
             revoked: RefCell::default(),
             unsent: RefCell::default(),
             blocked: RefCell::default(),
+            events_budget: Cell::new((0, 0)),
+            failures_budget: Cell::new((0, 0)),
             shared: RefCell::new(std::rc::Weak::new()),
             cmd: RefCell::new(None),
             up: Cell::new(false),
@@ -1028,7 +1051,7 @@ impl Node {
         let Some(shared) = self.shared.borrow().upgrade() else {
             return;
         };
-        if !self.up.get() {
+        if !self.up.get() || !take_budget(&self.failures_budget, crate::commands::now_unix(), SHARED_PER_SEC) {
             return;
         }
         let node = self.clone();
@@ -1052,7 +1075,7 @@ impl Node {
     /// Sends a security event recorded here to every other node (in the
     /// background; while Redis is away it stays this node's only).
     pub fn share_event(self: &Rc<Self>, e: &crate::events::Event) {
-        if !self.up.get() {
+        if !self.up.get() || !take_budget(&self.events_budget, crate::commands::now_unix(), SHARED_PER_SEC) {
             return;
         }
         let payload = encode_event(&self.cfg.node_id, e);
@@ -1553,6 +1576,16 @@ mod tests {
         ] {
             assert_eq!(decode_event(bad), None, "{:?}", String::from_utf8_lossy(bad));
         }
+    }
+
+    #[test]
+    fn shared_budgets_refill_each_second() {
+        let b = Cell::new((0, 0));
+        assert!((0..3).all(|_| take_budget(&b, 100, 3)));
+        assert!(!take_budget(&b, 100, 3));
+        assert!(take_budget(&b, 101, 3));
+        assert_eq!(b.get(), (101, 1));
+        assert!(!take_budget(&Cell::new((0, 0)), 5, 0));
     }
 
     #[test]
