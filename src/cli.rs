@@ -120,7 +120,7 @@ pub struct Serve {
     #[argh(option)]
     pub users: Option<PathBuf>,
     /// state file for sessions and revocations (written atomically); without
-    /// it they live in memory only
+    /// it they live in memory only (refused with --redis: they live in Redis)
     #[argh(option)]
     pub state: Option<PathBuf>,
     /// omit `Secure` from cookies (plain-HTTP development only)

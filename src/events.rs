@@ -58,6 +58,11 @@ impl Kind {
         Kind::SlowConsumer,
     ];
 
+    /// The kind named `s` (as [`Kind::as_str`] writes it).
+    pub fn parse(s: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Kind::WsReject => "ws_reject",
@@ -92,6 +97,9 @@ pub struct Event {
     /// For `revoked`: the operator who did it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub by: Option<String>,
+    /// Cluster mode (SPEC §12): the node it happened on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 impl Event {
@@ -148,6 +156,23 @@ impl Events {
         by: Option<&str>,
         ts_ms: u64,
     ) -> Event {
+        self.record_from(None, kind, reason, peer, sub, by, ts_ms)
+    }
+
+    /// [`Events::record`] naming the cluster node it happened on. Ids count
+    /// up in the order events are recorded here, whatever node they come
+    /// from.
+    #[allow(clippy::too_many_arguments)]
+    pub fn record_from(
+        &mut self,
+        node: Option<&str>,
+        kind: Kind,
+        reason: &str,
+        peer: Option<&str>,
+        sub: Option<&str>,
+        by: Option<&str>,
+        ts_ms: u64,
+    ) -> Event {
         self.last_id += 1;
         if self.ring.len() >= self.capacity {
             self.ring.pop_front();
@@ -160,6 +185,7 @@ impl Events {
             peer: peer.map(clip),
             sub: sub.map(clip),
             by: by.map(clip),
+            node: node.map(clip),
         };
         self.ring.push_back(e.clone());
         e
@@ -258,7 +284,13 @@ mod tests {
         assert_eq!(v["event"], "revoked");
         let e = r.record(Kind::IpThrottled, "too_many_failures", Some("::1"), None, None, 8);
         let v: serde_json::Value = serde_json::from_str(&e.to_json()).unwrap();
-        assert!(v["sub"].is_null() && v.get("by").is_none());
+        assert!(v["sub"].is_null() && v.get("by").is_none() && v.get("node").is_none());
+        let e = r.record_from(Some("b"), Kind::LoginFailed, "wrong_password", None, None, None, 9);
+        assert_eq!((e.id, e.node.as_deref()), (3, Some("b")));
+        for k in Kind::ALL {
+            assert_eq!(Kind::parse(k.as_str()), Some(k));
+        }
+        assert_eq!(Kind::parse("nope"), None);
         let names: Vec<&str> = Kind::ALL.iter().map(|k| k.as_str()).collect();
         assert_eq!(
             names,

@@ -442,6 +442,33 @@ fn users_file(test: &str) -> (std::path::PathBuf, tessera::auth::totp::TotpSecre
     (p, secret)
 }
 
+/// Three nodes `a`, `b`, `c` on a Redis of their own, all with the test
+/// users ([`users_file`]) and `extra` flags. `None` (after SKIPPED) without
+/// `redis-server`. The nodes stop before Redis (field order).
+struct Cluster {
+    nodes: [Server; 3],
+    redis: Redis,
+    /// The users file's path.
+    users: String,
+}
+
+impl Cluster {
+    fn three(test: &str, extra: &[&str]) -> Option<Cluster> {
+        let redis = Redis::start(test)?;
+        let (users, _) = users_file(test);
+        let users = users.to_str().unwrap().to_string();
+        let mut flags = vec!["--users", users.as_str()];
+        flags.extend_from_slice(extra);
+        let nodes = [
+            node(&redis, "a", &flags),
+            node(&redis, "b", &flags),
+            node(&redis, "c", &flags),
+        ];
+        drop(flags);
+        Some(Cluster { nodes, redis, users })
+    }
+}
+
 fn login(s: &Server, user: &str, otp: Option<&str>) -> String {
     let mut b = json!({"username": user, "password": format!("{user}-pass")});
     if let Some(c) = otp {
@@ -519,15 +546,11 @@ fn spec12_a_totp_code_used_on_one_node_is_refused_on_another() {
 
 #[test]
 fn spec12_logout_on_one_node_closes_the_sessions_sockets_on_every_node() {
-    let Some(redis) = Redis::start("spec12_logout_on_one_node_closes_the_sessions_sockets_on_every_node") else {
+    let Some(cluster) = Cluster::three("logout", &[]) else {
         return;
     };
-    let (users, _) = users_file("logout");
-    let users = users.to_str().unwrap().to_string();
-    let a = node(&redis, "a", &["--users", &users]);
-    let b = node(&redis, "b", &["--users", &users]);
-    let c = node(&redis, "c", &["--users", &users]);
-    let r = login(&a, "agent-7", None);
+    let [a, b, c] = &cluster.nodes;
+    let r = login(a, "agent-7", None);
     assert_eq!(status(&r), 200, "{r}");
     let access = body(&r)["access_token"].as_str().unwrap().to_string();
     let refresh = body(&r)["refresh_token"].as_str().unwrap().to_string();
@@ -564,7 +587,7 @@ fn spec12_logout_on_one_node_closes_the_sessions_sockets_on_every_node() {
     );
     assert_eq!(status(&r), 401, "{r}");
     // A node started later learns the revocation from Redis.
-    let d = node(&redis, "d", &["--users", &users]);
+    let d = node(&cluster.redis, "d", &["--users", &cluster.users]);
     block_on(async {
         std::thread::sleep(Duration::from_millis(200));
         let up = ws_connect(d.addr, &[("Authorization", &format!("Bearer {access}"))]).await;
@@ -574,16 +597,10 @@ fn spec12_logout_on_one_node_closes_the_sessions_sockets_on_every_node() {
 
 #[test]
 fn spec12_failed_logins_count_across_nodes() {
-    let Some(redis) = Redis::start("spec12_failed_logins_count_across_nodes") else {
+    let Some(cluster) = Cluster::three("throttle", &[]) else {
         return;
     };
-    let (users, _) = users_file("throttle");
-    let users = users.to_str().unwrap().to_string();
-    let nodes = [
-        node(&redis, "a", &["--users", &users]),
-        node(&redis, "b", &["--users", &users]),
-        node(&redis, "c", &["--users", &users]),
-    ];
+    let nodes = &cluster.nodes;
     let wrong = |s: &Server| {
         http(
             s.addr,
@@ -605,7 +622,7 @@ fn spec12_failed_logins_count_across_nodes() {
     // The 10th, on C, starts the block everywhere, also for a right password.
     assert_eq!(status(&wrong(&nodes[2])), 401);
     nodes[2].wait_log(&["ip_throttled"]);
-    for n in &nodes {
+    for n in nodes {
         let r = login(n, "agent-7", None);
         assert_eq!(
             (status(&r), body(&r)["error"].as_str()),
@@ -715,6 +732,14 @@ fn spec12_flags() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--history-dir"));
+    // Sessions live in Redis: no state file beside it.
+    let out = tessera_command()
+        .args(["serve", "--redis", "redis://127.0.0.1:1", "--state", "/tmp/x"])
+        .env("TESSERA_SECRET", KEY)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--state"));
     let out = tessera_command()
         .args(["serve", "--redis", "redis://u:hunter2@127.0.0.1:x"])
         .env("TESSERA_SECRET", KEY)
@@ -751,5 +776,419 @@ fn reuse_port_lets_two_nodes_share_one_port() {
     assert_eq!(first.addr, second.addr);
     for _ in 0..4 {
         assert_eq!(status(&http(first.addr, "GET", "/healthz", &[], "")), 200);
+    }
+}
+
+fn refresh(s: &Server, token: &str) -> String {
+    http(
+        s.addr,
+        "POST",
+        "/auth/refresh",
+        &[("Content-Type", "application/json")],
+        &json!({"refresh_token": token}).to_string(),
+    )
+}
+
+/// The access and refresh tokens of a 200 from login or refresh.
+fn tokens(r: &str) -> (String, String) {
+    assert_eq!(status(r), 200, "{r}");
+    let b = body(r);
+    (
+        b["access_token"].as_str().unwrap().to_string(),
+        b["refresh_token"].as_str().unwrap().to_string(),
+    )
+}
+
+fn error_of(r: &str) -> (u16, Option<String>) {
+    (status(r), body(r)["error"].as_str().map(String::from))
+}
+
+#[test]
+fn spec12_a_session_made_on_one_node_refreshes_on_any_other() {
+    let Some(cluster) = Cluster::three("refresh_anywhere", &[]) else {
+        return;
+    };
+    let ([a, b, c], redis) = (&cluster.nodes, &cluster.redis);
+    let (_, r1) = tokens(&login(a, "agent-7", None));
+    let (access2, r2) = tokens(&refresh(b, &r1));
+    block_on(async {
+        // The new access token works on a third node, names the same
+        // session and keeps the login's amr.
+        let (mut ws, w) = ws_bearer(c.addr, &access2).await;
+        assert_eq!(w["type"], "welcome", "{w}");
+        send(&mut ws, json!({"type":"ping"})).await;
+        assert_eq!(recv(&mut ws).await["type"], "pong");
+    });
+    // And the new refresh token rotates on C, then on A.
+    let (_, r3) = tokens(&refresh(c, &r2));
+    let (_, r4) = tokens(&refresh(a, &r3));
+    assert_ne!(r4, r3);
+    // Redis holds the session by its sid, and only digests of its tokens.
+    let out = Command::new("redis-cli")
+        .args(["-p", &redis.port.to_string(), "--scan", "--pattern", "t:*"])
+        .output()
+        .unwrap();
+    let keys = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(keys.contains("t:s:") && keys.contains("t:us:"), "{keys}");
+    let dump = Command::new("redis-cli")
+        .args(["-p", &redis.port.to_string(), "--no-raw"])
+        .args(["EVAL", "local o = {} for _, k in ipairs(redis.call('KEYS', 't:s:*')) do for _, v in ipairs(redis.call('HGETALL', k)) do o[#o+1] = v end end return o", "0"])
+        .output()
+        .unwrap();
+    let dump = String::from_utf8_lossy(&dump.stdout).to_string();
+    assert!(dump.contains("agent-7"), "{dump}");
+    for t in [&r1, &r2, &r3, &r4] {
+        assert!(!dump.contains(t.as_str()), "a raw refresh token in Redis: {dump}");
+    }
+    // Garbage is refused without a session.
+    assert_eq!(
+        error_of(&refresh(b, "not-a-token")),
+        (401, Some("invalid_refresh_token".into()))
+    );
+}
+
+#[test]
+fn spec12_refresh_rotated_on_a_and_reused_on_b_revokes_the_session_and_closes_its_socket_on_c_with_4003() {
+    let Some(cluster) = Cluster::three("reuse", &[]) else {
+        return;
+    };
+    let [a, b, c] = &cluster.nodes;
+    let (access1, r1) = tokens(&login(a, "agent-7", None));
+    block_on(async {
+        let (mut on_c, _) = ws_bearer(c.addr, &access1).await;
+        let (mut other, _) = ws_bearer(c.addr, &token("someone", 0, 600, |_| {})).await;
+        // Rotated on A ...
+        let (access2, r2) = tokens(&refresh(a, &r1));
+        let (mut on_a, _) = ws_bearer(a.addr, &access2).await;
+        // ... and the old token reused on B: the session dies everywhere.
+        let r = refresh(b, &r1);
+        assert_eq!(error_of(&r), (401, Some("refresh_token_reused".into())), "{r}");
+        assert_eq!(close_code(&mut on_c, Duration::from_secs(1)).await, Some(4003));
+        assert_eq!(close_code(&mut on_a, Duration::from_secs(1)).await, Some(4003));
+        b.wait_log(&["refresh_reused"]);
+        send(&mut other, json!({"type":"ping"})).await;
+        assert_eq!(recv(&mut other).await["type"], "pong");
+        // The current token is dead too, on every node, and so are the
+        // session's access tokens.
+        for n in [&a, &b, &c] {
+            let r = refresh(n, &r2);
+            assert_eq!(error_of(&r), (401, Some("invalid_refresh_token".into())), "{r}");
+            for t in [&access1, &access2] {
+                let up = ws_connect(n.addr, &[("Authorization", &format!("Bearer {t}"))]).await;
+                assert!(up.is_err(), "a revoked session's token opened a socket");
+            }
+        }
+    });
+}
+
+#[test]
+fn spec12_logout_on_b_of_a_session_made_on_a() {
+    let Some(redis) = Redis::start("spec12_logout_on_b_of_a_session_made_on_a") else {
+        return;
+    };
+    let (users, _) = users_file("logout_refresh");
+    let users = users.to_str().unwrap().to_string();
+    let a = node(&redis, "a", &["--users", &users]);
+    let b = node(&redis, "b", &["--users", &users]);
+    let (access, r1) = tokens(&login(&a, "agent-7", None));
+    let logout = |s: &Server, t: &str| {
+        http(
+            s.addr,
+            "POST",
+            "/auth/logout",
+            &[("Content-Type", "application/json")],
+            &json!({"refresh_token": t}).to_string(),
+        )
+    };
+    block_on(async {
+        let (mut on_a, _) = ws_bearer(a.addr, &access).await;
+        // By the refresh token, on the node that did not make the session.
+        let r = logout(&b, &r1);
+        assert_eq!(status(&r), 204, "{r}");
+        assert_eq!(close_code(&mut on_a, Duration::from_secs(1)).await, Some(4003));
+        // At once refused on B itself.
+        let up = ws_connect(b.addr, &[("Authorization", &format!("Bearer {access}"))]).await;
+        assert!(up.is_err(), "a logged-out session's token opened a socket");
+    });
+    let r = refresh(&a, &r1);
+    assert_eq!(error_of(&r), (401, Some("invalid_refresh_token".into())), "{r}");
+    // A well-formed token of no session is refused, like on one node.
+    let unknown = "A".repeat(43);
+    assert_eq!(error_of(&logout(&b, &unknown)), (401, Some("invalid_token".into())));
+}
+
+#[test]
+fn spec12_refresh_while_redis_is_down_is_503_and_works_again_after() {
+    let dir = std::env::temp_dir().join(format!("tessera-cluster-aof-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let dir_s = dir.to_str().unwrap().to_string();
+    // AOF with fsync on every write: a SIGKILL loses no session.
+    let Some(mut redis) = Redis::start_with(
+        "spec12_refresh_while_redis_is_down_is_503_and_works_again_after",
+        &["--appendonly", "yes", "--appendfsync", "always", "--dir", &dir_s],
+    ) else {
+        return;
+    };
+    let (users, _) = users_file("refresh_down");
+    let users = users.to_str().unwrap().to_string();
+    let a = node(&redis, "a", &["--users", &users]);
+    let b = node(&redis, "b", &["--users", &users]);
+    let (access, r1) = tokens(&login(&a, "agent-7", None));
+    redis.kill();
+    b.wait_log(&["broker_down", "\"b\""]);
+    let r = refresh(&b, &r1);
+    assert_eq!(error_of(&r), (503, Some("state_unavailable".into())), "{r}");
+    assert_eq!(header(&r, "Retry-After"), Some("1"), "{r}");
+    // Valid tokens still connect while Redis is away.
+    block_on(async {
+        let (_ws, w) = ws_bearer(b.addr, &access).await;
+        assert_eq!(w["type"], "welcome", "{w}");
+    });
+    redis.launch();
+    let until = Instant::now() + Duration::from_secs(15);
+    while b.logs().lines().filter(|l| l.contains("broker_up")).count() < 2 {
+        assert!(Instant::now() < until, "b did not reconnect:\n{}", b.logs());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The token the 503 did not consume still rotates, on B.
+    let (_, r2) = tokens(&refresh(&b, &r1));
+    assert_eq!(status(&refresh(&a, &r2)), 200);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn spec12_max_sessions_per_user_evicts_across_nodes() {
+    let Some(redis) = Redis::start("spec12_max_sessions_per_user_evicts_across_nodes") else {
+        return;
+    };
+    let (users, _) = users_file("evict");
+    let users = users.to_str().unwrap().to_string();
+    let flags = ["--users", users.as_str(), "--max-sessions-per-user", "2"];
+    let a = node(&redis, "a", &flags);
+    let b = node(&redis, "b", &flags);
+    let (oldest, r_oldest) = tokens(&login(&a, "agent-7", None));
+    let (second, _) = tokens(&login(&b, "agent-7", None));
+    block_on(async {
+        let (mut ws_oldest, _) = ws_bearer(a.addr, &oldest).await;
+        let (mut ws_second, _) = ws_bearer(a.addr, &second).await;
+        // A third login, on B: the least recently used session (made on A) goes.
+        let (third, _) = tokens(&login(&b, "agent-7", None));
+        assert_eq!(close_code(&mut ws_oldest, Duration::from_secs(1)).await, Some(4003));
+        b.wait_log(&["session_evicted"]);
+        send(&mut ws_second, json!({"type":"ping"})).await;
+        assert_eq!(recv(&mut ws_second).await["type"], "pong");
+        let (_ws, w) = ws_bearer(a.addr, &third).await;
+        assert_eq!(w["type"], "welcome", "{w}");
+    });
+    let r = refresh(&a, &r_oldest);
+    assert_eq!(error_of(&r), (401, Some("invalid_refresh_token".into())), "{r}");
+}
+
+/// The status of a WebSocket upgrade with `token` (the head only: a 101
+/// is not waited on).
+fn upgrade_status(addr: std::net::SocketAddr, token: &str) -> u16 {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(&upgrade("/ws", &format!("Authorization: Bearer {token}\r\n")))
+        .unwrap();
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") && s.read(&mut b).is_ok_and(|n| n == 1) {
+        head.push(b[0]);
+    }
+    status(&String::from_utf8_lossy(&head))
+}
+
+#[test]
+fn spec12_failed_handshakes_count_across_nodes() {
+    let Some(cluster) = Cluster::three("handshakes", &[]) else {
+        return;
+    };
+    let nodes = &cluster.nodes;
+    let good = token("field", 0, 600, |_| {});
+    let bad = format!("{good}x");
+    // 4 + 4 + 1 refused upgrades: no node reaches the limit of 10 itself,
+    // nor the cluster.
+    for (n, times) in [(0, 4), (1, 4), (2, 1)] {
+        for _ in 0..times {
+            assert_eq!(upgrade_status(nodes[n].addr, &bad), 401);
+        }
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    for n in nodes {
+        assert_eq!(upgrade_status(n.addr, &good), 101, "the 9th failure must not block");
+    }
+    // The 10th, on B, blocks the address on every node, for a good token
+    // too, and for logins.
+    assert_eq!(upgrade_status(nodes[1].addr, &bad), 401);
+    for n in nodes {
+        let until = Instant::now() + Duration::from_secs(2);
+        loop {
+            let s = upgrade_status(n.addr, &good);
+            if s == 429 {
+                break;
+            }
+            assert_eq!(s, 101);
+            assert!(Instant::now() < until, "no block on {}", n.addr);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    nodes[1].wait_log(&["ip_throttled"]);
+    let r = login(&nodes[0], "agent-7", None);
+    assert_eq!(error_of(&r), (429, Some("too_many_attempts".into())), "{r}");
+}
+
+#[test]
+fn spec13_security_events_of_every_node_reach_an_operator_on_any_node() {
+    let Some(redis) = Redis::start("spec13_security_events_of_every_node_reach_an_operator_on_any_node") else {
+        return;
+    };
+    let (users, _) = users_file("events");
+    let users = users.to_str().unwrap().to_string();
+    let flags = ["--users", users.as_str(), "--admin-min-clearance", "5"];
+    let a = node(&redis, "a", &flags);
+    let b = node(&redis, "b", &flags);
+    let op = token("op", 9, 600, |_| {});
+    block_on(async {
+        let (mut ws, _) = ws_bearer(a.addr, &op).await;
+        subscribe(&mut ws, "$security", None).await;
+        // A failed login on B ...
+        let r = http(
+            b.addr,
+            "POST",
+            "/auth/login",
+            &[("Content-Type", "application/json")],
+            &json!({"username":"agent-7","password":"nope"}).to_string(),
+        );
+        assert_eq!(status(&r), 401, "{r}");
+        // ... is live on A's `$security`, naming B ...
+        let m = recv(&mut ws).await;
+        assert_eq!(m["channel"], "$security", "{m}");
+        let e = &m["data"];
+        assert_eq!(
+            (
+                e["event"].as_str(),
+                e["reason"].as_str(),
+                e["sub"].as_str(),
+                e["node"].as_str()
+            ),
+            (Some("login_failed"), Some("wrong_password"), Some("agent-7"), Some("b")),
+            "{m}"
+        );
+        // ... and one of A's own comes after it, with the next id.
+        let bad = format!("{op}x");
+        assert_eq!(upgrade_status(a.addr, &bad), 401);
+        let m2 = recv(&mut ws).await;
+        assert_eq!(
+            (m2["data"]["event"].as_str(), m2["data"]["node"].as_str()),
+            (Some("ws_reject"), Some("a")),
+            "{m2}"
+        );
+        assert_eq!(m2["data"]["id"].as_u64(), e["id"].as_u64().map(|i| i + 1), "{m2}");
+    });
+    // A's /admin/events has both, ids counting up, and says whose ids they are.
+    let r = http(
+        a.addr,
+        "GET",
+        "/admin/events",
+        &[("Authorization", &format!("Bearer {op}"))],
+        "",
+    );
+    assert_eq!(status(&r), 200, "{r}");
+    let v = body(&r);
+    assert_eq!(v["node"], "a", "{v}");
+    let events = v["events"].as_array().unwrap();
+    let seen: Vec<(&str, &str)> = events
+        .iter()
+        .map(|e| (e["event"].as_str().unwrap(), e["node"].as_str().unwrap()))
+        .collect();
+    assert_eq!(seen, [("login_failed", "b"), ("ws_reject", "a")], "{v}");
+    assert!(events[0]["id"].as_u64() < events[1]["id"].as_u64(), "{v}");
+    // B has its own event once (its own broadcast is not recorded twice),
+    // then A's.
+    let until = Instant::now() + Duration::from_secs(2);
+    loop {
+        let r = http(
+            b.addr,
+            "GET",
+            "/admin/events",
+            &[("Authorization", &format!("Bearer {op}"))],
+            "",
+        );
+        let v = body(&r);
+        let on_b: Vec<&str> = v["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["event"].as_str().unwrap())
+            .collect();
+        if on_b.len() == 2 {
+            assert_eq!(on_b, ["login_failed", "ws_reject"], "{v}");
+            break;
+        }
+        assert_eq!(on_b, ["login_failed"], "{v}");
+        assert!(Instant::now() < until, "A's event never reached B: {v}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn spec13_admin_revoke_on_one_node_reaches_sessions_made_on_another() {
+    let Some(redis) = Redis::start("spec13_admin_revoke_on_one_node_reaches_sessions_made_on_another") else {
+        return;
+    };
+    let (users, _) = users_file("admin_revoke");
+    let users = users.to_str().unwrap().to_string();
+    let flags = ["--users", users.as_str(), "--admin-min-clearance", "5"];
+    let a = node(&redis, "a", &flags);
+    let b = node(&redis, "b", &flags);
+    let op = token("op", 9, 600, |_| {});
+    let revoke = |s: &Server, body: Value| {
+        http(
+            s.addr,
+            "POST",
+            "/admin/revoke",
+            &[
+                ("Authorization", &format!("Bearer {op}")),
+                ("Content-Type", "application/json"),
+            ],
+            &body.to_string(),
+        )
+    };
+    let (access1, r1) = tokens(&login(&a, "agent-7", None));
+    let (access2, r2) = tokens(&login(&a, "agent-7", None));
+    block_on(async {
+        let (mut on_a, _) = ws_bearer(a.addr, &access1).await;
+        let (mut on_b, _) = ws_bearer(b.addr, &access1).await;
+        // By sid, on B: the session made on A counts, and B's socket of it.
+        let sid = body(&http(
+            a.addr,
+            "GET",
+            "/admin/connections",
+            &[("Authorization", &format!("Bearer {op}"))],
+            "",
+        ))["connections"][0]["sid"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let r = revoke(&b, json!({ "sid": sid }));
+        assert_eq!(status(&r), 200, "{r}");
+        assert_eq!(
+            (body(&r)["revoked"].as_u64(), body(&r)["closed"].as_u64()),
+            (Some(1), Some(1)),
+            "{r}"
+        );
+        assert_eq!(close_code(&mut on_a, Duration::from_secs(1)).await, Some(4003));
+        assert_eq!(close_code(&mut on_b, Duration::from_secs(1)).await, Some(4003));
+        // By sub, on B: the other session made on A.
+        let (mut second, _) = ws_bearer(a.addr, &access2).await;
+        let r = revoke(&b, json!({"sub": "agent-7"}));
+        assert_eq!(body(&r)["revoked"].as_u64(), Some(1), "{r}");
+        assert_eq!(close_code(&mut second, Duration::from_secs(1)).await, Some(4003));
+    });
+    for t in [&r1, &r2] {
+        assert_eq!(error_of(&refresh(&a, t)), (401, Some("invalid_refresh_token".into())));
     }
 }

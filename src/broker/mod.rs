@@ -126,13 +126,15 @@ pub fn node_id_ok(s: &str) -> bool {
 }
 
 /// Validates `--redis`, `--redis-prefix` and `--node-id` (SPEC §12).
-/// `random_id` names the node when `--node-id` is absent. Errors name the
+/// `--history-dir` and `--state` are refused with `--redis` (history,
+/// sessions and revocations live in Redis). `random_id` names the node when `--node-id` is absent. Errors name the
 /// flag; without the cargo feature `cluster`, `--redis` is refused.
 pub fn cluster_config(
     redis: Option<&str>,
     prefix: Option<&str>,
     node_id: Option<&str>,
     history_dir: bool,
+    state_file: bool,
     random_id: impl FnOnce() -> String,
 ) -> Result<Option<ClusterConfig>, String> {
     let Some(url) = redis else {
@@ -147,6 +149,9 @@ pub fn cluster_config(
     let url = RedisUrl::parse(url).map_err(|e| format!("--redis: {e}"))?;
     if history_dir {
         return Err("--history-dir: with --redis the history lives in Redis; drop one of them".into());
+    }
+    if state_file {
+        return Err("--state: with --redis sessions and revocations live in Redis; drop one of them".into());
     }
     let prefix = prefix.unwrap_or("tessera");
     if !prefix_ok(prefix) {
@@ -322,6 +327,44 @@ pub async fn login_failure(shared: &Shared, client: std::net::IpAddr, user: &str
     }
 }
 
+/// Cluster mode: sends a security event recorded here to every other node
+/// (SPEC §13 across the cluster); nothing with the local engine.
+pub fn share_event(shared: &Shared, event: &crate::events::Event) {
+    match &shared.engine {
+        Engine::Local => {
+            let _ = event;
+        }
+        #[cfg(feature = "cluster")]
+        Engine::Redis(node) => node.share_event(event),
+    }
+}
+
+/// Cluster mode: counts a handshake answered 401 in Redis too (in the
+/// background: the answer does not wait), so the §7 limit holds across
+/// nodes; a block it starts reaches every node by the broadcast.
+pub fn handshake_failure(shared: &Shared, client: std::net::IpAddr) {
+    match &shared.engine {
+        Engine::Local => {
+            let _ = client;
+        }
+        #[cfg(feature = "cluster")]
+        Engine::Redis(node) => node.handshake_failure(client),
+    }
+}
+
+/// Cluster mode: whether handshakes from `client` are blocked by the
+/// cluster's count (a local check, no Redis round trip): seconds left.
+pub fn handshake_blocked(shared: &Shared, client: std::net::IpAddr, now: u64) -> Option<u64> {
+    match &shared.engine {
+        Engine::Local => {
+            let _ = (client, now);
+            None
+        }
+        #[cfg(feature = "cluster")]
+        Engine::Redis(node) => node.address_blocked(client, now),
+    }
+}
+
 /// Whether session `sid` was revoked on another node of the cluster (the
 /// handshake's check stays local: nodes keep the cluster's revoked set).
 pub fn revoked_elsewhere(shared: &Shared, sid: &str) -> bool {
@@ -353,6 +396,113 @@ pub fn announce_revocation(shared: &Shared, sid: Option<&str>, sub: Option<&str>
                 node.announce(redis::Revocation::Sub(sub.to_string()));
             }
         }
+    }
+}
+
+/// A session opened in the cluster's store (SPEC §12).
+#[derive(Debug)]
+pub struct Opened {
+    pub sid: String,
+    pub refresh: String,
+    /// Sessions of the user revoked to stay under `--max-sessions-per-user`.
+    pub evicted: Vec<String>,
+}
+
+/// A refresh done in the cluster's store.
+#[derive(Debug)]
+pub struct Rotated {
+    pub sid: String,
+    pub sub: String,
+    pub amr: Vec<String>,
+    pub refresh: String,
+}
+
+/// What a refresh in the cluster's store came to: the rotation, or the
+/// refusal (with the agent concerned, for a reuse).
+pub type RefreshOutcome = Result<Rotated, (crate::auth::sessions::RefreshError, Option<String>)>;
+
+/// Cluster mode: opens a session of `sub` in Redis, evicting the user's
+/// least recently used sessions past `--max-sessions-per-user` on every
+/// node. `None` with the local engine (the caller uses `shared.sessions`);
+/// `Some(Err)` while Redis is away (503 `state_unavailable`).
+pub async fn open_session(
+    shared: &Shared,
+    sub: &str,
+    amr: &[&str],
+    now: u64,
+    random: [u8; 32],
+) -> Option<Result<Opened, ()>> {
+    match &shared.engine {
+        Engine::Local => {
+            let _ = (sub, amr, now, random);
+            None
+        }
+        #[cfg(feature = "cluster")]
+        Engine::Redis(node) => Some(node.open_session(shared, sub, amr, now, random).await),
+    }
+}
+
+/// Cluster mode: rotates a refresh token in Redis (atomic across nodes; a
+/// reuse revokes the session on every node). `None` with the local engine.
+pub async fn rotate_refresh(
+    shared: &Shared,
+    presented: &str,
+    now: u64,
+    random: [u8; 32],
+) -> Option<Result<RefreshOutcome, ()>> {
+    match &shared.engine {
+        Engine::Local => {
+            let _ = (presented, now, random);
+            None
+        }
+        #[cfg(feature = "cluster")]
+        Engine::Redis(node) => Some(node.rotate_refresh(shared, presented, now, random).await),
+    }
+}
+
+/// Cluster mode: the session a refresh token names (derived from the
+/// token, whether or not Redis has it). `None` with the local engine.
+pub fn sid_of_refresh(shared: &Shared, presented: &str) -> Option<Option<String>> {
+    match &shared.engine {
+        Engine::Local => {
+            let _ = presented;
+            None
+        }
+        #[cfg(feature = "cluster")]
+        Engine::Redis(_) => Some(redis::sessions::Presented::parse(presented).map(|p| p.sid)),
+    }
+}
+
+/// Cluster mode: revokes session `sid` in Redis now and on every node:
+/// `Some(Ok((had, live)))`: whether Redis had the session, and whether it
+/// was live until now; `Some(Err)` while Redis is away (then
+/// [`announce_revocation`] sends it later). `None` with the local engine.
+pub async fn revoke_now(shared: &Shared, sid: &str) -> Option<Result<(bool, bool), ()>> {
+    match &shared.engine {
+        Engine::Local => {
+            let _ = sid;
+            None
+        }
+        #[cfg(feature = "cluster")]
+        Engine::Redis(node) => Some(node.revoke_sid(shared, sid).await.map(|r| {
+            (
+                r != redis::sessions::RevokeReply::NoSession,
+                r == redis::sessions::RevokeReply::Revoked,
+            )
+        })),
+    }
+}
+
+/// Cluster mode: revokes every session of `sub` in Redis and on every node;
+/// how many were live. `None` with the local engine.
+pub async fn revoke_sub_now(shared: &Shared, sub: &str) -> Option<Result<u64, ()>> {
+    match &shared.engine {
+        Engine::Local => {
+            let _ = sub;
+            None
+        }
+        #[cfg(feature = "cluster")]
+        Engine::Redis(node) => Some(node.revoke_sub_now(shared, sub).await),
     }
 }
 
@@ -394,18 +544,23 @@ mod tests {
     #[test]
     fn spec12_cluster_flags() {
         let id = || "n1".to_string();
-        assert_eq!(cluster_config(None, None, None, false, id), Ok(None));
-        assert!(cluster_config(None, Some("p"), None, false, id).is_err());
-        assert!(cluster_config(None, None, Some("n"), false, id).is_err());
-        let r = cluster_config(Some("redis://h:1"), None, None, false, id);
+        assert_eq!(cluster_config(None, None, None, false, false, id), Ok(None));
+        assert!(cluster_config(None, Some("p"), None, false, false, id).is_err());
+        assert!(cluster_config(None, None, Some("n"), false, false, id).is_err());
+        let r = cluster_config(Some("redis://h:1"), None, None, false, false, id);
         if cfg!(feature = "cluster") {
             let c = r.unwrap().unwrap();
             assert_eq!((c.prefix.as_str(), c.node_id.as_str()), ("tessera", "n1"));
-            assert!(cluster_config(Some("redis://h:1"), None, None, true, id).is_err());
-            assert!(cluster_config(Some("redis://h:1"), Some("a b"), None, false, id).is_err());
-            assert!(cluster_config(Some("redis://h:1"), Some(""), None, false, id).is_err());
-            assert!(cluster_config(Some("redis://h:1"), None, Some("a/b"), false, id).is_err());
-            let c = cluster_config(Some("redis://h:1"), Some("x:y"), Some("node-2"), false, id)
+            assert!(cluster_config(Some("redis://h:1"), None, None, true, false, id).is_err());
+            assert!(
+                cluster_config(Some("redis://h:1"), None, None, false, true, id)
+                    .unwrap_err()
+                    .contains("--state")
+            );
+            assert!(cluster_config(Some("redis://h:1"), Some("a b"), None, false, false, id).is_err());
+            assert!(cluster_config(Some("redis://h:1"), Some(""), None, false, false, id).is_err());
+            assert!(cluster_config(Some("redis://h:1"), None, Some("a/b"), false, false, id).is_err());
+            let c = cluster_config(Some("redis://h:1"), Some("x:y"), Some("node-2"), false, false, id)
                 .unwrap()
                 .unwrap();
             assert_eq!((c.prefix.as_str(), c.node_id.as_str()), ("x:y", "node-2"));

@@ -26,12 +26,15 @@
 //! Shared login state: `P:totp:USER` holds the user's last used TOTP step
 //! ([`TOTP_SCRIPT`]: a code's step must be later, so a code works on one
 //! node only), and `P:thr:*` the §7 failure counts and blocks per address
-//! and per user name ([`FAILURE_SCRIPT`], [`BLOCKED_SCRIPT`]). Revocations
+//! and per user name ([`FAILURE_SCRIPT`], [`BLOCKED_SCRIPT`]; failed logins
+//! and failed handshakes count, and an address block goes out on `P:pub` as
+//! `!blk ADDRESS SECONDS` so handshakes check it locally). Sessions and
+//! refresh tokens live in `P:s:*` and `P:us:*` ([`sessions`]). Revocations
 //! go out on `P:pub` as `!sid ID` / `!sub NAME` ([`REVOKE_SCRIPT`]) and
 //! session ids stay in the sorted set `P:revoked` until their access tokens
 //! are dead; every node keeps that set in memory for its handshakes.
-//! Sessions and refresh tokens themselves are not here yet: each node
-//! keeps its own.
+//! Security events go out as `!ev NODE JSON` ([`EVENT_SCRIPT`]): every node
+//! records the others' in its own ring and `$security`.
 //!
 //! Key names, scripts, payload codecs and [`Mirror`] are sans-IO and tested
 //! here. The async shell ([`Node`]) talks to Redis through the `redis` crate:
@@ -41,6 +44,8 @@
 //! thread); the event loop only awaits replies and messages, with smol timers
 //! as timeouts. The node reconnects with backoff and logs `broker_down` /
 //! `broker_up`.
+
+pub mod sessions;
 
 use super::{ClusterConfig, StoreFailure};
 use crate::history::{Position, epoch_ok};
@@ -190,14 +195,17 @@ end
 return t
 "#;
 
-/// Counts one failed login (SPEC §7, shared): KEYS address count, address
-/// block, user count, user block; ARGV address limit, user limit, window
-/// seconds. A count lives one window from its first failure; reaching the
-/// limit replaces it with a block for one window. Returns 1 when an
-/// address block started, plus 2 when a user block did.
+/// Counts one failed authentication (SPEC §7, shared): KEYS address
+/// count, address block, and for a login the user count and user block;
+/// ARGV address limit, user limit, window seconds, the broadcast channel,
+/// the address. A count lives one window from its first failure; reaching
+/// the limit replaces it with a block for one window, and an address block
+/// is broadcast (`!blk ADDRESS SECONDS`) so every node refuses handshakes
+/// from it without asking Redis. Returns 1 when an address block started,
+/// plus 2 when a user block did.
 pub const FAILURE_SCRIPT: &str = r#"
 local started = 0
-for i = 0, 1 do
+for i = 0, #KEYS / 2 - 1 do
   local count, block = KEYS[2 * i + 1], KEYS[2 * i + 2]
   if redis.call('EXISTS', block) == 0 then
     local n = redis.call('INCR', count)
@@ -206,25 +214,102 @@ for i = 0, 1 do
       redis.call('DEL', count)
       redis.call('SET', block, '1', 'EX', ARGV[3])
       started = started + i + 1
+      if i == 0 then redis.call('PUBLISH', ARGV[4], '!blk ' .. ARGV[5] .. ' ' .. ARGV[3]) end
     end
   end
 end
 return started
 "#;
 
+/// Parses an address-block broadcast (`!blk ADDRESS SECONDS`).
+pub fn decode_block(payload: &[u8]) -> Option<(std::net::IpAddr, u64)> {
+    let text = std::str::from_utf8(payload.strip_prefix(b"!blk ")?).ok()?;
+    let (addr, secs) = text.split_once(' ')?;
+    let secs: u64 = secs.parse().ok()?;
+    (secs <= 3600).then_some(())?;
+    Some((addr.parse().ok()?, secs))
+}
+
 /// Announces a revocation (SPEC §12): KEYS the revoked-sessions sorted
-/// set, the broadcast channel; ARGV `sid` or `sub`, the id, until (Unix
-/// seconds), now. A session id is kept in the set until its access tokens
-/// can no longer be valid (nodes load it when they connect); both kinds are
-/// broadcast as `!sid ID` / `!sub NAME`.
+/// set, the broadcast channel, and for `sub` the user's set of sessions;
+/// ARGV `sid` or `sub`, the id, until (Unix seconds), now, the session-key
+/// prefix. A session id is kept in the set until its access tokens can no
+/// longer be valid (nodes load it when they connect) and broadcast as
+/// `!sid ID`; its session in Redis ([`sessions`]) is marked revoked. For
+/// `sub`, each live session of the user is revoked so, then `!sub NAME` is
+/// broadcast. Returns, for `sid`, 0 (no such session in Redis), 1 (revoked
+/// now) or 2 (revoked before); for `sub`, the sessions revoked now.
 pub const REVOKE_SCRIPT: &str = r#"
-if ARGV[1] == 'sid' then
-  redis.call('ZADD', KEYS[1], ARGV[3], ARGV[2])
-end
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[4])
-redis.call('PUBLISH', KEYS[2], '!' .. ARGV[1] .. ' ' .. ARGV[2])
-return 1
+local function revoke(sid)
+  local rev = redis.call('HGET', ARGV[5] .. sid, 'rev')
+  if rev == '0' then redis.call('HSET', ARGV[5] .. sid, 'rev', '1') end
+  redis.call('ZADD', KEYS[1], ARGV[3], sid)
+  redis.call('PUBLISH', KEYS[2], '!sid ' .. sid)
+  return rev
+end
+if ARGV[1] == 'sid' then
+  local rev = revoke(ARGV[2])
+  if not rev then return 0 elseif rev == '0' then return 1 else return 2 end
+end
+local n = 0
+if KEYS[3] then
+  for _, sid in ipairs(redis.call('ZRANGE', KEYS[3], 0, -1)) do
+    if redis.call('HGET', ARGV[5] .. sid, 'rev') == '0' then
+      revoke(sid)
+      n = n + 1
+    end
+  end
+end
+redis.call('PUBLISH', KEYS[2], '!sub ' .. ARGV[2])
+return n
 "#;
+
+/// Shares a security event (SPEC §13) with every node: KEYS the broadcast
+/// channel; ARGV `!ev NODE JSON`.
+pub const EVENT_SCRIPT: &str = r#"
+return redis.call('PUBLISH', KEYS[1], ARGV[1])
+"#;
+
+/// A security event as broadcast: `!ev NODE {event JSON}`.
+pub fn encode_event(node: &str, e: &crate::events::Event) -> String {
+    format!("!ev {node} {}", e.to_json())
+}
+
+/// Parses an event broadcast: the node it came from and the event (its
+/// `id` is the sender's; the receiver numbers it anew).
+pub fn decode_event(payload: &[u8]) -> Option<(String, crate::events::Event)> {
+    #[derive(serde::Deserialize)]
+    struct Wire {
+        ts: u64,
+        event: String,
+        reason: String,
+        peer: Option<String>,
+        sub: Option<String>,
+        #[serde(default)]
+        by: Option<String>,
+    }
+    let text = std::str::from_utf8(payload.strip_prefix(b"!ev ")?).ok()?;
+    let (node, json) = text.split_once(' ')?;
+    if !super::node_id_ok(node) {
+        return None;
+    }
+    let w: Wire = serde_json::from_str(json).ok()?;
+    let clip = crate::events::clip;
+    Some((
+        node.to_string(),
+        crate::events::Event {
+            id: 0,
+            ts: w.ts,
+            event: crate::events::Kind::parse(&w.event)?,
+            reason: clip(&w.reason),
+            peer: w.peer.as_deref().map(clip),
+            sub: w.sub.as_deref().map(clip),
+            by: w.by.as_deref().map(clip),
+            node: Some(node.to_string()),
+        },
+    ))
+}
 
 /// The revoked sessions still relevant: KEYS the sorted set; ARGV now.
 /// Returns `{sid, until, ...}`.
@@ -232,6 +317,24 @@ pub const REVOKED_SCRIPT: &str = r#"
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
 return redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
 "#;
+
+/// Most security events a node sends to the others per second, and most
+/// failed handshakes it counts in Redis per second: a flood of refused
+/// upgrades costs Redis and the other nodes a bounded amount (past it the
+/// events stay on their node, and the node's own §7 count still holds).
+pub const SHARED_PER_SEC: u32 = 500;
+
+/// A per-second budget: `(second, used)`. Takes one unit at `now` (Unix
+/// seconds) if fewer than `max` were used in that second.
+pub fn take_budget(budget: &Cell<(u64, u32)>, now: u64, max: u32) -> bool {
+    let (sec, used) = budget.get();
+    let used = if sec == now { used } else { 0 };
+    if used >= max {
+        return false;
+    }
+    budget.set((now, used + 1));
+    true
+}
 
 /// Most revocations kept for announcing after Redis is back (each is also
 /// in force on this node at once).
@@ -632,6 +735,9 @@ struct Scripts {
     failure: ::redis::Script,
     revoke: ::redis::Script,
     revoked: ::redis::Script,
+    login: ::redis::Script,
+    refresh: ::redis::Script,
+    event: ::redis::Script,
 }
 
 /// This node: the Redis connections, the mirror, and the up/down state.
@@ -644,6 +750,12 @@ pub struct Node {
     revoked: RefCell<HashMap<String, u64>>,
     /// Revocations made while Redis was away, announced when it is back.
     unsent: RefCell<Vec<Revocation>>,
+    /// Addresses blocked by the cluster's §7 counts, until when (Unix
+    /// seconds), from the broadcast: handshakes check it locally.
+    blocked: RefCell<HashMap<std::net::IpAddr, u64>>,
+    /// [`SHARED_PER_SEC`] budgets: events sent, failed handshakes counted.
+    events_budget: Cell<(u64, u32)>,
+    failures_budget: Cell<(u64, u32)>,
     /// The server's shared state (set when [`Node::supervise`] starts).
     shared: RefCell<std::rc::Weak<Shared>>,
     /// The command connection (multiplexed: a clone per call); `None`
@@ -679,9 +791,15 @@ impl Node {
                 failure: ::redis::Script::new(FAILURE_SCRIPT),
                 revoke: ::redis::Script::new(REVOKE_SCRIPT),
                 revoked: ::redis::Script::new(REVOKED_SCRIPT),
+                login: ::redis::Script::new(&sessions::login_script()),
+                refresh: ::redis::Script::new(&sessions::refresh_script()),
+                event: ::redis::Script::new(EVENT_SCRIPT),
             },
             revoked: RefCell::default(),
             unsent: RefCell::default(),
+            blocked: RefCell::default(),
+            events_budget: Cell::new((0, 0)),
+            failures_budget: Cell::new((0, 0)),
             shared: RefCell::new(std::rc::Weak::new()),
             cmd: RefCell::new(None),
             up: Cell::new(false),
@@ -776,21 +894,31 @@ impl Node {
             .detach();
     }
 
-    async fn send_revocation(&self, shared: &Shared, r: &Revocation) -> Result<(), ()> {
-        let (kind, id) = match r {
-            Revocation::Sid(s) => ("sid", s),
-            Revocation::Sub(s) => ("sub", s),
-        };
+    /// One [`REVOKE_SCRIPT`] run; its reply.
+    async fn send_revocation(&self, shared: &Shared, r: &Revocation) -> Result<Value, ()> {
         let until = Self::revoked_until(shared).to_string();
         let now = crate::commands::now_unix().to_string();
-        let (set, ch) = (self.keys.revoked(), self.keys.broadcast());
+        let (set, ch, prefix) = (self.keys.revoked(), self.keys.broadcast(), self.keys.session_prefix());
+        let (kind, id, users) = match r {
+            Revocation::Sid(s) => ("sid", s, None),
+            Revocation::Sub(s) => ("sub", s, Some(self.keys.user_sessions(s))),
+        };
+        let mut keys: Vec<&[u8]> = vec![set.as_bytes(), ch.as_bytes()];
+        if let Some(u) = &users {
+            keys.push(u.as_bytes());
+        }
         self.script(
             &self.scripts.revoke,
-            &[set.as_bytes(), ch.as_bytes()],
-            &[kind.as_bytes(), id.as_bytes(), until.as_bytes(), now.as_bytes()],
+            &keys,
+            &[
+                kind.as_bytes(),
+                id.as_bytes(),
+                until.as_bytes(),
+                now.as_bytes(),
+                prefix.as_bytes(),
+            ],
         )
         .await
-        .map(|_| ())
     }
 
     /// At `broker_up`: loads the cluster's revoked sessions, then announces
@@ -877,17 +1005,34 @@ impl Node {
 
     /// See [`super::login_failure`].
     pub async fn login_failure(&self, client: std::net::IpAddr, user: &str) -> crate::throttle::NewBlocks {
-        let keys = self.keys.throttle(client, user);
+        self.count_failure(client, Some(user)).await
+    }
+
+    /// One [`FAILURE_SCRIPT`] run: a failed login (`user`) or handshake
+    /// (`None`: the address only).
+    async fn count_failure(&self, client: std::net::IpAddr, user: Option<&str>) -> crate::throttle::NewBlocks {
+        let keys = self.keys.throttle(client, user.unwrap_or(""));
+        let keys = match user {
+            Some(_) => keys.each_ref().map(|k| k.as_bytes()).to_vec(),
+            None => keys.get(..2).unwrap_or_default().iter().map(|k| k.as_bytes()).collect(),
+        };
         let (addr_limit, user_limit, window) = (
             crate::throttle::LIMIT.to_string(),
             crate::throttle::USER_LIMIT.to_string(),
             crate::throttle::WINDOW_SECS.to_string(),
         );
+        let (bcast, addr) = (self.keys.broadcast(), crate::throttle::address_key(client).to_string());
         let started = self
             .script(
                 &self.scripts.failure,
-                &keys.each_ref().map(|k| k.as_bytes()),
-                &[addr_limit.as_bytes(), user_limit.as_bytes(), window.as_bytes()],
+                &keys,
+                &[
+                    addr_limit.as_bytes(),
+                    user_limit.as_bytes(),
+                    window.as_bytes(),
+                    bcast.as_bytes(),
+                    addr.as_bytes(),
+                ],
             )
             .await
             .ok()
@@ -896,6 +1041,72 @@ impl Node {
         crate::throttle::NewBlocks {
             address: started & 1 != 0,
             user: started & 2 != 0,
+        }
+    }
+
+    /// A handshake answered 401 here (see [`super::handshake_failure`]):
+    /// counted in Redis in the background; when the count starts a block,
+    /// this node logs it like its own (`ip_throttled`).
+    pub fn handshake_failure(self: &Rc<Self>, client: std::net::IpAddr) {
+        let Some(shared) = self.shared.borrow().upgrade() else {
+            return;
+        };
+        if !self.up.get() || !take_budget(&self.failures_budget, crate::commands::now_unix(), SHARED_PER_SEC) {
+            return;
+        }
+        let node = self.clone();
+        self.ex
+            .spawn(async move {
+                // Logged once: not again when this node's own count
+                // started a block already.
+                if node.count_failure(client, None).await.address
+                    && shared
+                        .throttle
+                        .borrow()
+                        .blocked(client, crate::commands::now_unix())
+                        .is_none()
+                {
+                    crate::server::address_throttled(&shared, &client.to_string(), client);
+                }
+            })
+            .detach();
+    }
+
+    /// Sends a security event recorded here to every other node (in the
+    /// background; while Redis is away it stays this node's only).
+    pub fn share_event(self: &Rc<Self>, e: &crate::events::Event) {
+        if !self.up.get() || !take_budget(&self.events_budget, crate::commands::now_unix(), SHARED_PER_SEC) {
+            return;
+        }
+        let payload = encode_event(&self.cfg.node_id, e);
+        let node = self.clone();
+        self.ex
+            .spawn(async move {
+                let ch = node.keys.broadcast();
+                let _ = node
+                    .script(&node.scripts.event, &[ch.as_bytes()], &[payload.as_bytes()])
+                    .await;
+            })
+            .detach();
+    }
+
+    /// Whether handshakes from `client` are blocked by a cluster-wide count
+    /// (learned from the broadcast): the seconds left.
+    pub fn address_blocked(&self, client: std::net::IpAddr, now: u64) -> Option<u64> {
+        let key = crate::throttle::address_key(client);
+        let until = *self.blocked.borrow().get(&key)?;
+        (until > now).then(|| until - now)
+    }
+
+    /// An address block broadcast by some node.
+    fn on_block(&self, addr: std::net::IpAddr, secs: u64) {
+        let now = crate::commands::now_unix();
+        let mut blocked = self.blocked.borrow_mut();
+        if blocked.len() >= crate::throttle::MAX_ADDRESSES {
+            blocked.retain(|_, until| *until > now);
+        }
+        if blocked.len() < crate::throttle::MAX_ADDRESSES {
+            blocked.insert(addr, now.saturating_add(secs));
         }
     }
 
@@ -1104,6 +1315,21 @@ impl Node {
 
     /// One broadcast from Redis.
     fn on_message(self: &Rc<Self>, shared: &Rc<Shared>, payload: &[u8]) {
+        if payload.starts_with(b"!ev ") {
+            match decode_event(payload) {
+                Some((node, _)) if node == self.cfg.node_id => {}
+                Some((_, e)) => crate::server::remote_security_event(shared, &e),
+                None => shared.log.warn("broker_bad_message", &[]),
+            }
+            return;
+        }
+        if payload.starts_with(b"!blk ") {
+            match decode_block(payload) {
+                Some((addr, secs)) => self.on_block(addr, secs),
+                None => shared.log.warn("broker_bad_message", &[]),
+            }
+            return;
+        }
         if payload.first() == Some(&b'!') {
             match decode_revocation(payload) {
                 Some(r) => self.on_revocation(shared, r),
@@ -1325,6 +1551,65 @@ mod tests {
     }
 
     #[test]
+    fn spec13_event_broadcasts_round_trip() {
+        let mut ring = crate::events::Events::default();
+        let e = ring.record_from(
+            Some("b"),
+            crate::events::Kind::LoginFailed,
+            "wrong_password",
+            Some("10.0.0.1:5"),
+            Some("agent 7"),
+            None,
+            42,
+        );
+        let wire = encode_event("b", &e);
+        assert!(wire.starts_with("!ev b {"), "{wire}");
+        let (node, back) = decode_event(wire.as_bytes()).unwrap();
+        assert_eq!(node, "b");
+        assert_eq!(back, crate::events::Event { id: 0, ..e });
+        for bad in [
+            &b"!ev b"[..],
+            b"!ev b {}",
+            b"!ev a/b {\"ts\":1,\"event\":\"revoked\",\"reason\":\"x\",\"peer\":null,\"sub\":null}",
+            b"!ev b {\"ts\":1,\"event\":\"nope\",\"reason\":\"x\",\"peer\":null,\"sub\":null}",
+            b"!ev b not json",
+        ] {
+            assert_eq!(decode_event(bad), None, "{:?}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn shared_budgets_refill_each_second() {
+        let b = Cell::new((0, 0));
+        assert!((0..3).all(|_| take_budget(&b, 100, 3)));
+        assert!(!take_budget(&b, 100, 3));
+        assert!(take_budget(&b, 101, 3));
+        assert_eq!(b.get(), (101, 1));
+        assert!(!take_budget(&Cell::new((0, 0)), 5, 0));
+    }
+
+    #[test]
+    fn spec7_address_block_broadcasts() {
+        assert_eq!(
+            decode_block(b"!blk 10.0.0.1 60"),
+            Some(("10.0.0.1".parse().unwrap(), 60))
+        );
+        assert_eq!(
+            decode_block(b"!blk 2001:db8:: 60"),
+            Some(("2001:db8::".parse().unwrap(), 60))
+        );
+        for bad in [
+            &b"!blk 10.0.0.1"[..],
+            b"!blk x 60",
+            b"!blk 10.0.0.1 -1",
+            b"!blk 10.0.0.1 99999",
+            b"blk 1.2.3.4 6",
+        ] {
+            assert_eq!(decode_block(bad), None, "{:?}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
     fn spec12_revocation_broadcasts() {
         assert_eq!(decode_revocation(b"!sid abc"), Some(Revocation::Sid("abc".into())));
         assert_eq!(decode_revocation(b"!sub a b"), Some(Revocation::Sub("a b".into())));
@@ -1374,6 +1659,20 @@ mod tests {
     const E: &str = "EPOCH_0123456789";
     const F: &str = "EPOCH_new_456789";
 
+    /// A snapshot of `epoch` whose last offset is `last`, holding `offsets`.
+    fn snap(epoch: &str, last: u64, offsets: impl IntoIterator<Item = u64>) -> Snapshot {
+        Snapshot {
+            epoch: epoch.into(),
+            last,
+            entries: offsets.into_iter().map(|n| entry(n, "0")).collect(),
+        }
+    }
+
+    /// Finishes the load of `channel` with `s`: the offsets delivered.
+    fn load(m: &mut Mirror, channel: &str, s: &Snapshot) -> Vec<u64> {
+        m.loaded(channel, s).iter().map(|e| e.offset).collect()
+    }
+
     #[test]
     fn spec12_mirror_delivers_in_order_and_reloads_on_a_gap() {
         let mut m = Mirror::default();
@@ -1382,15 +1681,9 @@ mod tests {
         // A subscriber on a never-synced channel: load, hold.
         assert_eq!(m.on_pub(pubm("ops", E, 2), None, true), Step::Load);
         assert_eq!(m.on_pub(pubm("ops", E, 3), None, true), Step::Held);
-        let snap = Snapshot {
-            epoch: E.into(),
-            last: 2,
-            entries: vec![entry(1, "1"), entry(2, "2")],
-        };
         // Never synced: the subscribers get what was held (2 and 3), not
         // the older history.
-        let out: Vec<u64> = m.loaded("ops", &snap).iter().map(|e| e.offset).collect();
-        assert_eq!(out, [2, 3]);
+        assert_eq!(load(&mut m, "ops", &snap(E, 2, 1..=2)), [2, 3]);
         assert!(m.is_synced("ops", true));
         assert!(!m.is_synced("ops", false));
         assert_eq!(m.on_pub(pubm("ops", E, 3), pos(E, 3), true), Step::Skip);
@@ -1398,36 +1691,17 @@ mod tests {
         // 5 and 6 never came: reload, then deliver 5, 6, 7 once each.
         assert_eq!(m.on_pub(pubm("ops", E, 7), pos(E, 4), true), Step::Load);
         assert_eq!(m.on_pub(pubm("ops", E, 8), pos(E, 4), true), Step::Held);
-        let snap = Snapshot {
-            epoch: E.into(),
-            last: 7,
-            entries: (3..=7).map(|n| entry(n, "0")).collect(),
-        };
-        let out: Vec<u64> = m.loaded("ops", &snap).iter().map(|e| e.offset).collect();
-        assert_eq!(out, [5, 6, 7, 8]);
+        assert_eq!(load(&mut m, "ops", &snap(E, 7, 3..=7)), [5, 6, 7, 8]);
     }
 
     #[test]
     fn spec12_mirror_after_redis_lost_the_history_and_after_a_reconnect() {
         let mut m = Mirror::default();
         m.start_load("ops", None);
-        m.loaded(
-            "ops",
-            &Snapshot {
-                epoch: E.into(),
-                last: 5,
-                entries: vec![],
-            },
-        );
+        assert!(load(&mut m, "ops", &snap(E, 5, [])).is_empty());
         // A new epoch (FLUSHALL): everything of it is new to the subscribers.
         assert_eq!(m.on_pub(pubm("ops", F, 2), pos(E, 5), true), Step::Load);
-        let snap = Snapshot {
-            epoch: F.into(),
-            last: 2,
-            entries: vec![entry(1, "1"), entry(2, "2")],
-        };
-        let out: Vec<u64> = m.loaded("ops", &snap).iter().map(|e| e.offset).collect();
-        assert_eq!(out, [1, 2]);
+        assert_eq!(load(&mut m, "ops", &snap(F, 2, 1..=2)), [1, 2]);
         // Redis away and back: the channel is stale, then reloaded from
         // where its subscribers were.
         m.disconnected();
@@ -1437,13 +1711,7 @@ mod tests {
         m.load_failed("ops");
         assert_eq!(m.stale(), ["ops"]);
         m.start_load("ops", pos(F, 2));
-        let snap = Snapshot {
-            epoch: F.into(),
-            last: 4,
-            entries: (1..=4).map(|n| entry(n, "0")).collect(),
-        };
-        let out: Vec<u64> = m.loaded("ops", &snap).iter().map(|e| e.offset).collect();
-        assert_eq!(out, [3, 4]);
+        assert_eq!(load(&mut m, "ops", &snap(F, 4, 1..=4)), [3, 4]);
         // Forgotten channels start over.
         m.disconnected();
         m.forget("ops");

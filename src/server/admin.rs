@@ -8,8 +8,9 @@
 //! these paths answer 404. The token is taken as for `POST /publish`: a
 //! Bearer header, or the cookie from an allowed `Origin`; a same-origin
 //! browser `GET` without `Origin` is told apart by `Sec-Fetch-Site`, which
-//! scripts cannot set. Everything here is node-local: this node's sockets,
-//! events and sessions.
+//! scripts cannot set. Connections are node-local (this node's sockets);
+//! in cluster mode events come from every node (each names its `node`, ids
+//! count up on the node that answers) and revocations reach every node.
 
 use super::{Shared, now_millis};
 use crate::commands::now_unix;
@@ -50,6 +51,10 @@ pub fn is_operator(cfg: &super::Config, c: &Claims) -> bool {
 /// on `$security` to every operator subscribed. Callers pass codes, agent
 /// ids and addresses only. Not to be called while the hub is borrowed
 /// (then the live copy is skipped; the ring still has it).
+///
+/// Cluster mode (SPEC §12): the event also goes to every other node
+/// ([`crate::broker::share_event`]), which records it in its own ring and
+/// `$security` ([`remote_security_event`]); each event names its `node`.
 pub fn security_event(
     shared: &Shared,
     kind: Kind,
@@ -58,12 +63,35 @@ pub fn security_event(
     sub: Option<&str>,
     by: Option<&str>,
 ) {
-    let event = shared
-        .events
-        .borrow_mut()
-        .record(kind, reason, peer, sub, by, now_millis());
+    let event =
+        shared
+            .events
+            .borrow_mut()
+            .record_from(shared.engine.node_id(), kind, reason, peer, sub, by, now_millis());
     shared.metrics.security_event(kind.as_str());
-    let Ok(data) = serde_json::value::to_raw_value(&event) else {
+    crate::broker::share_event(shared, &event);
+    live_event(shared, &event);
+}
+
+/// A security event another node of the cluster recorded: into this
+/// node's ring (with the next id here) and `$security`. Not counted in
+/// this node's metrics (the other node counts it).
+pub fn remote_security_event(shared: &Shared, e: &crate::events::Event) {
+    let event = shared.events.borrow_mut().record_from(
+        e.node.as_deref(),
+        e.event,
+        &e.reason,
+        e.peer.as_deref(),
+        e.sub.as_deref(),
+        e.by.as_deref(),
+        e.ts,
+    );
+    live_event(shared, &event);
+}
+
+/// Publishes an event on `$security`.
+fn live_event(shared: &Shared, event: &crate::events::Event) {
+    let Ok(data) = serde_json::value::to_raw_value(event) else {
         return;
     };
     let published = match shared.hub.try_borrow_mut() {
@@ -197,7 +225,12 @@ fn events(shared: &Shared, req: &Request) -> Response {
     let limit = limit.map_or(DEFAULT_PAGE, |l| usize::try_from(l).unwrap_or(usize::MAX));
     let ring = shared.events.borrow();
     let page = ring.page(after, limit);
-    Response::json(200, &serde_json::json!({ "events": page, "last_id": ring.last_id() }))
+    let mut v = serde_json::json!({ "events": page, "last_id": ring.last_id() });
+    // Cluster mode: ids count up on this node (SPEC §12); name it.
+    if let Some(node) = shared.engine.node_id() {
+        v["node"] = node.into();
+    }
+    Response::json(200, &v)
 }
 
 /// `POST /admin/revoke` with `{"sub":S}` or `{"sid":ID}`: revokes the
@@ -242,17 +275,8 @@ async fn revoke(shared: &Shared, req: &Request, body: &[u8], by: &Claims, peer: 
             }
         }
     };
-    // Cluster mode: every node revokes too and closes its sockets (the
-    // counts in the answer are this node's).
-    match &target {
-        Target::Sub(s) => {
-            crate::broker::announce_revocation(shared, None, Some(s));
-            for sid in &sids {
-                crate::broker::announce_revocation(shared, Some(sid), None);
-            }
-        }
-        Target::Sid(sid) => crate::broker::announce_revocation(shared, Some(sid), None),
-    }
+    // This node's sockets first (before the cluster's broadcast closes them
+    // too, which would leave them out of `closed`).
     let mut closed = 0;
     for (_, rights, _, h) in shared.hub.borrow().connections() {
         let hit = match &target {
@@ -264,6 +288,32 @@ async fn revoke(shared: &Shared, req: &Request, body: &[u8], by: &Claims, peer: 
             closed += 1;
         }
     }
+    // Cluster mode: the sessions in Redis are revoked and every node closes
+    // their sockets; `revoked` counts the cluster's sessions (`closed` this
+    // node's sockets). While Redis is away: announced when it is back.
+    let in_redis = match &target {
+        Target::Sub(s) => crate::broker::revoke_sub_now(shared, s)
+            .await
+            .map(|r| r.map(|n| n as usize)),
+        Target::Sid(sid) => crate::broker::revoke_now(shared, sid)
+            .await
+            .map(|r| r.map(|(_, live)| usize::from(live))),
+    };
+    let revoked = match in_redis {
+        Some(Ok(n)) => n.max(revoked),
+        Some(Err(())) | None => {
+            match &target {
+                Target::Sub(s) => {
+                    crate::broker::announce_revocation(shared, None, Some(s));
+                    for sid in &sids {
+                        crate::broker::announce_revocation(shared, Some(sid), None);
+                    }
+                }
+                Target::Sid(sid) => crate::broker::announce_revocation(shared, Some(sid), None),
+            }
+            revoked
+        }
+    };
     let peer_s = peer.to_string();
     let sub = sub.as_deref();
     security_event(shared, Kind::Revoked, "operator", Some(&peer_s), sub, Some(&by.sub));

@@ -173,11 +173,10 @@ fn cookie(shared: &Shared, name: &str, value: &str, path: &str, max_age: u64) ->
 
 /// Issues an access token for `user` in session `sid` and the SPEC body and
 /// cookies around it.
-fn token_response(shared: &Shared, user: &User, sid: &str, refresh: &str, now: u64) -> Response {
+/// `amr`: how the login was made (RFC 8176); refreshes keep it.
+fn token_response(shared: &Shared, user: &User, sid: &str, refresh: &str, amr: Vec<String>, now: u64) -> Response {
     let cfg = &shared.cfg;
     let exp = now + cfg.access_ttl;
-    // RFC 8176: how the login was made; refreshes keep it.
-    let amr = shared.sessions.borrow().amr(sid);
     let claims = Claims {
         sub: user.name.clone(),
         exp: exp as f64,
@@ -386,27 +385,44 @@ pub async fn login(
     let (Some(sid_bytes), Some(tok)) = (random::<16>(), random::<32>()) else {
         return Response::error(503, "busy", "no randomness from the OS");
     };
-    let over = shared
-        .sessions
-        .borrow()
-        .over_cap(&user.name, shared.cfg.max_sessions_per_user);
-    for old in over {
-        revoke_session(shared, &old);
-        shared.log.info(
-            "session_evicted",
-            &[("user", (&user.name).into()), ("sid", (&old).into())],
-        );
-    }
-    let (sid, refresh) = shared.sessions.borrow_mut().login(
-        &user.name,
-        now,
-        now + shared.cfg.access_ttl,
-        shared.cfg.refresh_ttl,
-        sid_bytes,
-        tok,
-    );
-    shared.sessions.borrow_mut().set_amr(&sid, amr);
-    let response = token_response(shared, &user, &sid, &refresh, now);
+    // Cluster mode: the session lives in Redis (SPEC §12); the eviction
+    // past the cap happens there, on every node.
+    let (sid, refresh) = match crate::broker::open_session(shared, &user.name, amr, now, tok).await {
+        Some(Ok(opened)) => {
+            for old in &opened.evicted {
+                shared
+                    .log
+                    .info("session_evicted", &[("user", (&user.name).into()), ("sid", old.into())]);
+            }
+            (opened.sid, opened.refresh)
+        }
+        Some(Err(())) => return state_unavailable(),
+        None => {
+            let over = shared
+                .sessions
+                .borrow()
+                .over_cap(&user.name, shared.cfg.max_sessions_per_user);
+            for old in over {
+                revoke_session(shared, &old);
+                shared.log.info(
+                    "session_evicted",
+                    &[("user", (&user.name).into()), ("sid", (&old).into())],
+                );
+            }
+            let (sid, refresh) = shared.sessions.borrow_mut().login(
+                &user.name,
+                now,
+                now + shared.cfg.access_ttl,
+                shared.cfg.refresh_ttl,
+                sid_bytes,
+                tok,
+            );
+            shared.sessions.borrow_mut().set_amr(&sid, amr);
+            (sid, refresh)
+        }
+    };
+    let amr: Vec<String> = amr.iter().map(|m| m.to_string()).collect();
+    let response = token_response(shared, &user, &sid, &refresh, amr, now);
     if !shared.persist.commit().await {
         return Response::error(503, "state_unavailable", "the state file could not be written");
     }
@@ -622,20 +638,48 @@ pub async fn refresh(shared: &Shared, req: &Request, body: &[u8], peer: SocketAd
     let Some(tok) = random::<32>() else {
         return Response::error(503, "busy", "no randomness from the OS");
     };
-    let rotated = shared
-        .sessions
-        .borrow_mut()
-        .rotate(&presented, now, now + shared.cfg.refresh_ttl, tok);
+    // Cluster mode: rotation and reuse detection are one script run in
+    // Redis, and a reuse is already revoked on every node (SPEC §12).
+    let (rotated, local) = match crate::broker::rotate_refresh(shared, &presented, now, tok).await {
+        Some(Ok(r)) => (r, false),
+        Some(Err(())) => return state_unavailable(),
+        None => {
+            let mut sessions = shared.sessions.borrow_mut();
+            let r = match sessions.rotate(&presented, now, now + shared.cfg.refresh_ttl, tok) {
+                Ok((sid, sub, refresh)) => Ok(crate::broker::Rotated {
+                    amr: sessions.amr(&sid),
+                    sid,
+                    sub,
+                    refresh,
+                }),
+                Err(e) => {
+                    let sub = match &e {
+                        crate::auth::sessions::RefreshError::Reused { sid } => {
+                            sessions.session(sid).map(|s| s.sub.clone())
+                        }
+                        _ => None,
+                    };
+                    Err((e, sub))
+                }
+            };
+            (r, true)
+        }
+    };
     let peer_s = peer.to_string();
     match rotated {
-        Ok((sid, sub, new_refresh)) => {
+        Ok(crate::broker::Rotated {
+            sid,
+            sub,
+            amr,
+            refresh: new_refresh,
+        }) => {
             let user = shared.users.borrow().get(&sub).cloned();
             let Some(user) = user else {
                 revoke_session(shared, &sid);
                 shared.persist.commit().await;
                 return Response::error(401, "invalid_refresh_token", "the user no longer exists");
             };
-            let response = token_response(shared, &user, &sid, &new_refresh, now);
+            let response = token_response(shared, &user, &sid, &new_refresh, amr, now);
             if !shared.persist.commit().await {
                 return Response::error(503, "state_unavailable", "the state file could not be written");
             }
@@ -644,10 +688,9 @@ pub async fn refresh(shared: &Shared, req: &Request, body: &[u8], peer: SocketAd
                 .info("refresh_ok", &[("user", (&sub).into()), ("peer", (&peer_s).into())]);
             response
         }
-        Err(e) => {
+        Err((e, sub)) => {
             shared.metrics.auth_failure(e.code());
             if let crate::auth::sessions::RefreshError::Reused { sid } = &e {
-                let sub = shared.sessions.borrow().session(sid).map(|s| s.sub.clone());
                 super::admin::security_event(
                     shared,
                     Kind::RefreshReused,
@@ -656,8 +699,10 @@ pub async fn refresh(shared: &Shared, req: &Request, body: &[u8], peer: SocketAd
                     sub.as_deref(),
                     None,
                 );
-                revoke_session(shared, sid);
-                shared.persist.commit().await;
+                if local {
+                    revoke_session(shared, sid);
+                    shared.persist.commit().await;
+                }
                 shared
                     .log
                     .warn("refresh_reused", &[("sid", sid.into()), ("peer", (&peer_s).into())]);
@@ -685,7 +730,12 @@ pub async fn logout(shared: &Shared, req: &Request, body: &[u8], peer: SocketAdd
     let refresh = b
         .refresh_token
         .or_else(|| req.cookie("tessera_refresh").map(String::from));
-    let mut sid = refresh.and_then(|r| shared.sessions.borrow().sid_of_refresh(&r).map(String::from));
+    let mut sid = refresh.as_deref().and_then(|r| {
+        // Cluster mode: the session is named by the token itself.
+        crate::broker::sid_of_refresh(shared, r)
+            .unwrap_or_else(|| shared.sessions.borrow().sid_of_refresh(r).map(String::from))
+    });
+    let by_refresh = sid.is_some();
     if sid.is_none() {
         let access = b.access_token.or_else(|| gate::find_token(req, false).map(|(t, _)| t));
         if let Some(t) = access
@@ -697,7 +747,18 @@ pub async fn logout(shared: &Shared, req: &Request, body: &[u8], peer: SocketAdd
     let Some(sid) = sid else {
         return Response::error(401, "invalid_token", "send a refresh or access token of a session");
     };
-    revoke_session(shared, &sid);
+    // Cluster mode: revoked in Redis and on every node before the answer
+    // (a refresh token Redis does not know is refused like on one node);
+    // while Redis is away, here at once and announced when it is back.
+    match crate::broker::revoke_now(shared, &sid).await {
+        Some(Ok((false, _))) if by_refresh => {
+            return Response::error(401, "invalid_token", "send a refresh or access token of a session");
+        }
+        Some(Ok(_)) => {
+            shared.sessions.borrow_mut().revoke(&sid);
+        }
+        Some(Err(())) | None => revoke_session(shared, &sid),
+    }
     shared.persist.commit().await;
     shared.log.info(
         "logout",

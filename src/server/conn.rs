@@ -644,7 +644,13 @@ async fn upgrade(
         Vec::new()
     };
     let now = now_unix();
-    let throttled = shared.throttle.borrow().blocked(client, now);
+    // Cluster mode: blocks started by the cluster's count too (kept in
+    // memory from the broadcast: no Redis round trip here).
+    let throttled = shared
+        .throttle
+        .borrow()
+        .blocked(client, now)
+        .or_else(|| crate::broker::handshake_blocked(&shared, client, now));
     let full = shared.sockets.get() >= shared.cfg.max_connections;
     // Counted from here so that concurrent handshakes respect the cap.
     shared.sockets.set(shared.sockets.get() + 1);
@@ -693,17 +699,11 @@ async fn upgrade(
                     ("client", (&client.to_string()).into()),
                 ],
             );
-            if rej.is_auth_failure() && shared.throttle.borrow_mut().failure(client, now) {
-                let ip = client.to_string();
-                super::admin::security_event(&shared, Kind::IpThrottled, "too_many_failures", Some(&ip), None, None);
-                shared.log.warn(
-                    "ip_throttled",
-                    &[
-                        ("peer", (&peer.ip().to_string()).into()),
-                        ("client", (&client.to_string()).into()),
-                        ("seconds", crate::throttle::WINDOW_SECS.into()),
-                    ],
-                );
+            if rej.is_auth_failure() {
+                crate::broker::handshake_failure(&shared, client);
+                if shared.throttle.borrow_mut().failure(client, now) {
+                    address_throttled(&shared, &peer.ip().to_string(), client);
+                }
             }
             return;
         }
@@ -719,6 +719,22 @@ async fn upgrade(
     let ws = WebSocketStream::from_partially_read(corked, early, Role::Server, Some(ws_config(&shared))).await;
     shared.metrics.handshakes_ok.set(shared.metrics.handshakes_ok.get() + 1);
     Box::pin(socket::run(shared.clone(), ws, claims, peer)).await;
+}
+
+/// Records that `client` is now blocked for failed authentications (by
+/// this node's count or, in cluster mode, the cluster's): the
+/// `ip_throttled` security event and log line.
+pub fn address_throttled(shared: &Shared, peer_ip: &str, client: IpAddr) {
+    let ip = client.to_string();
+    super::admin::security_event(shared, Kind::IpThrottled, "too_many_failures", Some(&ip), None, None);
+    shared.log.warn(
+        "ip_throttled",
+        &[
+            ("peer", peer_ip.into()),
+            ("client", (&ip).into()),
+            ("seconds", crate::throttle::WINDOW_SECS.into()),
+        ],
+    );
 }
 
 /// Sockets per `sub` and per address (`--max-sockets-per-sub`,

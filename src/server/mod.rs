@@ -34,6 +34,8 @@ use std::rc::Rc;
 use std::time::Duration;
 
 pub use admin::operator_rule;
+pub use admin::remote_security_event;
+pub use conn::address_throttled;
 pub use socket::ConnHandle;
 pub use socket::{after_publish, close_session, publish as publish_here};
 
@@ -170,6 +172,7 @@ impl Config {
             a.redis_prefix.as_deref(),
             a.node_id.as_deref(),
             a.history_dir.is_some(),
+            a.state.is_some(),
             random_id,
         )
         .map_err(Failure::usage)?;
@@ -513,7 +516,8 @@ async fn run(
             &[("message", "not loopback and no TLS: tokens travel in clear text".into())],
         );
     }
-    if shared.cfg.state_file.is_none() {
+    // Cluster mode: sessions and revocations live in Redis.
+    if shared.cfg.state_file.is_none() && shared.engine.is_local() {
         log.warn(
             "state_in_memory",
             &[(
