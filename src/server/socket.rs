@@ -11,6 +11,12 @@
 //! queue stays at or over the depth with no write progress for
 //! [`STALL`], or whose queue reaches [`HARD_CAP_FACTOR`] × the depth, is
 //! closed with 4008. Replies and replayed history do not count.
+//!
+//! Writing (issue 16): the task frames what it sends itself, into one buffer
+//! under tungstenite ([`Outlet`]; server frames are unmasked, a 2–10 byte
+//! header), and a batch leaves with one flush. tungstenite keeps the read
+//! side, pongs and the close handshake; its writes and ours never
+//! interleave inside a frame.
 
 use super::{Shared, now_millis};
 use crate::commands::now_unix;
@@ -25,7 +31,7 @@ use async_tungstenite::tungstenite::protocol::CloseFrame;
 use async_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use async_tungstenite::tungstenite::{Error as WsError, Message};
 use event_listener::Event;
-use futures_util::{Sink, SinkExt, StreamExt};
+use futures_util::{SinkExt, StreamExt};
 use smol::io::{AsyncRead, AsyncWrite};
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -151,20 +157,25 @@ impl ConnHandle {
         self.queue.borrow().len().saturating_sub(self.uncounted.get() as usize)
     }
 
-    /// Everything queued, oldest first, as frames to write. A congested
-    /// socket taking its queue makes room: waiting publishers are woken.
-    fn take_queued(&self, room: &Event) -> Vec<Message> {
+    /// Frames everything queued, oldest first, into `out`; returns how
+    /// many. A congested socket taking its queue makes room: waiting
+    /// publishers are woken.
+    fn take_queued(&self, room: &Event, out: &mut Framed) -> u64 {
         let mut q = self.queue.borrow_mut();
         if q.is_empty() {
-            return Vec::new();
+            return 0;
         }
         self.uncounted.set(0);
         self.progress_ms.set(mono_ms());
-        let out = q.drain(..).map(Message::Text).collect();
+        let n = q.len() as u64;
+        out.reserve(q.iter().map(|f| f.len() + MAX_HEADER).sum());
+        for f in q.drain(..) {
+            out.push_text(f.as_bytes());
+        }
         if self.congested.get() {
             room.notify(usize::MAX);
         }
-        out
+        n
     }
 
     /// What an operator sees of this socket (SPEC §13).
@@ -247,6 +258,149 @@ impl Outbox for Rc<ConnHandle> {
             self.progress_ms.set(mono_ms());
             self.wake.notify();
         }
+    }
+}
+
+/// The longest frame header we write: a server frame is unmasked, so 2
+/// bytes, 4 past 125 bytes of payload, 10 past 65535 (RFC 6455 §5.2).
+const MAX_HEADER: usize = 10;
+
+/// Frames the socket task writes itself, framed into one buffer: a batch
+/// leaves in one write, with no per-frame work in tungstenite (issue 16).
+/// The buffer is given back once written, so an idle socket holds none.
+#[derive(Default)]
+pub struct Framed {
+    buf: Vec<u8>,
+    /// Bytes of `buf` already written.
+    pos: usize,
+    /// Bytes written since write progress was last marked.
+    unmarked: usize,
+}
+
+impl Framed {
+    fn reserve(&mut self, bytes: usize) {
+        self.buf.reserve(bytes);
+    }
+
+    /// Appends one text frame (FIN, opcode 1, unmasked).
+    fn push_text(&mut self, payload: &[u8]) {
+        let n = payload.len();
+        if n < 126 {
+            self.buf.extend_from_slice(&[0x81, n as u8]);
+        } else if let Ok(short) = u16::try_from(n) {
+            self.buf.extend_from_slice(&[0x81, 126]);
+            self.buf.extend_from_slice(&short.to_be_bytes());
+        } else {
+            self.buf.extend_from_slice(&[0x81, 127]);
+            self.buf.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+        self.buf.extend_from_slice(payload);
+    }
+
+    /// Appends an empty ping.
+    fn push_ping(&mut self) {
+        self.buf.extend_from_slice(&[0x89, 0]);
+    }
+
+    /// Bytes not written yet.
+    fn pending(&self) -> usize {
+        self.buf.len().saturating_sub(self.pos)
+    }
+}
+
+/// The socket's stream under tungstenite, with [`Framed`]: what the task
+/// framed (at first the `101` answer, which then leaves in one write with
+/// the `welcome`) is written before tungstenite's next write, or on a
+/// flush; never while tungstenite may be inside a frame (it wrote since
+/// its last flush, and tungstenite flushes only with its buffer empty), and
+/// once started it is finished before tungstenite writes again.
+pub struct Outlet<S> {
+    out: Framed,
+    /// tungstenite wrote since it last flushed (a pong or a close may be
+    /// half written): [`Framed`] waits for the flush.
+    tung_dirty: bool,
+    /// Where write progress inside a long batch is marked.
+    handle: Option<Rc<ConnHandle>>,
+    inner: S,
+}
+
+impl<S> Outlet<S> {
+    /// `head` (the `101` answer) is written first, with the first frame.
+    pub fn new(inner: S, head: Vec<u8>) -> Outlet<S> {
+        Outlet {
+            out: Framed {
+                buf: head,
+                pos: 0,
+                unmarked: 0,
+            },
+            tung_dirty: false,
+            handle: None,
+            inner,
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> Outlet<S> {
+    /// Writes what [`Framed`] holds; `Ready(Ok)` once nothing is.
+    fn drain(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let out = &mut self.out;
+        while out.pending() > 0 {
+            let rest = out.buf.get(out.pos..).unwrap_or_default();
+            match Pin::new(&mut self.inner).poll_write(cx, rest) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => {
+                    let n = n.min(rest.len());
+                    out.pos += n;
+                    out.unmarked += n;
+                    // Write progress inside a long batch (a big replay on a
+                    // slow link) counts too.
+                    if out.unmarked >= PROGRESS_BYTES {
+                        out.unmarked = 0;
+                        if let Some(h) = &self.handle {
+                            h.progress_ms.set(mono_ms());
+                        }
+                    }
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        if out.buf.capacity() > 0 {
+            out.buf = Vec::new();
+        }
+        out.pos = 0;
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Outlet<S> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, b: &mut [u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_read(cx, b)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Outlet<S> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, b: &[u8]) -> Poll<std::io::Result<usize>> {
+        if !self.tung_dirty {
+            std::task::ready!(self.drain(cx))?;
+        }
+        let n = std::task::ready!(Pin::new(&mut self.inner).poll_write(cx, b))?;
+        if n > 0 {
+            self.tung_dirty = true;
+        }
+        Poll::Ready(Ok(n))
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        // tungstenite flushes only once its own buffer is written.
+        self.tung_dirty = false;
+        std::task::ready!(self.drain(cx))?;
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        if !self.tung_dirty {
+            std::task::ready!(self.drain(cx))?;
+        }
+        Pin::new(&mut self.inner).poll_close(cx)
     }
 }
 
@@ -333,17 +487,17 @@ pub async fn room_for(shared: &Shared, channel: &str) {
 
 /// A WebSocket publisher waits like [`room_for`], but keeps writing its
 /// own queue meanwhile: it may be a subscriber others wait for.
-async fn room_for_socket<T>(
+async fn room_for_socket<S>(
     shared: &Shared,
     handle: &ConnHandle,
-    tx: &mut T,
+    ws: &mut Ws<S>,
     me: ConnId,
     channel: &str,
     sent: &mut u64,
     deadline: Instant,
 ) -> Wrote
 where
-    T: Sink<Message> + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin,
 {
     loop {
         if handle.close.get().is_some() {
@@ -357,9 +511,9 @@ where
         if !must_wait(shared, channel, Some(me)) {
             return Wrote::Done;
         }
-        let out = handle.take_queued(&shared.room);
-        if !out.is_empty() {
-            let wrote = write_all(tx, handle, out, sent, deadline).await;
+        let texts = handle.take_queued(&shared.room, &mut ws.get_mut().out);
+        if texts > 0 {
+            let wrote = write_all(ws, handle, texts, sent, deadline).await;
             if wrote != Wrote::Done {
                 return wrote;
             }
@@ -452,19 +606,22 @@ enum Wrote {
     Failed,
 }
 
-/// Writes `msgs` in order with one flush, and counts the text frames sent.
+/// A socket's WebSocket stream, over its [`Outlet`].
+type Ws<S> = WebSocketStream<Outlet<S>>;
+
+/// Writes what the task framed (`texts` text frames among it) with one
+/// flush, and counts them as sent.
 /// A close order interrupts it: a peer that stopped reading must not keep
 /// the task in a write that 4008, 4003 or 1001 cannot cut short. So does
 /// `deadline` ([`Timers::write_deadline`]: the token's expiry, the pong
 /// deadline). Most batches fit in the socket's send buffer and finish in
 /// one poll; only a write that has to wait arms the timer and the close
 /// watch (a timer per batch cost two reactor operations per delivery).
-async fn write_all<T>(tx: &mut T, handle: &ConnHandle, msgs: Vec<Message>, sent: &mut u64, deadline: Instant) -> Wrote
+async fn write_all<S>(ws: &mut Ws<S>, handle: &ConnHandle, texts: u64, sent: &mut u64, deadline: Instant) -> Wrote
 where
-    T: Sink<Message> + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin,
 {
-    let texts = msgs.iter().filter(|m| m.is_text()).count() as u64;
-    let mut write = std::pin::pin!(write_frames(tx, handle, msgs));
+    let mut write = std::pin::pin!(flush(ws));
     let wrote = match smol::future::poll_once(write.as_mut()).await {
         Some(done) => done,
         // Boxed: the waiting write's state must not size every socket's task.
@@ -477,25 +634,13 @@ where
     wrote
 }
 
-/// Feeds every frame, then flushes once.
-async fn write_frames<T>(tx: &mut T, handle: &ConnHandle, msgs: Vec<Message>) -> Wrote
+/// Flushes tungstenite (a pong it owes) and what the task framed.
+async fn flush<S>(ws: &mut Ws<S>) -> Wrote
 where
-    T: Sink<Message> + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin,
 {
-    // Write progress inside a long batch (a big replay on a slow link)
-    // counts too: every PROGRESS_BYTES taken by the socket.
-    let mut fed = 0usize;
-    for m in msgs {
-        fed += m.len();
-        if tx.feed(m).await.is_err() {
-            return Wrote::Failed;
-        }
-        if fed >= PROGRESS_BYTES {
-            fed = 0;
-            handle.progress_ms.set(mono_ms());
-        }
-    }
-    if tx.flush().await.is_err() {
+    // A closed tungstenite reports a flush as done without writing.
+    if ws.flush().await.is_err() || ws.get_ref().out.pending() > 0 {
         return Wrote::Failed;
     }
     Wrote::Done
@@ -533,12 +678,7 @@ const TURN_BUDGET: u32 = 64;
 /// captures only what the loop needs (the stream's halves, not the stream;
 /// the token's expiry and session, not its claims): the future lives as
 /// long as the socket, and every byte of it counts per idle socket.
-pub fn run<S>(
-    shared: Rc<Shared>,
-    ws: WebSocketStream<S>,
-    claims: VerifiedClaims,
-    peer: SocketAddr,
-) -> impl Future<Output = ()>
+pub fn run<S>(shared: Rc<Shared>, mut ws: Ws<S>, claims: VerifiedClaims, peer: SocketAddr) -> impl Future<Output = ()>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -565,13 +705,15 @@ where
             ("peer", (&peer_s).into()),
         ],
     );
-    let (mut tx, mut rx) = ws.split();
+    ws.get_mut().handle = Some(handle.clone());
     let welcome = protocol::welcome(
         &rights.sub,
         rights.clearance,
         claims.exp_secs(),
         concat!("tessera/", env!("TESSERA_VERSION")),
     );
+    ws.get_mut().out.push_text(welcome.as_bytes());
+    drop(welcome);
     let mut timers = Timers::new(&claims, cfg.gate.verify.leeway, cfg.ping_interval);
     drop(claims);
     let mut budget = Budget::new(cfg.max_commands_per_sec, mono_ms());
@@ -583,9 +725,9 @@ where
         let mut code: (u16, &'static str) = OPEN;
         let mut awaiting_pong = false;
         let mut wrote = write_all(
-            &mut tx,
+            &mut ws,
             &handle,
-            vec![Message::text(welcome)],
+            1,
             &mut msgs_out,
             timers.write_deadline(awaiting_pong, cfg.ping_interval),
         )
@@ -618,7 +760,7 @@ where
             }
 
             // Queued frames and what the timers add go out in one write.
-            let mut out = handle.take_queued(&shared.room);
+            let mut texts = handle.take_queued(&shared.room, &mut ws.get_mut().out);
             let now = now_unix();
             if now >= timers.close_at {
                 code = (4001, "token expired");
@@ -631,7 +773,8 @@ where
                     expires_at: Some(timers.exp_secs),
                     ..Reply::default()
                 };
-                out.push(Message::text(notice.to_json()));
+                ws.get_mut().out.push_text(notice.to_json().as_bytes());
+                texts += 1;
             }
             let mono = Instant::now();
             // A ping unanswered by the next one closes the socket, but only
@@ -644,12 +787,12 @@ where
                 } else {
                     awaiting_pong = true;
                     timers.ping_at = mono + cfg.ping_interval;
-                    out.push(Message::Ping(Default::default()));
+                    ws.get_mut().out.push_ping();
                 }
             }
-            if !out.is_empty() {
+            if ws.get_ref().out.pending() > 0 {
                 let deadline = timers.write_deadline(awaiting_pong, cfg.ping_interval);
-                wrote = write_all(&mut tx, &handle, out, &mut msgs_out, deadline).await;
+                wrote = write_all(&mut ws, &handle, texts, &mut msgs_out, deadline).await;
                 if wrote != Wrote::Done {
                     continue;
                 }
@@ -666,7 +809,7 @@ where
             let busy = || handle.close.get().is_some() || !handle.queue.borrow().is_empty();
             let ev = if pong_overdue || busy() {
                 // Take input that is already there, don't wait.
-                smol::future::or(async { Ev::In(rx.next().await) }, async { Ev::Wake }).await
+                smol::future::or(async { Ev::In(ws.next().await) }, async { Ev::Wake }).await
             } else {
                 handle.wake.clear();
                 if busy() {
@@ -679,7 +822,7 @@ where
                             handle.wake.wait().await;
                             Ev::Wake
                         },
-                        async { Ev::In(rx.next().await) },
+                        async { Ev::In(ws.next().await) },
                     ),
                     async {
                         (&mut alarm).await;
@@ -739,7 +882,7 @@ where
                                 // Boxed: the wait's state must not size every socket's task.
                                 let deadline = timers.write_deadline(awaiting_pong, cfg.ping_interval);
                                 let wait =
-                                    room_for_socket(shared, &handle, &mut tx, id, channel, &mut msgs_out, deadline);
+                                    room_for_socket(shared, &handle, &mut ws, id, channel, &mut msgs_out, deadline);
                                 wrote = Box::pin(wait).await;
                             }
                             if wrote != Wrote::Done {
@@ -775,10 +918,14 @@ where
                         // Frames queued before the command go out before its
                         // replies: no `message` from a channel after its
                         // `unsubscribed`.
-                        let mut out = handle.take_queued(&shared.room);
-                        out.extend(replies.into_iter().map(Message::text));
+                        let out = &mut ws.get_mut().out;
+                        let mut texts = handle.take_queued(&shared.room, out);
+                        for r in &replies {
+                            out.push_text(r.as_bytes());
+                        }
+                        texts += replies.len() as u64;
                         let deadline = timers.write_deadline(awaiting_pong, cfg.ping_interval);
-                        wrote = write_all(&mut tx, &handle, out, &mut msgs_out, deadline).await;
+                        wrote = write_all(&mut ws, &handle, texts, &mut msgs_out, deadline).await;
                     }
                 }
             }
@@ -809,15 +956,15 @@ where
             let client_closed = code == (1000, "client closed");
             let finish = async {
                 if client_closed {
-                    let _ = tx.flush().await;
+                    let _ = ws.flush().await;
                 } else {
                     let frame = CloseFrame {
                         code: CloseCode::from(code.0),
                         reason: code.1.into(),
                     };
-                    let _ = tx.close(Some(frame)).await;
+                    let _ = ws.close(Some(frame)).await;
                 }
-                while let Some(Ok(_)) = rx.next().await {}
+                while let Some(Ok(_)) = ws.next().await {}
             };
             smol::future::or(finish, async {
                 smol::Timer::after(Duration::from_secs(1)).await;
@@ -1137,6 +1284,104 @@ fn command(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Takes at most 3 bytes per write, and says `Pending` every other call.
+    #[derive(Default)]
+    struct Chunky {
+        got: Vec<u8>,
+        calls: usize,
+    }
+
+    impl AsyncWrite for Chunky {
+        fn poll_write(mut self: Pin<&mut Self>, _: &mut Context<'_>, b: &[u8]) -> Poll<std::io::Result<usize>> {
+            self.calls += 1;
+            if self.calls % 2 == 0 {
+                return Poll::Pending;
+            }
+            let n = b.len().min(3);
+            self.got.extend_from_slice(&b[..n]);
+            Poll::Ready(Ok(n))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// Writes all of `b` the way tungstenite does (partial writes, retries).
+    fn tung_write(o: &mut Outlet<Chunky>, mut b: &[u8]) {
+        let mut cx = Context::from_waker(Waker::noop());
+        while !b.is_empty() {
+            if let Poll::Ready(r) = Pin::new(&mut *o).poll_write(&mut cx, b) {
+                b = &b[r.unwrap()..];
+            }
+        }
+    }
+
+    fn flush_all(o: &mut Outlet<Chunky>) {
+        let mut cx = Context::from_waker(Waker::noop());
+        while Pin::new(&mut *o).poll_flush(&mut cx).is_pending() {}
+    }
+
+    /// (first header byte, payload) of each unmasked frame.
+    fn frames(mut b: &[u8]) -> Vec<(u8, Vec<u8>)> {
+        let mut out = Vec::new();
+        while !b.is_empty() {
+            let (len, at) = match b[1] {
+                126 => (u16::from_be_bytes([b[2], b[3]]) as usize, 4),
+                127 => (u64::from_be_bytes(b[2..10].try_into().unwrap()) as usize, 10),
+                n => (n as usize, 2),
+            };
+            out.push((b[0], b[at..at + len].to_vec()));
+            b = &b[at + len..];
+        }
+        out
+    }
+
+    #[test]
+    fn framed_text_has_the_shortest_unmasked_header() {
+        for n in [0usize, 125, 126, 65535, 65536] {
+            let mut f = Framed::default();
+            f.push_text(&vec![b'a'; n]);
+            assert_eq!(frames(&f.buf), vec![(0x81, vec![b'a'; n])], "{n}");
+        }
+    }
+
+    #[test]
+    fn our_frames_and_tungstenites_never_interleave() {
+        let pong = [0x8A, 0x03, b'p', b'o', b'n'];
+        // Ours first, then tungstenite's pong: ours are written whole before it.
+        let mut o = Outlet::new(Chunky::default(), b"HEAD".to_vec());
+        o.out.push_text(b"hello there");
+        o.out.push_text(&[b'x'; 300]);
+        tung_write(&mut o, &pong);
+        flush_all(&mut o);
+        let got = &o.inner.got;
+        assert_eq!(&got[..4], b"HEAD");
+        let f = frames(&got[4..]);
+        assert_eq!(f.len(), 3);
+        assert_eq!(f[0], (0x81, b"hello there".to_vec()));
+        assert_eq!(f[1], (0x81, vec![b'x'; 300]));
+        assert_eq!(f[2], (0x8A, b"pon".to_vec()));
+        assert_eq!(o.out.pending(), 0);
+        assert_eq!(o.out.buf.capacity(), 0, "an idle socket holds no write buffer");
+
+        // tungstenite half-way through a frame: ours wait for its flush.
+        let mut o = Outlet::new(Chunky::default(), Vec::new());
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(matches!(
+            Pin::new(&mut o).poll_write(&mut cx, &pong),
+            Poll::Ready(Ok(3))
+        ));
+        o.out.push_text(b"late");
+        tung_write(&mut o, &pong[3..]);
+        assert_eq!(o.out.pending(), 6, "nothing of ours went out mid-frame");
+        flush_all(&mut o);
+        let f = frames(&o.inner.got);
+        assert_eq!(f, vec![(0x8A, b"pon".to_vec()), (0x81, b"late".to_vec())]);
+    }
 
     #[test]
     fn budget_allows_a_burst_then_refuses_then_closes() {
