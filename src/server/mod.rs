@@ -255,6 +255,8 @@ pub struct Shared {
     pub congested: RefCell<Vec<(crate::hub::ConnId, Rc<ConnHandle>)>>,
     /// Notified when a congested socket takes its queue.
     pub room: event_listener::Event,
+    /// Every socket's next deadline, swept by one task.
+    pub alarms: socket::Alarms,
     /// Recent security events (SPEC §13), for `/admin/events`.
     pub events: RefCell<crate::events::Events>,
     /// The durable history log (`--history-dir`).
@@ -375,6 +377,7 @@ pub fn serve(args: &cli::Serve) -> Result<(), Failure> {
         hub: RefCell::new(hub),
         congested: RefCell::default(),
         room: event_listener::Event::new(),
+        alarms: socket::Alarms::default(),
         events: RefCell::default(),
         dummy_hash: RefCell::new(auth::dummy_hash(&users)),
         users: RefCell::new(Rc::new(users)),
@@ -524,6 +527,7 @@ async fn run(
     }
     ex.spawn(auth::persist_task(shared.clone())).detach();
     ex.spawn(expire_history(shared.clone())).detach();
+    ex.spawn(socket::sweep_alarms(shared.clone())).detach();
     if shared.disk.borrow().is_some() {
         ex.spawn(sync_history(shared.clone())).detach();
     }

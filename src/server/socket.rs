@@ -54,10 +54,135 @@ const PROGRESS_BYTES: usize = 16 * 1024;
 /// once (4008), whatever its progress.
 pub const HARD_CAP_FACTOR: usize = 4;
 
+/// Where [`mono_ms`] counts from.
+fn mono_start() -> Instant {
+    static START: OnceLock<Instant> = OnceLock::new();
+    *START.get_or_init(Instant::now)
+}
+
 /// Monotonic milliseconds since the first call (cheap enough per batch).
 fn mono_ms() -> u64 {
-    static START: OnceLock<Instant> = OnceLock::new();
-    START.get_or_init(Instant::now).elapsed().as_millis() as u64
+    mono_start().elapsed().as_millis() as u64
+}
+
+/// Socket deadlines are kept to this grid: one sweep wakes every socket due
+/// in it, so the sweeper's timer moves at most this often.
+const ALARM_GRAIN_MS: u64 = 50;
+
+/// One socket's deadline in [`Alarms`].
+struct Alarm {
+    at_ms: u64,
+    handle: std::rc::Weak<ConnHandle>,
+}
+
+impl PartialEq for Alarm {
+    fn eq(&self, other: &Alarm) -> bool {
+        self.at_ms == other.at_ms
+    }
+}
+impl Eq for Alarm {}
+impl PartialOrd for Alarm {
+    fn partial_cmp(&self, other: &Alarm) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Alarm {
+    fn cmp(&self, other: &Alarm) -> std::cmp::Ordering {
+        // Earliest first out of the (max-)heap.
+        other.at_ms.cmp(&self.at_ms)
+    }
+}
+
+/// Every socket's next deadline (a ping, the token's expiry notice and
+/// close, the once-a-second look), kept by one task with one reactor timer
+/// ([`sweep_alarms`]): a timer per socket cost a reactor insert (an eventfd
+/// write, a read and a re-arm) per handshake (issue 16). Deadlines are
+/// rounded up to [`ALARM_GRAIN_MS`]; a socket due is woken like by the hub.
+#[derive(Default)]
+pub struct Alarms {
+    heap: RefCell<std::collections::BinaryHeap<Alarm>>,
+    /// What the sweeper's timer is set to (`u64::MAX`: nothing).
+    armed_ms: Cell<u64>,
+    /// Wakes the sweeper for a deadline earlier than `armed_ms`.
+    wake: Wake,
+}
+
+impl Alarms {
+    /// Wakes `h`'s task at `at` (rounded up to the grid), instead of the
+    /// deadline set before.
+    fn set(&self, h: &Rc<ConnHandle>, at: Instant) {
+        let ms = at.saturating_duration_since(mono_start()).as_millis() as u64;
+        let ms = ms.div_ceil(ALARM_GRAIN_MS).saturating_mul(ALARM_GRAIN_MS);
+        if h.alarm_ms.get() == ms {
+            return;
+        }
+        h.alarm_ms.set(ms);
+        self.heap.borrow_mut().push(Alarm {
+            at_ms: ms,
+            handle: Rc::downgrade(h),
+        });
+        if ms < self.armed_ms.get() {
+            self.wake.notify();
+        }
+    }
+
+    /// Wakes every socket due at `now_ms`; the next deadline, if any.
+    fn fire(&self, now_ms: u64) -> Option<u64> {
+        let mut heap = self.heap.borrow_mut();
+        let mut fired = false;
+        let next = loop {
+            match heap.peek() {
+                Some(top) if top.at_ms > now_ms => break Some(top.at_ms),
+                None => break None,
+                Some(_) => {}
+            }
+            let Some(a) = heap.pop() else { break None };
+            fired = true;
+            // A socket gone, or one that set another deadline since: nothing.
+            if let Some(h) = a.handle.upgrade()
+                && h.alarm_ms.get() == a.at_ms
+            {
+                h.alarm_ms.set(u64::MAX);
+                h.wake.notify();
+            }
+        };
+        let len = heap.len();
+        if fired && heap.capacity() > 64 && len < heap.capacity() / 4 {
+            heap.shrink_to(len * 2);
+        }
+        next
+    }
+}
+
+/// The task behind [`Alarms`]: sleeps until the earliest deadline (or until
+/// an earlier one is set), wakes the sockets due.
+pub async fn sweep_alarms(shared: Rc<Shared>) {
+    let alarms = &shared.alarms;
+    alarms.armed_ms.set(u64::MAX);
+    let mut timer = smol::Timer::never();
+    let mut timer_ms = u64::MAX;
+    loop {
+        alarms.wake.clear();
+        let next = alarms.fire(mono_ms()).unwrap_or(u64::MAX);
+        alarms.armed_ms.set(next);
+        if next != timer_ms {
+            timer_ms = next;
+            if next == u64::MAX {
+                timer = smol::Timer::never();
+            } else {
+                timer.set_at(mono_start() + Duration::from_millis(next));
+            }
+        }
+        smol::future::or(
+            async {
+                (&mut timer).await;
+                // Fired: set it again even for the same instant.
+                timer_ms = u64::MAX;
+            },
+            alarms.wake.wait(),
+        )
+        .await;
+    }
 }
 
 /// The socket task's wake-up call: set when a frame is queued or a close is
@@ -132,6 +257,8 @@ pub struct ConnHandle {
     since_ms: u64,
     messages_in: Cell<u64>,
     messages_out: Cell<u64>,
+    /// The socket's deadline in [`Alarms`] (`u64::MAX`: none set).
+    alarm_ms: Cell<u64>,
 }
 
 impl ConnHandle {
@@ -149,6 +276,7 @@ impl ConnHandle {
             since_ms,
             messages_in: Cell::new(0),
             messages_out: Cell::new(0),
+            alarm_ms: Cell::new(u64::MAX),
         }
     }
 
@@ -590,8 +718,8 @@ impl Drop for Membership {
 
 enum Ev {
     In(Option<Result<Message, WsError>>),
+    /// The hub queued something or ordered a close, or a deadline is due.
     Wake,
-    Tick,
 }
 
 /// How a write ended.
@@ -733,11 +861,9 @@ where
         )
         .await;
 
-        // One timer for the socket's life, moved only when the next deadline is
-        // earlier than the one set (or after it fired): re-arming it on every
-        // wake-up would cost two reactor operations per delivered frame.
-        let mut alarm_at = timers.next_deadline(now_unix(), Instant::now());
-        let mut alarm = smol::Timer::at(alarm_at);
+        // The deadline set in `Alarms`, moved only when the next one is
+        // earlier than the one set (or after it passed). Set on the first turn.
+        let mut alarm_at = Instant::now();
         let mut turn_left = TURN_BUDGET;
 
         loop {
@@ -804,7 +930,7 @@ where
             let next = timers.next_deadline(now, mono);
             if next < alarm_at || mono >= alarm_at {
                 alarm_at = next;
-                alarm.set_at(next);
+                shared.alarms.set(&handle, next);
             }
             let busy = || handle.close.get().is_some() || !handle.queue.borrow().is_empty();
             let ev = if pong_overdue || busy() {
@@ -815,25 +941,20 @@ where
                 if busy() {
                     continue;
                 }
-                // The hub's wake-up first: it needs no look at the socket.
+                // The hub's wake-up (or the alarm's) first: it needs no look at
+                // the socket.
                 smol::future::or(
-                    smol::future::or(
-                        async {
-                            handle.wake.wait().await;
-                            Ev::Wake
-                        },
-                        async { Ev::In(ws.next().await) },
-                    ),
                     async {
-                        (&mut alarm).await;
-                        Ev::Tick
+                        handle.wake.wait().await;
+                        Ev::Wake
                     },
+                    async { Ev::In(ws.next().await) },
                 )
                 .await
             };
             let mut took_input = false;
             match ev {
-                Ev::Wake | Ev::Tick => {}
+                Ev::Wake => {}
                 Ev::In(None) => code = (1006, "closed"),
                 Ev::In(Some(Err(WsError::Capacity(_)))) => code = (1009, "message too big"),
                 Ev::In(Some(Err(_))) => code = (1006, "read failed"),
@@ -1338,6 +1459,29 @@ mod tests {
             b = &b[at + len..];
         }
         out
+    }
+
+    #[test]
+    fn alarms_wake_each_socket_once_at_its_latest_deadline() {
+        let alarms = Alarms::default();
+        alarms.armed_ms.set(u64::MAX);
+        let peer: SocketAddr = ([127, 0, 0, 1], 1).into();
+        let a = Rc::new(ConnHandle::new(8, peer, 0));
+        let b = Rc::new(ConnHandle::new(8, peer, 0));
+        let base = mono_start() + Duration::from_millis(10_000);
+        alarms.set(&a, base + Duration::from_millis(1));
+        assert!(alarms.wake.set.get(), "an earlier deadline wakes the sweeper");
+        // Moved later: the first entry is stale.
+        alarms.set(&a, base + Duration::from_millis(500));
+        alarms.set(&b, base + Duration::from_millis(120));
+        // Rounded up to the grid: 10_050, 10_150, 10_500.
+        assert_eq!(alarms.fire(10_000), Some(10_050));
+        assert_eq!(alarms.fire(10_100), Some(10_150));
+        assert!(!a.wake.set.get() && !b.wake.set.get(), "a stale deadline wakes nobody");
+        assert_eq!(alarms.fire(10_150), Some(10_500));
+        assert!(b.wake.set.get() && !a.wake.set.get());
+        drop(a);
+        assert_eq!(alarms.fire(20_000), None, "a socket gone is forgotten");
     }
 
     #[test]
