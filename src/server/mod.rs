@@ -422,11 +422,11 @@ pub fn serve(args: &cli::Serve) -> Result<(), Failure> {
         ex.spawn(accept_loop(shared.clone(), ex.clone(), m, conn::Listener::Metrics))
             .detach();
     }
-    // Log lines go out once per loop turn (issue 16); the guard writes what
-    // is left when `serve` returns.
+    // Log lines go out together when the loop is idle (issue 16); the guard
+    // writes what is left when `serve` returns.
     let _lines = crate::log::buffer_lines();
     let main = std::pin::pin!(ex.run(run(shared, ex.clone(), listener, addr, demo_key, demo_passwords)));
-    smol::block_on(crate::log::FlushWhenIdle(main))
+    smol::block_on(crate::log::FlushWhenIdle::new(main))
 }
 
 /// Binds `--listen`; with `--reuse-port` (Linux) SO_REUSEPORT is set first,
