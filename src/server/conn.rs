@@ -217,7 +217,7 @@ pub async fn serve_connection(
         };
         first = false;
         let deadline = Instant::now() + wait;
-        let head = smol::future::or(read_head(&mut stream, &mut buf, deadline, &slot), async {
+        let head = smol::future::or(read_head(&shared, &mut stream, &mut buf, deadline, &slot), async {
             slot.signal.wait().await;
             ReadHead::Closed
         })
@@ -303,7 +303,7 @@ pub async fn serve_connection(
         {
             break;
         }
-        if !read_exact_by(&mut stream, &mut buf, body_len, deadline).await {
+        if !read_exact_by(&shared, &mut stream, &mut buf, body_len, deadline).await {
             break;
         }
         let body: Vec<u8> = buf.drain(..body_len).collect();
@@ -350,7 +350,13 @@ enum ReadHead {
 /// Reads until a full head is in `buf` (bytes after it stay in `buf`).
 /// The slot waits (sheddable) from the first read on, partial once part of
 /// a head is in.
-async fn read_head(stream: &mut Stream, buf: &mut Vec<u8>, deadline: Instant, slot: &PendingSlot) -> ReadHead {
+async fn read_head(
+    shared: &Shared,
+    stream: &mut Stream,
+    buf: &mut Vec<u8>,
+    deadline: Instant,
+    slot: &PendingSlot,
+) -> ReadHead {
     loop {
         if !buf.is_empty() {
             match http::parse_head(buf) {
@@ -360,21 +366,22 @@ async fn read_head(stream: &mut Stream, buf: &mut Vec<u8>, deadline: Instant, sl
             }
         }
         slot.waiting(!buf.is_empty());
-        match read_more(stream, buf, deadline).await {
+        match read_more(shared, stream, buf, deadline).await {
             Some(n) if n > 0 => {}
             _ => return ReadHead::Closed,
         }
     }
 }
 
-/// One read into `buf` before `deadline`; `None` on timeout or error.
+/// One read into `buf` before `deadline` (kept by the socket alarms, no
+/// reactor timer per connection); `None` on timeout or error.
 /// Reads straight into `buf` so no buffer lives in the task's future.
-async fn read_more(stream: &mut Stream, buf: &mut Vec<u8>, deadline: Instant) -> Option<usize> {
+async fn read_more(shared: &Shared, stream: &mut Stream, buf: &mut Vec<u8>, deadline: Instant) -> Option<usize> {
     let len = buf.len();
     buf.resize(len + 2048, 0);
     let read = async { stream.read(&mut buf[len..]).await.ok() };
     let timeout = async {
-        smol::Timer::at(deadline).await;
+        shared.alarms.sleep_until(deadline).await;
         None
     };
     let n = smol::future::or(read, timeout).await.unwrap_or(0);
@@ -382,9 +389,15 @@ async fn read_more(stream: &mut Stream, buf: &mut Vec<u8>, deadline: Instant) ->
     (n > 0).then_some(n)
 }
 
-async fn read_exact_by(stream: &mut Stream, buf: &mut Vec<u8>, want: usize, deadline: Instant) -> bool {
+async fn read_exact_by(
+    shared: &Shared,
+    stream: &mut Stream,
+    buf: &mut Vec<u8>,
+    want: usize,
+    deadline: Instant,
+) -> bool {
     while buf.len() < want {
-        match read_more(stream, buf, deadline).await {
+        match read_more(shared, stream, buf, deadline).await {
             Some(n) if n > 0 => {}
             _ => return false,
         }

@@ -69,10 +69,65 @@ fn mono_ms() -> u64 {
 /// in it, so the sweeper's timer moves at most this often.
 const ALARM_GRAIN_MS: u64 = 50;
 
-/// One socket's deadline in [`Alarms`].
+/// One deadline in [`Alarms`]: a socket's, or a [`Sleep`]'s.
 struct Alarm {
     at_ms: u64,
-    handle: std::rc::Weak<ConnHandle>,
+    target: Target,
+}
+
+enum Target {
+    Socket(std::rc::Weak<ConnHandle>),
+    Sleep(std::rc::Weak<SleepSlot>),
+}
+
+/// What a [`Sleep`] shares with [`Alarms`].
+#[derive(Default)]
+struct SleepSlot {
+    fired: Cell<bool>,
+    waker: Cell<Option<Waker>>,
+}
+
+/// Resolves once `at` (rounded up to [`ALARM_GRAIN_MS`]) has passed, kept
+/// by [`Alarms`]: no reactor timer (a timer insert costs an eventfd write,
+/// a read and a re-arm). Dropping it forgets the deadline.
+pub struct Sleep<'a> {
+    alarms: &'a Alarms,
+    at_ms: u64,
+    slot: Option<Rc<SleepSlot>>,
+}
+
+impl Future for Sleep<'_> {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if mono_ms() >= self.at_ms {
+            return Poll::Ready(());
+        }
+        let slot = match &self.slot {
+            Some(s) => s.clone(),
+            None => {
+                let s = Rc::new(SleepSlot::default());
+                self.alarms.push(self.at_ms, Target::Sleep(Rc::downgrade(&s)));
+                self.slot = Some(s.clone());
+                s
+            }
+        };
+        if slot.fired.get() {
+            return Poll::Ready(());
+        }
+        let w = match slot.waker.take() {
+            Some(w) if w.will_wake(cx.waker()) => w,
+            _ => cx.waker().clone(),
+        };
+        slot.waker.set(Some(w));
+        Poll::Pending
+    }
+}
+
+/// `at` on the [`Alarms`] grid.
+fn grid_ms(at: Instant) -> u64 {
+    let ms = at.saturating_duration_since(mono_start()).as_millis() as u64;
+    ms.div_ceil(ALARM_GRAIN_MS).saturating_mul(ALARM_GRAIN_MS)
 }
 
 impl PartialEq for Alarm {
@@ -98,7 +153,6 @@ impl Ord for Alarm {
 /// ([`sweep_alarms`]): a timer per socket cost a reactor insert (an eventfd
 /// write, a read and a re-arm) per handshake (issue 16). Deadlines are
 /// rounded up to [`ALARM_GRAIN_MS`]; a socket due is woken like by the hub.
-#[derive(Default)]
 pub struct Alarms {
     heap: RefCell<std::collections::BinaryHeap<Alarm>>,
     /// What the sweeper's timer is set to (`u64::MAX`: nothing).
@@ -107,21 +161,40 @@ pub struct Alarms {
     wake: Wake,
 }
 
+impl Default for Alarms {
+    fn default() -> Alarms {
+        Alarms {
+            heap: RefCell::default(),
+            armed_ms: Cell::new(u64::MAX),
+            wake: Wake::default(),
+        }
+    }
+}
+
 impl Alarms {
     /// Wakes `h`'s task at `at` (rounded up to the grid), instead of the
     /// deadline set before.
     fn set(&self, h: &Rc<ConnHandle>, at: Instant) {
-        let ms = at.saturating_duration_since(mono_start()).as_millis() as u64;
-        let ms = ms.div_ceil(ALARM_GRAIN_MS).saturating_mul(ALARM_GRAIN_MS);
+        let ms = grid_ms(at);
         if h.alarm_ms.get() == ms {
             return;
         }
         h.alarm_ms.set(ms);
-        self.heap.borrow_mut().push(Alarm {
-            at_ms: ms,
-            handle: Rc::downgrade(h),
-        });
-        if ms < self.armed_ms.get() {
+        self.push(ms, Target::Socket(Rc::downgrade(h)));
+    }
+
+    /// A future that resolves at `at` (rounded up to the grid); see [`Sleep`].
+    pub fn sleep_until(&self, at: Instant) -> Sleep<'_> {
+        Sleep {
+            alarms: self,
+            at_ms: grid_ms(at),
+            slot: None,
+        }
+    }
+
+    fn push(&self, at_ms: u64, target: Target) {
+        self.heap.borrow_mut().push(Alarm { at_ms, target });
+        if at_ms < self.armed_ms.get() {
             self.wake.notify();
         }
     }
@@ -138,12 +211,24 @@ impl Alarms {
             }
             let Some(a) = heap.pop() else { break None };
             fired = true;
-            // A socket gone, or one that set another deadline since: nothing.
-            if let Some(h) = a.handle.upgrade()
-                && h.alarm_ms.get() == a.at_ms
-            {
-                h.alarm_ms.set(u64::MAX);
-                h.wake.notify();
+            match a.target {
+                // A socket gone, or one that set another deadline since: nothing.
+                Target::Socket(h) => {
+                    if let Some(h) = h.upgrade()
+                        && h.alarm_ms.get() == a.at_ms
+                    {
+                        h.alarm_ms.set(u64::MAX);
+                        h.wake.notify();
+                    }
+                }
+                Target::Sleep(s) => {
+                    if let Some(s) = s.upgrade() {
+                        s.fired.set(true);
+                        if let Some(w) = s.waker.take() {
+                            w.wake();
+                        }
+                    }
+                }
             }
         };
         let len = heap.len();
@@ -158,7 +243,6 @@ impl Alarms {
 /// an earlier one is set), wakes the sockets due.
 pub async fn sweep_alarms(shared: Rc<Shared>) {
     let alarms = &shared.alarms;
-    alarms.armed_ms.set(u64::MAX);
     let mut timer = smol::Timer::never();
     let mut timer_ms = u64::MAX;
     loop {
@@ -1464,7 +1548,6 @@ mod tests {
     #[test]
     fn alarms_wake_each_socket_once_at_its_latest_deadline() {
         let alarms = Alarms::default();
-        alarms.armed_ms.set(u64::MAX);
         let peer: SocketAddr = ([127, 0, 0, 1], 1).into();
         let a = Rc::new(ConnHandle::new(8, peer, 0));
         let b = Rc::new(ConnHandle::new(8, peer, 0));
@@ -1482,6 +1565,20 @@ mod tests {
         assert!(b.wake.set.get() && !a.wake.set.get());
         drop(a);
         assert_eq!(alarms.fire(20_000), None, "a socket gone is forgotten");
+
+        // A sleep resolves once swept (or once its time has passed), and a
+        // dropped one is forgotten.
+        let soon = Instant::now() + Duration::from_secs(3600);
+        let mut sleep = Box::pin(alarms.sleep_until(soon));
+        let mut gone = Box::pin(alarms.sleep_until(soon));
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(sleep.as_mut().poll(&mut cx).is_pending());
+        assert!(gone.as_mut().poll(&mut cx).is_pending());
+        drop(gone);
+        assert_eq!(alarms.heap.borrow().len(), 2);
+        alarms.fire(u64::MAX - 1);
+        assert!(sleep.as_mut().poll(&mut cx).is_ready());
+        assert!(alarms.heap.borrow().is_empty());
     }
 
     #[test]
