@@ -69,6 +69,9 @@ fn mono_ms() -> u64 {
 /// in it, so the sweeper's timer moves at most this often.
 const ALARM_GRAIN_MS: u64 = 50;
 
+/// Entries [`Alarms`] may hold beyond twice the live ones before a purge.
+const PURGE_SLACK: usize = 1024;
+
 /// One deadline in [`Alarms`]: a socket's, or a [`Sleep`]'s.
 struct Alarm {
     at_ms: u64,
@@ -157,6 +160,8 @@ pub struct Alarms {
     heap: RefCell<std::collections::BinaryHeap<Alarm>>,
     /// What the sweeper's timer is set to (`u64::MAX`: nothing).
     armed_ms: Cell<u64>,
+    /// The heap's length after the last purge of dead entries.
+    purged_len: Cell<usize>,
     /// Wakes the sweeper for a deadline earlier than `armed_ms`.
     wake: Wake,
 }
@@ -166,6 +171,7 @@ impl Default for Alarms {
         Alarms {
             heap: RefCell::default(),
             armed_ms: Cell::new(u64::MAX),
+            purged_len: Cell::new(0),
             wake: Wake::default(),
         }
     }
@@ -193,7 +199,20 @@ impl Alarms {
     }
 
     fn push(&self, at_ms: u64, target: Target) {
-        self.heap.borrow_mut().push(Alarm { at_ms, target });
+        let mut heap = self.heap.borrow_mut();
+        heap.push(Alarm { at_ms, target });
+        // A read that got its data drops its `Sleep` long before the
+        // deadline (a handshake timeout is seconds away): once the heap has
+        // doubled since the last purge, drop the dead entries, so it stays
+        // within about twice the live deadlines however fast connections come.
+        if heap.len() > 2 * self.purged_len.get() + PURGE_SLACK {
+            heap.retain(|a| match &a.target {
+                Target::Socket(h) => h.upgrade().is_some_and(|h| h.alarm_ms.get() == a.at_ms),
+                Target::Sleep(s) => s.strong_count() > 0,
+            });
+            self.purged_len.set(heap.len());
+        }
+        drop(heap);
         if at_ms < self.armed_ms.get() {
             self.wake.notify();
         }
@@ -235,6 +254,7 @@ impl Alarms {
         if fired && heap.capacity() > 64 && len < heap.capacity() / 4 {
             heap.shrink_to(len * 2);
         }
+        self.purged_len.set(self.purged_len.get().min(len));
         next
     }
 }
@@ -1649,6 +1669,17 @@ mod tests {
         alarms.fire(u64::MAX - 1);
         assert!(sleep.as_mut().poll(&mut cx).is_ready());
         assert!(alarms.heap.borrow().is_empty());
+
+        // Sleeps dropped long before their deadline do not pile up.
+        for _ in 0..20_000 {
+            let mut s = Box::pin(alarms.sleep_until(soon));
+            assert!(s.as_mut().poll(&mut cx).is_pending());
+        }
+        assert!(
+            alarms.heap.borrow().len() <= PURGE_SLACK + 1,
+            "{}",
+            alarms.heap.borrow().len()
+        );
     }
 
     #[test]
