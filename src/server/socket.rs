@@ -127,9 +127,11 @@ impl Future for Sleep<'_> {
     }
 }
 
-/// `at` on the [`Alarms`] grid.
+/// `at` on the [`Alarms`] grid: the first grid point at or after it (a
+/// socket woken before its deadline would not set the next one).
 fn grid_ms(at: Instant) -> u64 {
-    let ms = at.saturating_duration_since(mono_start()).as_millis() as u64;
+    let d = at.saturating_duration_since(mono_start());
+    let ms = d.as_millis() as u64 + u64::from(d.subsec_nanos() % 1_000_000 != 0);
     ms.div_ceil(ALARM_GRAIN_MS).saturating_mul(ALARM_GRAIN_MS)
 }
 
@@ -1102,7 +1104,9 @@ where
             }
 
             let next = timers.next_deadline(now, mono);
-            if next < alarm_at || mono >= alarm_at {
+            // Also when no deadline is set any more (it fired): never sleep
+            // without one.
+            if next < alarm_at || mono >= alarm_at || handle.alarm_ms.get() == u64::MAX {
                 alarm_at = next;
                 shared.alarms.set(&handle, next);
             }
@@ -1680,6 +1684,19 @@ mod tests {
             "{}",
             alarms.heap.borrow().len()
         );
+    }
+
+    #[test]
+    fn alarm_grid_rounds_up_never_down() {
+        let at = |us: u64| grid_ms(mono_start() + Duration::from_micros(us));
+        assert_eq!(at(1_000_000), 1000);
+        assert_eq!(
+            at(1_000_700),
+            1050,
+            "woken before the deadline, a socket would set none"
+        );
+        assert_eq!(at(1_000_001), 1050);
+        assert_eq!(at(1_049_999), 1050);
     }
 
     #[test]
