@@ -1,10 +1,12 @@
 //! One event per line on stderr (SPEC §7): JSON by default, or text.
 //!
 //! While `serve` runs, lines are gathered in a per-thread buffer and
-//! written together when the event loop goes idle ([`FlushWhenIdle`]), when
-//! the buffer passes [`FLUSH_BYTES`], on shutdown and on a panic: one
-//! `write(2)` per loop turn instead of one per line (issue 16), and no line
-//! is lost. Elsewhere (commands, other threads) each line is written at once.
+//! written together when the event loop goes idle [`FLUSH_DELAY`] or more
+//! after the oldest of them was logged ([`FlushWhenIdle`]), when the buffer
+//! passes [`FLUSH_BYTES`], on shutdown and on a panic: at most one
+//! `write(2)` per loop turn and per [`FLUSH_DELAY`] instead of one per line
+//! (issue 16), and no line is lost. Elsewhere (commands, other threads)
+//! each line is written at once.
 //!
 //! Callers pass typed fields; nothing here knows tokens, cookies or query
 //! strings, and the server never hands them in. Line and paragraph
@@ -23,9 +25,15 @@ use std::task::{Context, Poll};
 /// Buffered lines past this many bytes are written at once.
 pub const FLUSH_BYTES: usize = 16 * 1024;
 
+/// How long a buffered line may wait for the loop's next idle moment to
+/// share a write with later ones.
+pub const FLUSH_DELAY: std::time::Duration = std::time::Duration::from_millis(25);
+
 thread_local! {
     /// Lines not yet written; `None` while buffering is off on this thread.
     static PENDING: RefCell<Option<String>> = const { RefCell::new(None) };
+    /// When the oldest line in [`PENDING`] was logged.
+    static SINCE: std::cell::Cell<Option<std::time::Instant>> = const { std::cell::Cell::new(None) };
 }
 
 /// `--log-format`.
@@ -84,6 +92,9 @@ impl Logger {
         let buffered = PENDING.with(|p| {
             let Ok(mut p) = p.try_borrow_mut() else { return false };
             let Some(buf) = p.as_mut() else { return false };
+            if buf.is_empty() {
+                SINCE.with(|s| s.set(Some(std::time::Instant::now())));
+            }
             render_into(buf, self.format, ts, level, event, fields);
             if buf.len() >= FLUSH_BYTES {
                 write_out(buf);
@@ -108,6 +119,7 @@ impl Logger {
 
 /// Writes and empties `buf`.
 fn write_out(buf: &mut String) {
+    SINCE.with(|s| s.set(None));
     if !buf.is_empty() {
         let _ = std::io::stderr().lock().write_all(buf.as_bytes());
         buf.clear();
@@ -163,17 +175,45 @@ impl Drop for Buffering {
     }
 }
 
-/// Drives a future (the executor) and writes the buffered lines each time
-/// it returns `Pending`: the event loop is about to wait for I/O or a timer
-/// (or, under a long burst of work, yields every few hundred tasks).
-pub struct FlushWhenIdle<F>(pub F);
+/// Drives a future (the executor) and writes the buffered lines when it
+/// returns `Pending` (the event loop is about to wait for I/O or a timer,
+/// or, under a long burst of work, yields every few hundred tasks) and the
+/// oldest of them waited [`FLUSH_DELAY`]; otherwise a timer wakes the loop
+/// then. Under a stream of connections that is one write per
+/// [`FLUSH_DELAY`] or [`FLUSH_BYTES`] instead of one per loop turn.
+pub struct FlushWhenIdle<F> {
+    inner: F,
+    /// Set for the oldest buffered line's deadline while lines wait.
+    timer: Option<smol::Timer>,
+}
+
+impl<F> FlushWhenIdle<F> {
+    pub fn new(inner: F) -> FlushWhenIdle<F> {
+        FlushWhenIdle { inner, timer: None }
+    }
+}
 
 impl<F: Future + Unpin> Future for FlushWhenIdle<F> {
     type Output = F::Output;
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        let r = Pin::new(&mut self.0).poll(cx);
-        if r.is_pending() {
+        let r = Pin::new(&mut self.inner).poll(cx);
+        if r.is_ready() {
+            return r;
+        }
+        let Some(since) = SINCE.with(|s| s.get()) else {
+            self.timer = None;
+            return r;
+        };
+        let due = since + FLUSH_DELAY;
+        if std::time::Instant::now() >= due {
             flush();
+            self.timer = None;
+            return r;
+        }
+        let timer = self.timer.get_or_insert_with(|| smol::Timer::at(due));
+        if Pin::new(timer).poll(cx).is_ready() {
+            flush();
+            self.timer = None;
         }
         r
     }
@@ -424,21 +464,32 @@ mod tests {
     }
 
     #[test]
-    fn idle_executor_flushes() {
+    fn idle_executor_flushes_after_the_delay() {
         let log = Logger { format: Format::Json };
         let _guard = buffer_lines();
+        let start = std::time::Instant::now();
         let mut polls = 0;
         let fut = std::future::poll_fn(|cx| {
             polls += 1;
-            if polls == 1 {
-                log.info("turn", &[]);
-                cx.waker().wake_by_ref();
-                return Poll::Pending;
+            match polls {
+                // Logged, then the loop waits for nothing: only the flush
+                // timer can wake it.
+                1 => {
+                    log.info("turn", &[]);
+                    Poll::Pending
+                }
+                2 => {
+                    assert!(start.elapsed() >= FLUSH_DELAY, "woken by the flush timer");
+                    cx.waker().wake_by_ref();
+                    Poll::Pending
+                }
+                _ => {
+                    assert_eq!(pending().as_deref(), Some(""), "flushed when the loop went idle");
+                    Poll::Ready(())
+                }
             }
-            assert_eq!(pending().as_deref(), Some(""), "flushed when the loop went idle");
-            Poll::Ready(())
         });
-        smol::block_on(FlushWhenIdle(Box::pin(fut)));
+        smol::block_on(FlushWhenIdle::new(Box::pin(fut)));
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! later ones within `--keepalive-timeout`), route, answer plain HTTP with
 //! keep-alive (every write within `--write-timeout`), or upgrade a
 //! `GET /ws`: [`gate::authorize`] decides on the head already parsed, and
-//! the `101` leaves in one write with the `welcome` ([`Corked`]).
+//! the `101` leaves in one write with the `welcome` ([`socket::Outlet`]).
 //! Until it upgrades, a connection holds a [`PendingSlot`] and can be shed
 //! while it waits for a head.
 
@@ -17,23 +17,14 @@ use async_tungstenite::WebSocketStream;
 use async_tungstenite::tungstenite::handshake::derive_accept_key;
 use async_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use event_listener::Event;
-use smol::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use smol::io::{AsyncReadExt, AsyncWriteExt};
 use smol::{Async, LocalExecutor};
 use std::cell::Cell;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::net::{SocketAddr, TcpStream};
-use std::pin::Pin;
 use std::rc::Rc;
-use std::task::{Context as TaskCx, Poll};
 use std::time::Instant;
-
-/// Bytes of queued frames tungstenite buffers before writing mid-batch: up
-/// to about 100 fan-out messages of 256 B per `send`. Measured with the
-/// burst bench (BENCHMARKS.md, issue 11): 8 KiB cost 0.75 µs of server CPU
-/// per delivery, 16 KiB 0.52 µs, 32 KiB 0.46 µs; the buffer only grows on
-/// sockets that have that much queued.
-const WRITE_BATCH_BYTES: usize = 32 * 1024;
 
 /// A client connection: plain TCP, or TLS over it (feature `tls`).
 #[cfg(feature = "tls")]
@@ -231,7 +222,7 @@ pub async fn serve_connection(
         };
         first = false;
         let deadline = Instant::now() + wait;
-        let head = smol::future::or(read_head(&mut stream, &mut buf, deadline, &slot), async {
+        let head = smol::future::or(read_head(&shared, &mut stream, &mut buf, deadline, &slot), async {
             slot.signal.wait().await;
             ReadHead::Closed
         })
@@ -320,7 +311,7 @@ pub async fn serve_connection(
         {
             break;
         }
-        if !read_exact_by(&mut stream, &mut buf, body_len, deadline).await {
+        if !read_exact_by(&shared, &mut stream, &mut buf, body_len, deadline).await {
             break;
         }
         let body: Vec<u8> = buf.drain(..body_len).collect();
@@ -367,7 +358,13 @@ enum ReadHead {
 /// Reads until a full head is in `buf` (bytes after it stay in `buf`).
 /// The slot waits (sheddable) from the first read on, partial once part of
 /// a head is in.
-async fn read_head(stream: &mut Stream, buf: &mut Vec<u8>, deadline: Instant, slot: &PendingSlot) -> ReadHead {
+async fn read_head(
+    shared: &Shared,
+    stream: &mut Stream,
+    buf: &mut Vec<u8>,
+    deadline: Instant,
+    slot: &PendingSlot,
+) -> ReadHead {
     loop {
         if !buf.is_empty() {
             match http::parse_head(buf) {
@@ -377,21 +374,22 @@ async fn read_head(stream: &mut Stream, buf: &mut Vec<u8>, deadline: Instant, sl
             }
         }
         slot.waiting(!buf.is_empty());
-        match read_more(stream, buf, deadline).await {
+        match read_more(shared, stream, buf, deadline).await {
             Some(n) if n > 0 => {}
             _ => return ReadHead::Closed,
         }
     }
 }
 
-/// One read into `buf` before `deadline`; `None` on timeout or error.
+/// One read into `buf` before `deadline` (kept by the socket alarms, no
+/// reactor timer per connection); `None` on timeout or error.
 /// Reads straight into `buf` so no buffer lives in the task's future.
-async fn read_more(stream: &mut Stream, buf: &mut Vec<u8>, deadline: Instant) -> Option<usize> {
+async fn read_more(shared: &Shared, stream: &mut Stream, buf: &mut Vec<u8>, deadline: Instant) -> Option<usize> {
     let len = buf.len();
     buf.resize(len + 2048, 0);
     let read = async { stream.read(&mut buf[len..]).await.ok() };
     let timeout = async {
-        smol::Timer::at(deadline).await;
+        shared.alarms.sleep_until(deadline).await;
         None
     };
     let n = smol::future::or(read, timeout).await.unwrap_or(0);
@@ -399,9 +397,15 @@ async fn read_more(stream: &mut Stream, buf: &mut Vec<u8>, deadline: Instant) ->
     (n > 0).then_some(n)
 }
 
-async fn read_exact_by(stream: &mut Stream, buf: &mut Vec<u8>, want: usize, deadline: Instant) -> bool {
+async fn read_exact_by(
+    shared: &Shared,
+    stream: &mut Stream,
+    buf: &mut Vec<u8>,
+    want: usize,
+    deadline: Instant,
+) -> bool {
     while buf.len() < want {
-        match read_more(stream, buf, deadline).await {
+        match read_more(shared, stream, buf, deadline).await {
             Some(n) if n > 0 => {}
             _ => return false,
         }
@@ -530,69 +534,6 @@ async fn publish(shared: &Shared, req: &Request, body: &[u8], peer: SocketAddr) 
     }
 }
 
-/// The `101` answer, held back so that it leaves in the same write as the
-/// first frame (the `welcome`): one segment instead of two (issue 16).
-/// Later writes pass straight through.
-pub struct Corked<S> {
-    held: Vec<u8>,
-    /// The first frame has joined `held`.
-    joined: bool,
-    inner: S,
-}
-
-impl<S: AsyncWrite + Unpin> Corked<S> {
-    /// Writes what is held; `Ready(Ok)` once nothing is.
-    fn drain(&mut self, cx: &mut TaskCx<'_>) -> Poll<std::io::Result<()>> {
-        while !self.held.is_empty() {
-            match Pin::new(&mut self.inner).poll_write(cx, &self.held) {
-                Poll::Ready(Ok(0)) => return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into())),
-                Poll::Ready(Ok(n)) => {
-                    self.held.drain(..n.min(self.held.len()));
-                }
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => return Poll::Pending,
-            }
-        }
-        if self.held.capacity() > 0 {
-            self.held = Vec::new();
-        }
-        Poll::Ready(Ok(()))
-    }
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Corked<S> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut TaskCx<'_>, out: &mut [u8]) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_read(cx, out)
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Corked<S> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut TaskCx<'_>, b: &[u8]) -> Poll<std::io::Result<usize>> {
-        if !self.held.is_empty() && !self.joined {
-            self.joined = true;
-            self.held.extend_from_slice(b);
-            return Poll::Ready(Ok(b.len()));
-        }
-        match self.drain(cx) {
-            Poll::Ready(Ok(())) => Pin::new(&mut self.inner).poll_write(cx, b),
-            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-            Poll::Pending => Poll::Pending,
-        }
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut TaskCx<'_>) -> Poll<std::io::Result<()>> {
-        match self.drain(cx) {
-            Poll::Ready(Ok(())) => Pin::new(&mut self.inner).poll_flush(cx),
-            other => other,
-        }
-    }
-    fn poll_close(mut self: Pin<&mut Self>, cx: &mut TaskCx<'_>) -> Poll<std::io::Result<()>> {
-        match self.drain(cx) {
-            Poll::Ready(Ok(())) => Pin::new(&mut self.inner).poll_close(cx),
-            other => other,
-        }
-    }
-}
-
 /// The `101 Switching Protocols` head for a checked upgrade request
 /// (RFC 6455 §4.2.2); `Sec-WebSocket-Key` was validated by
 /// [`http::upgrade_problem`].
@@ -613,12 +554,9 @@ fn ws_config(shared: &Shared) -> WebSocketConfig {
     // Client messages are small commands: a small eagerly-allocated read
     // buffer keeps idle sockets cheap (larger frames grow it as needed).
     config.read_buffer_size = 256;
-    // Frames queued while the socket task waits are written together: the
-    // task feeds its whole backlog and flushes once, and tungstenite only
-    // writes early past this many bytes. One send per batch instead of one
-    // per frame is what fan-out throughput hinges on (BENCHMARKS.md); the
-    // buffer grows only as far as a real backlog takes it.
-    config.write_buffer_size = WRITE_BATCH_BYTES;
+    // The socket task frames and writes its messages itself (a batch in
+    // one send, `socket::Outlet`); tungstenite writes only pongs and the
+    // close handshake.
     config.max_write_buffer_size = shared.cfg.max_message_bytes.max(64 * 1024) * 4;
     config.max_message_size = Some(shared.cfg.max_message_bytes);
     config.max_frame_size = Some(shared.cfg.max_message_bytes);
@@ -709,14 +647,10 @@ async fn upgrade(
         }
     };
     // The read buffer holds the answer: no allocation for it, and the
-    // welcome joins it without growing it.
-    let corked = Corked {
-        held: switching_protocols(&req, buf),
-        joined: false,
-        inner: stream,
-    };
+    // welcome joins it without growing it (one write for both).
+    let outlet = socket::Outlet::new(stream, switching_protocols(&req, buf));
     drop(req);
-    let ws = WebSocketStream::from_partially_read(corked, early, Role::Server, Some(ws_config(&shared))).await;
+    let ws = WebSocketStream::from_partially_read(outlet, early, Role::Server, Some(ws_config(&shared))).await;
     shared.metrics.handshakes_ok.set(shared.metrics.handshakes_ok.get() + 1);
     Box::pin(socket::run(shared.clone(), ws, claims, peer)).await;
 }

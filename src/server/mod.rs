@@ -258,6 +258,8 @@ pub struct Shared {
     pub congested: RefCell<Vec<(crate::hub::ConnId, Rc<ConnHandle>)>>,
     /// Notified when a congested socket takes its queue.
     pub room: event_listener::Event,
+    /// Every socket's next deadline, swept by one task.
+    pub alarms: socket::Alarms,
     /// Recent security events (SPEC §13), for `/admin/events`.
     pub events: RefCell<crate::events::Events>,
     /// The durable history log (`--history-dir`).
@@ -378,6 +380,7 @@ pub fn serve(args: &cli::Serve) -> Result<(), Failure> {
         hub: RefCell::new(hub),
         congested: RefCell::default(),
         room: event_listener::Event::new(),
+        alarms: socket::Alarms::default(),
         events: RefCell::default(),
         dummy_hash: RefCell::new(auth::dummy_hash(&users)),
         users: RefCell::new(Rc::new(users)),
@@ -422,11 +425,11 @@ pub fn serve(args: &cli::Serve) -> Result<(), Failure> {
         ex.spawn(accept_loop(shared.clone(), ex.clone(), m, conn::Listener::Metrics))
             .detach();
     }
-    // Log lines go out once per loop turn (issue 16); the guard writes what
-    // is left when `serve` returns.
+    // Log lines go out together when the loop is idle (issue 16); the guard
+    // writes what is left when `serve` returns.
     let _lines = crate::log::buffer_lines();
     let main = std::pin::pin!(ex.run(run(shared, ex.clone(), listener, addr, demo_key, demo_passwords)));
-    smol::block_on(crate::log::FlushWhenIdle(main))
+    smol::block_on(crate::log::FlushWhenIdle::new(main))
 }
 
 /// Binds `--listen`; with `--reuse-port` (Linux) SO_REUSEPORT is set first,
@@ -528,6 +531,7 @@ async fn run(
     }
     ex.spawn(auth::persist_task(shared.clone())).detach();
     ex.spawn(expire_history(shared.clone())).detach();
+    ex.spawn(socket::sweep_alarms(shared.clone())).detach();
     if shared.disk.borrow().is_some() {
         ex.spawn(sync_history(shared.clone())).detach();
     }

@@ -11,6 +11,12 @@
 //! queue stays at or over the depth with no write progress for
 //! [`STALL`], or whose queue reaches [`HARD_CAP_FACTOR`] × the depth, is
 //! closed with 4008. Replies and replayed history do not count.
+//!
+//! Writing (issue 16): the task frames what it sends itself, into one buffer
+//! under tungstenite ([`Outlet`]; server frames are unmasked, a 2–10 byte
+//! header), and a batch leaves with one flush. tungstenite keeps the read
+//! side, pongs and the close handshake; its writes and ours never
+//! interleave inside a frame.
 
 use super::{Shared, now_millis};
 use crate::commands::now_unix;
@@ -25,7 +31,7 @@ use async_tungstenite::tungstenite::protocol::CloseFrame;
 use async_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use async_tungstenite::tungstenite::{Error as WsError, Message};
 use event_listener::Event;
-use futures_util::{Sink, SinkExt, StreamExt};
+use futures_util::{SinkExt, StreamExt};
 use smol::io::{AsyncRead, AsyncWrite};
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -48,10 +54,241 @@ const PROGRESS_BYTES: usize = 16 * 1024;
 /// once (4008), whatever its progress.
 pub const HARD_CAP_FACTOR: usize = 4;
 
+/// Where [`mono_ms`] counts from.
+fn mono_start() -> Instant {
+    static START: OnceLock<Instant> = OnceLock::new();
+    *START.get_or_init(Instant::now)
+}
+
 /// Monotonic milliseconds since the first call (cheap enough per batch).
 fn mono_ms() -> u64 {
-    static START: OnceLock<Instant> = OnceLock::new();
-    START.get_or_init(Instant::now).elapsed().as_millis() as u64
+    mono_start().elapsed().as_millis() as u64
+}
+
+/// Socket deadlines are kept to this grid: one sweep wakes every socket due
+/// in it, so the sweeper's timer moves at most this often.
+const ALARM_GRAIN_MS: u64 = 50;
+
+/// Entries [`Alarms`] may hold beyond twice the live ones before a purge.
+const PURGE_SLACK: usize = 1024;
+
+/// One deadline in [`Alarms`]: a socket's, or a [`Sleep`]'s.
+struct Alarm {
+    at_ms: u64,
+    target: Target,
+}
+
+enum Target {
+    Socket(std::rc::Weak<ConnHandle>),
+    Sleep(std::rc::Weak<SleepSlot>),
+}
+
+/// What a [`Sleep`] shares with [`Alarms`].
+#[derive(Default)]
+struct SleepSlot {
+    fired: Cell<bool>,
+    waker: Cell<Option<Waker>>,
+}
+
+/// Resolves once `at` (rounded up to [`ALARM_GRAIN_MS`]) has passed, kept
+/// by [`Alarms`]: no reactor timer (a timer insert costs an eventfd write,
+/// a read and a re-arm). Dropping it forgets the deadline.
+pub struct Sleep<'a> {
+    alarms: &'a Alarms,
+    at_ms: u64,
+    slot: Option<Rc<SleepSlot>>,
+}
+
+impl Future for Sleep<'_> {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if mono_ms() >= self.at_ms {
+            return Poll::Ready(());
+        }
+        let slot = match &self.slot {
+            Some(s) => s.clone(),
+            None => {
+                let s = Rc::new(SleepSlot::default());
+                self.alarms.push(self.at_ms, Target::Sleep(Rc::downgrade(&s)));
+                self.slot = Some(s.clone());
+                s
+            }
+        };
+        if slot.fired.get() {
+            return Poll::Ready(());
+        }
+        let w = match slot.waker.take() {
+            Some(w) if w.will_wake(cx.waker()) => w,
+            _ => cx.waker().clone(),
+        };
+        slot.waker.set(Some(w));
+        Poll::Pending
+    }
+}
+
+/// `at` on the [`Alarms`] grid: the first grid point at or after it (a
+/// socket woken before its deadline would not set the next one).
+fn grid_ms(at: Instant) -> u64 {
+    let d = at.saturating_duration_since(mono_start());
+    let ms = d.as_millis() as u64 + u64::from(d.subsec_nanos() % 1_000_000 != 0);
+    ms.div_ceil(ALARM_GRAIN_MS).saturating_mul(ALARM_GRAIN_MS)
+}
+
+impl PartialEq for Alarm {
+    fn eq(&self, other: &Alarm) -> bool {
+        self.at_ms == other.at_ms
+    }
+}
+impl Eq for Alarm {}
+impl PartialOrd for Alarm {
+    fn partial_cmp(&self, other: &Alarm) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Alarm {
+    fn cmp(&self, other: &Alarm) -> std::cmp::Ordering {
+        // Earliest first out of the (max-)heap.
+        other.at_ms.cmp(&self.at_ms)
+    }
+}
+
+/// Every socket's next deadline (a ping, the token's expiry notice and
+/// close, the once-a-second look), kept by one task with one reactor timer
+/// ([`sweep_alarms`]): a timer per socket cost a reactor insert (an eventfd
+/// write, a read and a re-arm) per handshake (issue 16). Deadlines are
+/// rounded up to [`ALARM_GRAIN_MS`]; a socket due is woken like by the hub.
+pub struct Alarms {
+    heap: RefCell<std::collections::BinaryHeap<Alarm>>,
+    /// What the sweeper's timer is set to (`u64::MAX`: nothing).
+    armed_ms: Cell<u64>,
+    /// The heap's length after the last purge of dead entries.
+    purged_len: Cell<usize>,
+    /// Wakes the sweeper for a deadline earlier than `armed_ms`.
+    wake: Wake,
+}
+
+impl Default for Alarms {
+    fn default() -> Alarms {
+        Alarms {
+            heap: RefCell::default(),
+            armed_ms: Cell::new(u64::MAX),
+            purged_len: Cell::new(0),
+            wake: Wake::default(),
+        }
+    }
+}
+
+impl Alarms {
+    /// Wakes `h`'s task at `at` (rounded up to the grid), instead of the
+    /// deadline set before.
+    fn set(&self, h: &Rc<ConnHandle>, at: Instant) {
+        let ms = grid_ms(at);
+        if h.alarm_ms.get() == ms {
+            return;
+        }
+        h.alarm_ms.set(ms);
+        self.push(ms, Target::Socket(Rc::downgrade(h)));
+    }
+
+    /// A future that resolves at `at` (rounded up to the grid); see [`Sleep`].
+    pub fn sleep_until(&self, at: Instant) -> Sleep<'_> {
+        Sleep {
+            alarms: self,
+            at_ms: grid_ms(at),
+            slot: None,
+        }
+    }
+
+    fn push(&self, at_ms: u64, target: Target) {
+        let mut heap = self.heap.borrow_mut();
+        heap.push(Alarm { at_ms, target });
+        // A read that got its data drops its `Sleep` long before the
+        // deadline (a handshake timeout is seconds away): once the heap has
+        // doubled since the last purge, drop the dead entries, so it stays
+        // within about twice the live deadlines however fast connections come.
+        if heap.len() > 2 * self.purged_len.get() + PURGE_SLACK {
+            heap.retain(|a| match &a.target {
+                Target::Socket(h) => h.upgrade().is_some_and(|h| h.alarm_ms.get() == a.at_ms),
+                Target::Sleep(s) => s.strong_count() > 0,
+            });
+            self.purged_len.set(heap.len());
+        }
+        drop(heap);
+        if at_ms < self.armed_ms.get() {
+            self.wake.notify();
+        }
+    }
+
+    /// Wakes every socket due at `now_ms`; the next deadline, if any.
+    fn fire(&self, now_ms: u64) -> Option<u64> {
+        let mut heap = self.heap.borrow_mut();
+        let mut fired = false;
+        let next = loop {
+            match heap.peek() {
+                Some(top) if top.at_ms > now_ms => break Some(top.at_ms),
+                None => break None,
+                Some(_) => {}
+            }
+            let Some(a) = heap.pop() else { break None };
+            fired = true;
+            match a.target {
+                // A socket gone, or one that set another deadline since: nothing.
+                Target::Socket(h) => {
+                    if let Some(h) = h.upgrade()
+                        && h.alarm_ms.get() == a.at_ms
+                    {
+                        h.alarm_ms.set(u64::MAX);
+                        h.wake.notify();
+                    }
+                }
+                Target::Sleep(s) => {
+                    if let Some(s) = s.upgrade() {
+                        s.fired.set(true);
+                        if let Some(w) = s.waker.take() {
+                            w.wake();
+                        }
+                    }
+                }
+            }
+        };
+        let len = heap.len();
+        if fired && heap.capacity() > 64 && len < heap.capacity() / 4 {
+            heap.shrink_to(len * 2);
+        }
+        self.purged_len.set(self.purged_len.get().min(len));
+        next
+    }
+}
+
+/// The task behind [`Alarms`]: sleeps until the earliest deadline (or until
+/// an earlier one is set), wakes the sockets due.
+pub async fn sweep_alarms(shared: Rc<Shared>) {
+    let alarms = &shared.alarms;
+    let mut timer = smol::Timer::never();
+    let mut timer_ms = u64::MAX;
+    loop {
+        alarms.wake.clear();
+        let next = alarms.fire(mono_ms()).unwrap_or(u64::MAX);
+        alarms.armed_ms.set(next);
+        if next != timer_ms {
+            timer_ms = next;
+            if next == u64::MAX {
+                timer = smol::Timer::never();
+            } else {
+                timer.set_at(mono_start() + Duration::from_millis(next));
+            }
+        }
+        smol::future::or(
+            async {
+                (&mut timer).await;
+                // Fired: set it again even for the same instant.
+                timer_ms = u64::MAX;
+            },
+            alarms.wake.wait(),
+        )
+        .await;
+    }
 }
 
 /// The socket task's wake-up call: set when a frame is queued or a close is
@@ -126,6 +363,8 @@ pub struct ConnHandle {
     since_ms: u64,
     messages_in: Cell<u64>,
     messages_out: Cell<u64>,
+    /// The socket's deadline in [`Alarms`] (`u64::MAX`: none set).
+    alarm_ms: Cell<u64>,
 }
 
 impl ConnHandle {
@@ -143,6 +382,7 @@ impl ConnHandle {
             since_ms,
             messages_in: Cell::new(0),
             messages_out: Cell::new(0),
+            alarm_ms: Cell::new(u64::MAX),
         }
     }
 
@@ -151,20 +391,25 @@ impl ConnHandle {
         self.queue.borrow().len().saturating_sub(self.uncounted.get() as usize)
     }
 
-    /// Everything queued, oldest first, as frames to write. A congested
-    /// socket taking its queue makes room: waiting publishers are woken.
-    fn take_queued(&self, room: &Event) -> Vec<Message> {
+    /// Frames everything queued, oldest first, into `out`; returns how
+    /// many. A congested socket taking its queue makes room: waiting
+    /// publishers are woken.
+    fn take_queued(&self, room: &Event, out: &mut Framed) -> u64 {
         let mut q = self.queue.borrow_mut();
         if q.is_empty() {
-            return Vec::new();
+            return 0;
         }
         self.uncounted.set(0);
         self.progress_ms.set(mono_ms());
-        let out = q.drain(..).map(Message::Text).collect();
+        let n = q.len() as u64;
+        out.reserve(q.iter().map(|f| f.len() + MAX_HEADER).sum());
+        for f in q.drain(..) {
+            out.push_text(f.as_bytes());
+        }
         if self.congested.get() {
             room.notify(usize::MAX);
         }
-        out
+        n
     }
 
     /// What an operator sees of this socket (SPEC §13).
@@ -247,6 +492,219 @@ impl Outbox for Rc<ConnHandle> {
             self.progress_ms.set(mono_ms());
             self.wake.notify();
         }
+    }
+}
+
+/// The longest frame header we write: a server frame is unmasked, so 2
+/// bytes, 4 past 125 bytes of payload, 10 past 65535 (RFC 6455 §5.2).
+const MAX_HEADER: usize = 10;
+
+/// Frames the socket task writes itself, framed into one buffer: a batch
+/// leaves in one write, with no per-frame work in tungstenite (issue 16).
+/// The buffer is given back once written, so an idle socket holds none.
+#[derive(Default)]
+pub struct Framed {
+    buf: Vec<u8>,
+    /// Bytes of `buf` already written.
+    pos: usize,
+    /// Bytes written since write progress was last marked.
+    unmarked: usize,
+}
+
+impl Framed {
+    fn reserve(&mut self, bytes: usize) {
+        self.buf.reserve(bytes);
+    }
+
+    /// Appends one text frame (FIN, opcode 1, unmasked).
+    fn push_text(&mut self, payload: &[u8]) {
+        let n = payload.len();
+        if n < 126 {
+            self.buf.extend_from_slice(&[0x81, n as u8]);
+        } else if let Ok(short) = u16::try_from(n) {
+            self.buf.extend_from_slice(&[0x81, 126]);
+            self.buf.extend_from_slice(&short.to_be_bytes());
+        } else {
+            self.buf.extend_from_slice(&[0x81, 127]);
+            self.buf.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+        self.buf.extend_from_slice(payload);
+    }
+
+    /// Appends an empty ping.
+    fn push_ping(&mut self) {
+        self.buf.extend_from_slice(&[0x89, 0]);
+    }
+
+    /// Bytes not written yet.
+    fn pending(&self) -> usize {
+        self.buf.len().saturating_sub(self.pos)
+    }
+}
+
+/// The socket's stream under tungstenite, with [`Framed`]: what the task
+/// framed (at first the `101` answer, which then leaves in one write with
+/// the `welcome`) is written before tungstenite's next write, or on a
+/// flush; never while tungstenite may be inside a frame (it wrote since
+/// its last flush, and tungstenite flushes only with its buffer empty), and
+/// once started it is finished before tungstenite writes again.
+pub struct Outlet<S> {
+    out: Framed,
+    /// Plain TCP: set once a read found nothing, with read interest
+    /// registered through the hint's waker ([`ReadHint`]).
+    parked: bool,
+    hint: Option<(std::sync::Arc<ReadHint>, Waker)>,
+    /// tungstenite wrote since it last flushed (a pong or a close may be
+    /// half written): [`Framed`] waits for the flush.
+    tung_dirty: bool,
+    /// Where write progress inside a long batch is marked.
+    handle: Option<Rc<ConnHandle>>,
+    inner: S,
+}
+
+impl<S> Outlet<S> {
+    /// `head` (the `101` answer) is written first, with the first frame.
+    pub fn new(inner: S, head: Vec<u8>) -> Outlet<S> {
+        Outlet {
+            out: Framed {
+                buf: head,
+                pos: 0,
+                unmarked: 0,
+            },
+            tung_dirty: false,
+            parked: false,
+            hint: None,
+            handle: None,
+            inner,
+        }
+    }
+}
+
+/// Whether the reactor reported a socket readable since its last read
+/// found nothing: the reactor wakes this (it is the waker the read
+/// registered), which marks it and wakes the task. A socket task is polled
+/// once per delivered batch; without it each poll cost a `recvfrom`
+/// answering `EAGAIN` (issue 16: 40 per 1000 deliveries, the floor 6).
+/// Async-io's own `poll_readable` cannot tell: an event delivered in the
+/// reactor tick the interest was registered in looks like no event.
+#[derive(Default)]
+struct ReadHint {
+    fired: std::sync::atomic::AtomicBool,
+    task: futures_util::task::AtomicWaker,
+}
+
+impl std::task::Wake for ReadHint {
+    fn wake(self: std::sync::Arc<Self>) {
+        self.wake_by_ref();
+    }
+    fn wake_by_ref(self: &std::sync::Arc<Self>) {
+        self.fired.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.task.wake();
+    }
+}
+
+/// A stream that can say whether it became readable without reading.
+pub trait Readiness {
+    /// Plain TCP: readiness comes from the reactor (TLS buffers records, so
+    /// it must always be read).
+    fn plain(&self) -> bool;
+    /// `Ready` once readable (or in error); registers `cx`'s waker if not.
+    fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>>;
+}
+
+impl<T> Readiness for crate::tls::MaybeTls<smol::Async<std::net::TcpStream>, T> {
+    fn plain(&self) -> bool {
+        matches!(self, crate::tls::MaybeTls::Plain(_))
+    }
+    fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self {
+            crate::tls::MaybeTls::Plain(p) => p.poll_readable(cx),
+            crate::tls::MaybeTls::Tls(_) => Poll::Ready(Ok(())),
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> Outlet<S> {
+    /// Writes what [`Framed`] holds; `Ready(Ok)` once nothing is.
+    fn drain(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let out = &mut self.out;
+        while out.pending() > 0 {
+            let rest = out.buf.get(out.pos..).unwrap_or_default();
+            match Pin::new(&mut self.inner).poll_write(cx, rest) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => {
+                    let n = n.min(rest.len());
+                    out.pos += n;
+                    out.unmarked += n;
+                    // Write progress inside a long batch (a big replay on a
+                    // slow link) counts too.
+                    if out.unmarked >= PROGRESS_BYTES {
+                        out.unmarked = 0;
+                        if let Some(h) = &self.handle {
+                            h.progress_ms.set(mono_ms());
+                        }
+                    }
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        if out.buf.capacity() > 0 {
+            out.buf = Vec::new();
+        }
+        out.pos = 0;
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<S: AsyncRead + Readiness + Unpin> AsyncRead for Outlet<S> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, b: &mut [u8]) -> Poll<std::io::Result<usize>> {
+        let me = &mut *self;
+        if !me.inner.plain() {
+            return Pin::new(&mut me.inner).poll_read(cx, b);
+        }
+        let (hint, waker) = me.hint.get_or_insert_with(|| {
+            let h = std::sync::Arc::new(ReadHint::default());
+            let w = Waker::from(h.clone());
+            (h, w)
+        });
+        hint.task.register(cx.waker());
+        if me.parked && !hint.fired.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            // Nothing reported since the last read found nothing: no
+            // `recvfrom`, unless the reactor says otherwise.
+            if me.inner.poll_readable(&mut Context::from_waker(waker)).is_pending() {
+                return Poll::Pending;
+            }
+        }
+        // The read registers the hint's waker: the next event marks it.
+        let r = Pin::new(&mut me.inner).poll_read(&mut Context::from_waker(waker), b);
+        me.parked = r.is_pending();
+        r
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Outlet<S> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, b: &[u8]) -> Poll<std::io::Result<usize>> {
+        if !self.tung_dirty {
+            std::task::ready!(self.drain(cx))?;
+        }
+        let n = std::task::ready!(Pin::new(&mut self.inner).poll_write(cx, b))?;
+        if n > 0 {
+            self.tung_dirty = true;
+        }
+        Poll::Ready(Ok(n))
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        // tungstenite flushes only once its own buffer is written.
+        self.tung_dirty = false;
+        std::task::ready!(self.drain(cx))?;
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        if !self.tung_dirty {
+            std::task::ready!(self.drain(cx))?;
+        }
+        Pin::new(&mut self.inner).poll_close(cx)
     }
 }
 
@@ -333,17 +791,17 @@ pub async fn room_for(shared: &Shared, channel: &str) {
 
 /// A WebSocket publisher waits like [`room_for`], but keeps writing its
 /// own queue meanwhile: it may be a subscriber others wait for.
-async fn room_for_socket<T>(
+async fn room_for_socket<S>(
     shared: &Shared,
     handle: &ConnHandle,
-    tx: &mut T,
+    ws: &mut Ws<S>,
     me: ConnId,
     channel: &str,
     sent: &mut u64,
     deadline: Instant,
 ) -> Wrote
 where
-    T: Sink<Message> + Unpin,
+    S: AsyncRead + AsyncWrite + Readiness + Unpin,
 {
     loop {
         if handle.close.get().is_some() {
@@ -357,9 +815,9 @@ where
         if !must_wait(shared, channel, Some(me)) {
             return Wrote::Done;
         }
-        let out = handle.take_queued(&shared.room);
-        if !out.is_empty() {
-            let wrote = write_all(tx, handle, out, sent, deadline).await;
+        let texts = handle.take_queued(&shared.room, &mut ws.get_mut().out);
+        if texts > 0 {
+            let wrote = write_all(ws, handle, texts, sent, deadline).await;
             if wrote != Wrote::Done {
                 return wrote;
             }
@@ -436,8 +894,8 @@ impl Drop for Membership {
 
 enum Ev {
     In(Option<Result<Message, WsError>>),
+    /// The hub queued something or ordered a close, or a deadline is due.
     Wake,
-    Tick,
 }
 
 /// How a write ended.
@@ -452,19 +910,22 @@ enum Wrote {
     Failed,
 }
 
-/// Writes `msgs` in order with one flush, and counts the text frames sent.
+/// A socket's WebSocket stream, over its [`Outlet`].
+type Ws<S> = WebSocketStream<Outlet<S>>;
+
+/// Writes what the task framed (`texts` text frames among it) with one
+/// flush, and counts them as sent.
 /// A close order interrupts it: a peer that stopped reading must not keep
 /// the task in a write that 4008, 4003 or 1001 cannot cut short. So does
 /// `deadline` ([`Timers::write_deadline`]: the token's expiry, the pong
 /// deadline). Most batches fit in the socket's send buffer and finish in
 /// one poll; only a write that has to wait arms the timer and the close
 /// watch (a timer per batch cost two reactor operations per delivery).
-async fn write_all<T>(tx: &mut T, handle: &ConnHandle, msgs: Vec<Message>, sent: &mut u64, deadline: Instant) -> Wrote
+async fn write_all<S>(ws: &mut Ws<S>, handle: &ConnHandle, texts: u64, sent: &mut u64, deadline: Instant) -> Wrote
 where
-    T: Sink<Message> + Unpin,
+    S: AsyncRead + AsyncWrite + Readiness + Unpin,
 {
-    let texts = msgs.iter().filter(|m| m.is_text()).count() as u64;
-    let mut write = std::pin::pin!(write_frames(tx, handle, msgs));
+    let mut write = std::pin::pin!(flush(ws));
     let wrote = match smol::future::poll_once(write.as_mut()).await {
         Some(done) => done,
         // Boxed: the waiting write's state must not size every socket's task.
@@ -477,25 +938,13 @@ where
     wrote
 }
 
-/// Feeds every frame, then flushes once.
-async fn write_frames<T>(tx: &mut T, handle: &ConnHandle, msgs: Vec<Message>) -> Wrote
+/// Flushes tungstenite (a pong it owes) and what the task framed.
+async fn flush<S>(ws: &mut Ws<S>) -> Wrote
 where
-    T: Sink<Message> + Unpin,
+    S: AsyncRead + AsyncWrite + Readiness + Unpin,
 {
-    // Write progress inside a long batch (a big replay on a slow link)
-    // counts too: every PROGRESS_BYTES taken by the socket.
-    let mut fed = 0usize;
-    for m in msgs {
-        fed += m.len();
-        if tx.feed(m).await.is_err() {
-            return Wrote::Failed;
-        }
-        if fed >= PROGRESS_BYTES {
-            fed = 0;
-            handle.progress_ms.set(mono_ms());
-        }
-    }
-    if tx.flush().await.is_err() {
+    // A closed tungstenite reports a flush as done without writing.
+    if ws.flush().await.is_err() || ws.get_ref().out.pending() > 0 {
         return Wrote::Failed;
     }
     Wrote::Done
@@ -533,14 +982,9 @@ const TURN_BUDGET: u32 = 64;
 /// captures only what the loop needs (the stream's halves, not the stream;
 /// the token's expiry and session, not its claims): the future lives as
 /// long as the socket, and every byte of it counts per idle socket.
-pub fn run<S>(
-    shared: Rc<Shared>,
-    ws: WebSocketStream<S>,
-    claims: VerifiedClaims,
-    peer: SocketAddr,
-) -> impl Future<Output = ()>
+pub fn run<S>(shared: Rc<Shared>, mut ws: Ws<S>, claims: VerifiedClaims, peer: SocketAddr) -> impl Future<Output = ()>
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Readiness + Unpin,
 {
     let id = shared.next_id();
     let started = Instant::now();
@@ -565,13 +1009,15 @@ where
             ("peer", (&peer_s).into()),
         ],
     );
-    let (mut tx, mut rx) = ws.split();
+    ws.get_mut().handle = Some(handle.clone());
     let welcome = protocol::welcome(
         &rights.sub,
         rights.clearance,
         claims.exp_secs(),
         concat!("tessera/", env!("TESSERA_VERSION")),
     );
+    ws.get_mut().out.push_text(welcome.as_bytes());
+    drop(welcome);
     let mut timers = Timers::new(&claims, cfg.gate.verify.leeway, cfg.ping_interval);
     drop(claims);
     let mut budget = Budget::new(cfg.max_commands_per_sec, mono_ms());
@@ -583,19 +1029,17 @@ where
         let mut code: (u16, &'static str) = OPEN;
         let mut awaiting_pong = false;
         let mut wrote = write_all(
-            &mut tx,
+            &mut ws,
             &handle,
-            vec![Message::text(welcome)],
+            1,
             &mut msgs_out,
             timers.write_deadline(awaiting_pong, cfg.ping_interval),
         )
         .await;
 
-        // One timer for the socket's life, moved only when the next deadline is
-        // earlier than the one set (or after it fired): re-arming it on every
-        // wake-up would cost two reactor operations per delivered frame.
-        let mut alarm_at = timers.next_deadline(now_unix(), Instant::now());
-        let mut alarm = smol::Timer::at(alarm_at);
+        // The deadline set in `Alarms`, moved only when the next one is
+        // earlier than the one set (or after it passed). Set on the first turn.
+        let mut alarm_at = Instant::now();
         let mut turn_left = TURN_BUDGET;
 
         loop {
@@ -618,7 +1062,7 @@ where
             }
 
             // Queued frames and what the timers add go out in one write.
-            let mut out = handle.take_queued(&shared.room);
+            let mut texts = handle.take_queued(&shared.room, &mut ws.get_mut().out);
             let now = now_unix();
             if now >= timers.close_at {
                 code = (4001, "token expired");
@@ -631,7 +1075,8 @@ where
                     expires_at: Some(timers.exp_secs),
                     ..Reply::default()
                 };
-                out.push(Message::text(notice.to_json()));
+                ws.get_mut().out.push_text(notice.to_json().as_bytes());
+                texts += 1;
             }
             let mono = Instant::now();
             // A ping unanswered by the next one closes the socket, but only
@@ -644,12 +1089,12 @@ where
                 } else {
                     awaiting_pong = true;
                     timers.ping_at = mono + cfg.ping_interval;
-                    out.push(Message::Ping(Default::default()));
+                    ws.get_mut().out.push_ping();
                 }
             }
-            if !out.is_empty() {
+            if ws.get_ref().out.pending() > 0 {
                 let deadline = timers.write_deadline(awaiting_pong, cfg.ping_interval);
-                wrote = write_all(&mut tx, &handle, out, &mut msgs_out, deadline).await;
+                wrote = write_all(&mut ws, &handle, texts, &mut msgs_out, deadline).await;
                 if wrote != Wrote::Done {
                     continue;
                 }
@@ -659,38 +1104,35 @@ where
             }
 
             let next = timers.next_deadline(now, mono);
-            if next < alarm_at || mono >= alarm_at {
+            // Also when no deadline is set any more (it fired): never sleep
+            // without one.
+            if next < alarm_at || mono >= alarm_at || handle.alarm_ms.get() == u64::MAX {
                 alarm_at = next;
-                alarm.set_at(next);
+                shared.alarms.set(&handle, next);
             }
             let busy = || handle.close.get().is_some() || !handle.queue.borrow().is_empty();
             let ev = if pong_overdue || busy() {
                 // Take input that is already there, don't wait.
-                smol::future::or(async { Ev::In(rx.next().await) }, async { Ev::Wake }).await
+                smol::future::or(async { Ev::In(ws.next().await) }, async { Ev::Wake }).await
             } else {
                 handle.wake.clear();
                 if busy() {
                     continue;
                 }
-                // The hub's wake-up first: it needs no look at the socket.
+                // The hub's wake-up (or the alarm's) first: it needs no look at
+                // the socket.
                 smol::future::or(
-                    smol::future::or(
-                        async {
-                            handle.wake.wait().await;
-                            Ev::Wake
-                        },
-                        async { Ev::In(rx.next().await) },
-                    ),
                     async {
-                        (&mut alarm).await;
-                        Ev::Tick
+                        handle.wake.wait().await;
+                        Ev::Wake
                     },
+                    async { Ev::In(ws.next().await) },
                 )
                 .await
             };
             let mut took_input = false;
             match ev {
-                Ev::Wake | Ev::Tick => {}
+                Ev::Wake => {}
                 Ev::In(None) => code = (1006, "closed"),
                 Ev::In(Some(Err(WsError::Capacity(_)))) => code = (1009, "message too big"),
                 Ev::In(Some(Err(_))) => code = (1006, "read failed"),
@@ -739,7 +1181,7 @@ where
                                 // Boxed: the wait's state must not size every socket's task.
                                 let deadline = timers.write_deadline(awaiting_pong, cfg.ping_interval);
                                 let wait =
-                                    room_for_socket(shared, &handle, &mut tx, id, channel, &mut msgs_out, deadline);
+                                    room_for_socket(shared, &handle, &mut ws, id, channel, &mut msgs_out, deadline);
                                 wrote = Box::pin(wait).await;
                             }
                             if wrote != Wrote::Done {
@@ -775,10 +1217,14 @@ where
                         // Frames queued before the command go out before its
                         // replies: no `message` from a channel after its
                         // `unsubscribed`.
-                        let mut out = handle.take_queued(&shared.room);
-                        out.extend(replies.into_iter().map(Message::text));
+                        let out = &mut ws.get_mut().out;
+                        let mut texts = handle.take_queued(&shared.room, out);
+                        for r in &replies {
+                            out.push_text(r.as_bytes());
+                        }
+                        texts += replies.len() as u64;
                         let deadline = timers.write_deadline(awaiting_pong, cfg.ping_interval);
-                        wrote = write_all(&mut tx, &handle, out, &mut msgs_out, deadline).await;
+                        wrote = write_all(&mut ws, &handle, texts, &mut msgs_out, deadline).await;
                     }
                 }
             }
@@ -809,15 +1255,15 @@ where
             let client_closed = code == (1000, "client closed");
             let finish = async {
                 if client_closed {
-                    let _ = tx.flush().await;
+                    let _ = ws.flush().await;
                 } else {
                     let frame = CloseFrame {
                         code: CloseCode::from(code.0),
                         reason: code.1.into(),
                     };
-                    let _ = tx.close(Some(frame)).await;
+                    let _ = ws.close(Some(frame)).await;
                 }
-                while let Some(Ok(_)) = rx.next().await {}
+                while let Some(Ok(_)) = ws.next().await {}
             };
             smol::future::or(finish, async {
                 smol::Timer::after(Duration::from_secs(1)).await;
@@ -1137,6 +1583,164 @@ fn command(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Takes at most 3 bytes per write, and says `Pending` every other call.
+    #[derive(Default)]
+    struct Chunky {
+        got: Vec<u8>,
+        calls: usize,
+    }
+
+    impl AsyncWrite for Chunky {
+        fn poll_write(mut self: Pin<&mut Self>, _: &mut Context<'_>, b: &[u8]) -> Poll<std::io::Result<usize>> {
+            self.calls += 1;
+            if self.calls % 2 == 0 {
+                return Poll::Pending;
+            }
+            let n = b.len().min(3);
+            self.got.extend_from_slice(&b[..n]);
+            Poll::Ready(Ok(n))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// Writes all of `b` the way tungstenite does (partial writes, retries).
+    fn tung_write(o: &mut Outlet<Chunky>, mut b: &[u8]) {
+        let mut cx = Context::from_waker(Waker::noop());
+        while !b.is_empty() {
+            if let Poll::Ready(r) = Pin::new(&mut *o).poll_write(&mut cx, b) {
+                b = &b[r.unwrap()..];
+            }
+        }
+    }
+
+    fn flush_all(o: &mut Outlet<Chunky>) {
+        let mut cx = Context::from_waker(Waker::noop());
+        while Pin::new(&mut *o).poll_flush(&mut cx).is_pending() {}
+    }
+
+    /// (first header byte, payload) of each unmasked frame.
+    fn frames(mut b: &[u8]) -> Vec<(u8, Vec<u8>)> {
+        let mut out = Vec::new();
+        while !b.is_empty() {
+            let (len, at) = match b[1] {
+                126 => (u16::from_be_bytes([b[2], b[3]]) as usize, 4),
+                127 => (u64::from_be_bytes(b[2..10].try_into().unwrap()) as usize, 10),
+                n => (n as usize, 2),
+            };
+            out.push((b[0], b[at..at + len].to_vec()));
+            b = &b[at + len..];
+        }
+        out
+    }
+
+    #[test]
+    fn alarms_wake_each_socket_once_at_its_latest_deadline() {
+        let alarms = Alarms::default();
+        let peer: SocketAddr = ([127, 0, 0, 1], 1).into();
+        let a = Rc::new(ConnHandle::new(8, peer, 0));
+        let b = Rc::new(ConnHandle::new(8, peer, 0));
+        let base = mono_start() + Duration::from_millis(10_000);
+        alarms.set(&a, base + Duration::from_millis(1));
+        assert!(alarms.wake.set.get(), "an earlier deadline wakes the sweeper");
+        // Moved later: the first entry is stale.
+        alarms.set(&a, base + Duration::from_millis(500));
+        alarms.set(&b, base + Duration::from_millis(120));
+        // Rounded up to the grid: 10_050, 10_150, 10_500.
+        assert_eq!(alarms.fire(10_000), Some(10_050));
+        assert_eq!(alarms.fire(10_100), Some(10_150));
+        assert!(!a.wake.set.get() && !b.wake.set.get(), "a stale deadline wakes nobody");
+        assert_eq!(alarms.fire(10_150), Some(10_500));
+        assert!(b.wake.set.get() && !a.wake.set.get());
+        drop(a);
+        assert_eq!(alarms.fire(20_000), None, "a socket gone is forgotten");
+
+        // A sleep resolves once swept (or once its time has passed), and a
+        // dropped one is forgotten.
+        let soon = Instant::now() + Duration::from_secs(3600);
+        let mut sleep = Box::pin(alarms.sleep_until(soon));
+        let mut gone = Box::pin(alarms.sleep_until(soon));
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(sleep.as_mut().poll(&mut cx).is_pending());
+        assert!(gone.as_mut().poll(&mut cx).is_pending());
+        drop(gone);
+        assert_eq!(alarms.heap.borrow().len(), 2);
+        alarms.fire(u64::MAX - 1);
+        assert!(sleep.as_mut().poll(&mut cx).is_ready());
+        assert!(alarms.heap.borrow().is_empty());
+
+        // Sleeps dropped long before their deadline do not pile up.
+        for _ in 0..20_000 {
+            let mut s = Box::pin(alarms.sleep_until(soon));
+            assert!(s.as_mut().poll(&mut cx).is_pending());
+        }
+        assert!(
+            alarms.heap.borrow().len() <= PURGE_SLACK + 1,
+            "{}",
+            alarms.heap.borrow().len()
+        );
+    }
+
+    #[test]
+    fn alarm_grid_rounds_up_never_down() {
+        let at = |us: u64| grid_ms(mono_start() + Duration::from_micros(us));
+        assert_eq!(at(1_000_000), 1000);
+        assert_eq!(
+            at(1_000_700),
+            1050,
+            "woken before the deadline, a socket would set none"
+        );
+        assert_eq!(at(1_000_001), 1050);
+        assert_eq!(at(1_049_999), 1050);
+    }
+
+    #[test]
+    fn framed_text_has_the_shortest_unmasked_header() {
+        for n in [0usize, 125, 126, 65535, 65536] {
+            let mut f = Framed::default();
+            f.push_text(&vec![b'a'; n]);
+            assert_eq!(frames(&f.buf), vec![(0x81, vec![b'a'; n])], "{n}");
+        }
+    }
+
+    #[test]
+    fn our_frames_and_tungstenites_never_interleave() {
+        let pong = [0x8A, 0x03, b'p', b'o', b'n'];
+        // Ours first, then tungstenite's pong: ours are written whole before it.
+        let mut o = Outlet::new(Chunky::default(), b"HEAD".to_vec());
+        o.out.push_text(b"hello there");
+        o.out.push_text(&[b'x'; 300]);
+        tung_write(&mut o, &pong);
+        flush_all(&mut o);
+        let got = &o.inner.got;
+        assert_eq!(&got[..4], b"HEAD");
+        let f = frames(&got[4..]);
+        assert_eq!(f.len(), 3);
+        assert_eq!(f[0], (0x81, b"hello there".to_vec()));
+        assert_eq!(f[1], (0x81, vec![b'x'; 300]));
+        assert_eq!(f[2], (0x8A, b"pon".to_vec()));
+        assert_eq!(o.out.pending(), 0);
+        assert_eq!(o.out.buf.capacity(), 0, "an idle socket holds no write buffer");
+
+        // tungstenite half-way through a frame: ours wait for its flush.
+        let mut o = Outlet::new(Chunky::default(), Vec::new());
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(matches!(
+            Pin::new(&mut o).poll_write(&mut cx, &pong),
+            Poll::Ready(Ok(3))
+        ));
+        o.out.push_text(b"late");
+        tung_write(&mut o, &pong[3..]);
+        assert_eq!(o.out.pending(), 6, "nothing of ours went out mid-frame");
+        flush_all(&mut o);
+        let f = frames(&o.inner.got);
+        assert_eq!(f, vec![(0x8A, b"pon".to_vec()), (0x81, b"late".to_vec())]);
+    }
 
     #[test]
     fn budget_allows_a_burst_then_refuses_then_closes() {
