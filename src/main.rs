@@ -6,10 +6,11 @@ use std::process::ExitCode;
 use tessera::cli::{Command, TopLevel};
 use tessera::commands::{self, Failure};
 
-/// jemalloc on glibc targets (opt-in feature `jemalloc`): its background
+/// jemalloc on glibc targets (default feature `jemalloc`): its background
 /// thread hands freed memory back to the OS while the event loop idles, where
-/// glibc's malloc (the default) keeps a spike's peak (see Cargo.toml,
-/// .cargo/config.toml and BENCHMARKS.md). musl targets keep musl's malloc.
+/// glibc's malloc (`--no-default-features`) keeps a spike's peak (see
+/// Cargo.toml, .cargo/config.toml and BENCHMARKS.md). musl targets keep
+/// musl's malloc.
 #[cfg(all(feature = "jemalloc", target_os = "linux", target_env = "gnu"))]
 #[global_allocator]
 static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
