@@ -202,151 +202,158 @@ async fn write_within(shared: &Shared, stream: &mut Stream, bytes: &[u8], peer: 
 }
 
 /// Serves one accepted connection until it closes, upgrades, or is shed.
-pub async fn serve_connection(
+///
+/// A plain function returning an `async move` block (not an `async fn`), so
+/// that the arguments live in the future once, not twice (an `async fn`
+/// moves them into locals beside the captured copies): this future lives
+/// as long as the socket it upgrades to.
+pub fn serve_connection(
     shared: Rc<Shared>,
     _ex: Rc<LocalExecutor<'static>>,
     mut stream: Stream,
     peer: SocketAddr,
     slot: PendingSlot,
     listener: Listener,
-) {
-    let mut buf: Vec<u8> = Vec::new();
-    let mut first = true;
-    loop {
-        // The first head within --handshake-timeout; later ones (keep-alive)
-        // within --keepalive-timeout.
-        let wait = if first {
-            shared.cfg.handshake_timeout
-        } else {
-            shared.cfg.keepalive_timeout
+) -> impl std::future::Future<Output = ()> {
+    async move {
+        let mut buf: Vec<u8> = Vec::new();
+        let mut first = true;
+        loop {
+            // The first head within --handshake-timeout; later ones (keep-alive)
+            // within --keepalive-timeout.
+            let wait = if first {
+                shared.cfg.handshake_timeout
+            } else {
+                shared.cfg.keepalive_timeout
+            };
+            first = false;
+            let deadline = Instant::now() + wait;
+            let head = smol::future::or(read_head(&shared, &mut stream, &mut buf, deadline, &slot), async {
+                slot.signal.wait().await;
+                ReadHead::Closed
+            })
+            .await;
+            slot.busy();
+            let req = match head {
+                ReadHead::Request(r) => {
+                    slot.spoke();
+                    r
+                }
+                ReadHead::Refused(e) => {
+                    write_by(&shared, &mut stream, &e.response().to_bytes(false), peer, &slot).await;
+                    break;
+                }
+                ReadHead::Closed => break,
+            };
+            let deadline = Instant::now() + shared.cfg.handshake_timeout;
+            let client = http::client_address(&req, peer.ip(), &shared.cfg.trusted_proxies);
+            let keep_alive = req.keep_alive() && !shared.shutting_down.get();
+            // With --metrics-listen, /metrics and /healthz live only there, and
+            // that listener serves nothing else.
+            let monitoring = matches!(req.path.as_str(), "/metrics" | "/healthz");
+            let route = match listener {
+                Listener::Main if monitoring && shared.cfg.metrics_listen.is_some() => Route::NotFound,
+                Listener::Metrics if !monitoring => Route::NotFound,
+                _ => http::route(&req.method, &req.path),
+            };
+            if route == Route::WebSocket {
+                let problem = if req.is_websocket_upgrade() {
+                    http::upgrade_problem(&req)
+                } else {
+                    Some(
+                        Response::error(426, "upgrade_required", "GET /ws is a WebSocket endpoint")
+                            .header("Upgrade", "websocket"),
+                    )
+                };
+                if let Some(r) = problem {
+                    shared.metrics.reject("bad_upgrade");
+                    shared.log.info(
+                        "ws_reject",
+                        &[
+                            ("reason", "bad_upgrade".into()),
+                            ("status", u64::from(r.status).into()),
+                            ("peer", (&peer.to_string()).into()),
+                        ],
+                    );
+                    write_by(&shared, &mut stream, &r.to_bytes(false), peer, &slot).await;
+                    break;
+                }
+                // The WebSocket task owns the stream from here; it counts under
+                // --max-connections instead.
+                drop(slot);
+                return upgrade(shared, stream, buf, req, peer, client).await;
+            }
+            // Read the body, if any (SPEC §4: ≤ 16 KiB, POST needs Content-Length).
+            let body_len = match (req.method.as_str(), req.body_length()) {
+                (_, BodyLength::Invalid) => Err(Response::error(400, "bad_request", "invalid Content-Length")),
+                ("POST", BodyLength::None | BodyLength::Chunked) => Err(Response::error(
+                    411,
+                    "length_required",
+                    "POST needs Content-Length (chunked bodies are refused)",
+                )),
+                (_, BodyLength::Chunked) => Err(Response::error(411, "length_required", "chunked bodies are refused")),
+                (_, BodyLength::Length(n)) if n > http::MAX_BODY_BYTES => {
+                    Err(Response::error(413, "body_too_large", "request body over 16 KiB"))
+                }
+                (_, BodyLength::Length(_)) | (_, BodyLength::None) if req.expect() == Expect::Unsupported => Err(
+                    Response::error(417, "expectation_failed", "only Expect: 100-continue is supported"),
+                ),
+                (_, BodyLength::Length(n)) => Ok(n),
+                (_, BodyLength::None) => Ok(0),
+            };
+            let body_len = match body_len {
+                Ok(n) => n,
+                Err(r) => {
+                    write_by(&shared, &mut stream, &r.to_bytes(false), peer, &slot).await;
+                    break;
+                }
+            };
+            buf.drain(..req.head_len);
+            // RFC 9110 §10.1.1: a client that waits for 100 before sending its
+            // body gets it (unless the body is already here).
+            if req.expect() == Expect::Continue
+                && buf.len() < body_len
+                && !write_by(&shared, &mut stream, http::CONTINUE, peer, &slot).await
+            {
+                break;
+            }
+            if !read_exact_by(&shared, &mut stream, &mut buf, body_len, deadline).await {
+                break;
+            }
+            let body: Vec<u8> = buf.drain(..body_len).collect();
+            let response = match route {
+                Route::Login => super::auth::login(&shared, &req, &body, peer, client).await,
+                Route::Refresh => super::auth::refresh(&shared, &req, &body, peer).await,
+                Route::Logout => super::auth::logout(&shared, &req, &body, peer).await,
+                // Boxed: the wait for room must not size every connection's task.
+                Route::Publish => Box::pin(publish(&shared, &req, &body, peer)).await,
+                Route::AdminConnections | Route::AdminEvents | Route::AdminRevoke => {
+                    Box::pin(super::admin::handle(&shared, &req, route, &body, peer)).await
+                }
+                _ => respond(&shared, &req, route),
+            };
+            let head_only = req.method == "HEAD";
+            let mut bytes = response.to_bytes(keep_alive);
+            if head_only {
+                let cut = bytes.len() - if response.status == 204 { 0 } else { response.body.len() };
+                bytes.truncate(cut);
+            }
+            if !write_by(&shared, &mut stream, &bytes, peer, &slot).await || !keep_alive {
+                break;
+            }
+            if buf.capacity() > 2 * http::MAX_HEAD_BYTES {
+                buf.shrink_to(http::MAX_HEAD_BYTES);
+            }
+        }
+        // End the connection politely (TLS close_notify, TCP FIN), bounded.
+        let close = async {
+            let _ = stream.close().await;
         };
-        first = false;
-        let deadline = Instant::now() + wait;
-        let head = smol::future::or(read_head(&shared, &mut stream, &mut buf, deadline, &slot), async {
-            slot.signal.wait().await;
-            ReadHead::Closed
+        smol::future::or(close, async {
+            smol::Timer::after(std::time::Duration::from_secs(1)).await;
         })
         .await;
-        slot.busy();
-        let req = match head {
-            ReadHead::Request(r) => {
-                slot.spoke();
-                r
-            }
-            ReadHead::Refused(e) => {
-                write_by(&shared, &mut stream, &e.response().to_bytes(false), peer, &slot).await;
-                break;
-            }
-            ReadHead::Closed => break,
-        };
-        let deadline = Instant::now() + shared.cfg.handshake_timeout;
-        let client = http::client_address(&req, peer.ip(), &shared.cfg.trusted_proxies);
-        let keep_alive = req.keep_alive() && !shared.shutting_down.get();
-        // With --metrics-listen, /metrics and /healthz live only there, and
-        // that listener serves nothing else.
-        let monitoring = matches!(req.path.as_str(), "/metrics" | "/healthz");
-        let route = match listener {
-            Listener::Main if monitoring && shared.cfg.metrics_listen.is_some() => Route::NotFound,
-            Listener::Metrics if !monitoring => Route::NotFound,
-            _ => http::route(&req.method, &req.path),
-        };
-        if route == Route::WebSocket {
-            let problem = if req.is_websocket_upgrade() {
-                http::upgrade_problem(&req)
-            } else {
-                Some(
-                    Response::error(426, "upgrade_required", "GET /ws is a WebSocket endpoint")
-                        .header("Upgrade", "websocket"),
-                )
-            };
-            if let Some(r) = problem {
-                shared.metrics.reject("bad_upgrade");
-                shared.log.info(
-                    "ws_reject",
-                    &[
-                        ("reason", "bad_upgrade".into()),
-                        ("status", u64::from(r.status).into()),
-                        ("peer", (&peer.to_string()).into()),
-                    ],
-                );
-                write_by(&shared, &mut stream, &r.to_bytes(false), peer, &slot).await;
-                break;
-            }
-            // The WebSocket task owns the stream from here; it counts under
-            // --max-connections instead.
-            drop(slot);
-            return upgrade(shared, stream, buf, req, peer, client).await;
-        }
-        // Read the body, if any (SPEC §4: ≤ 16 KiB, POST needs Content-Length).
-        let body_len = match (req.method.as_str(), req.body_length()) {
-            (_, BodyLength::Invalid) => Err(Response::error(400, "bad_request", "invalid Content-Length")),
-            ("POST", BodyLength::None | BodyLength::Chunked) => Err(Response::error(
-                411,
-                "length_required",
-                "POST needs Content-Length (chunked bodies are refused)",
-            )),
-            (_, BodyLength::Chunked) => Err(Response::error(411, "length_required", "chunked bodies are refused")),
-            (_, BodyLength::Length(n)) if n > http::MAX_BODY_BYTES => {
-                Err(Response::error(413, "body_too_large", "request body over 16 KiB"))
-            }
-            (_, BodyLength::Length(_)) | (_, BodyLength::None) if req.expect() == Expect::Unsupported => Err(
-                Response::error(417, "expectation_failed", "only Expect: 100-continue is supported"),
-            ),
-            (_, BodyLength::Length(n)) => Ok(n),
-            (_, BodyLength::None) => Ok(0),
-        };
-        let body_len = match body_len {
-            Ok(n) => n,
-            Err(r) => {
-                write_by(&shared, &mut stream, &r.to_bytes(false), peer, &slot).await;
-                break;
-            }
-        };
-        buf.drain(..req.head_len);
-        // RFC 9110 §10.1.1: a client that waits for 100 before sending its
-        // body gets it (unless the body is already here).
-        if req.expect() == Expect::Continue
-            && buf.len() < body_len
-            && !write_by(&shared, &mut stream, http::CONTINUE, peer, &slot).await
-        {
-            break;
-        }
-        if !read_exact_by(&shared, &mut stream, &mut buf, body_len, deadline).await {
-            break;
-        }
-        let body: Vec<u8> = buf.drain(..body_len).collect();
-        let response = match route {
-            Route::Login => super::auth::login(&shared, &req, &body, peer, client).await,
-            Route::Refresh => super::auth::refresh(&shared, &req, &body, peer).await,
-            Route::Logout => super::auth::logout(&shared, &req, &body, peer).await,
-            // Boxed: the wait for room must not size every connection's task.
-            Route::Publish => Box::pin(publish(&shared, &req, &body, peer)).await,
-            Route::AdminConnections | Route::AdminEvents | Route::AdminRevoke => {
-                Box::pin(super::admin::handle(&shared, &req, route, &body, peer)).await
-            }
-            _ => respond(&shared, &req, route),
-        };
-        let head_only = req.method == "HEAD";
-        let mut bytes = response.to_bytes(keep_alive);
-        if head_only {
-            let cut = bytes.len() - if response.status == 204 { 0 } else { response.body.len() };
-            bytes.truncate(cut);
-        }
-        if !write_by(&shared, &mut stream, &bytes, peer, &slot).await || !keep_alive {
-            break;
-        }
-        if buf.capacity() > 2 * http::MAX_HEAD_BYTES {
-            buf.shrink_to(http::MAX_HEAD_BYTES);
-        }
     }
-    // End the connection politely (TLS close_notify, TCP FIN), bounded.
-    let close = async {
-        let _ = stream.close().await;
-    };
-    smol::future::or(close, async {
-        smol::Timer::after(std::time::Duration::from_secs(1)).await;
-    })
-    .await;
 }
 
 enum ReadHead {

@@ -705,42 +705,46 @@ fn systemd_ready(shared: &Shared, ex: &LocalExecutor<'static>) -> Rc<crate::noti
 
 /// Starts serving an accepted TCP connection, after the TLS handshake when
 /// TLS is on (bounded by `--handshake-timeout`).
-async fn accept(
+/// A plain function returning an `async move` block, so the arguments live
+/// in the task once (see [`conn::serve_connection`]).
+fn accept(
     shared: Rc<Shared>,
     ex: Rc<LocalExecutor<'static>>,
     stream: smol::Async<std::net::TcpStream>,
     peer: SocketAddr,
     slot: conn::PendingSlot,
     listener: conn::Listener,
-) {
-    #[cfg(feature = "tls")]
-    {
-        let acceptor = shared.tls.borrow().clone();
-        if let Some(acceptor) = acceptor {
-            // Sheddable (as waiting) while the TLS handshake reads.
-            slot.waiting(false);
-            let handshake = async { acceptor.accept(stream).await.ok() };
-            let timeout = async {
-                smol::future::or(Timer::after(shared.cfg.handshake_timeout), async {
-                    slot.signal.wait().await;
-                    std::time::Instant::now()
-                })
-                .await;
-                None
-            };
-            match smol::future::or(Box::pin(handshake), timeout).await {
-                Some(tls) => {
-                    let s = crate::tls::MaybeTls::Tls(Box::new(tls));
-                    return conn::serve_connection(shared, ex, s, peer, slot, listener).await;
-                }
-                None => {
-                    shared.log.info("tls_failed", &[("peer", (&peer.to_string()).into())]);
-                    return;
+) -> impl std::future::Future<Output = ()> {
+    async move {
+        #[cfg(feature = "tls")]
+        {
+            let acceptor = shared.tls.borrow().clone();
+            if let Some(acceptor) = acceptor {
+                // Sheddable (as waiting) while the TLS handshake reads.
+                slot.waiting(false);
+                let handshake = async { acceptor.accept(stream).await.ok() };
+                let timeout = async {
+                    smol::future::or(Timer::after(shared.cfg.handshake_timeout), async {
+                        slot.signal.wait().await;
+                        std::time::Instant::now()
+                    })
+                    .await;
+                    None
+                };
+                match smol::future::or(Box::pin(handshake), timeout).await {
+                    Some(tls) => {
+                        let s = crate::tls::MaybeTls::Tls(Box::new(tls));
+                        return conn::serve_connection(shared, ex, s, peer, slot, listener).await;
+                    }
+                    None => {
+                        shared.log.info("tls_failed", &[("peer", (&peer.to_string()).into())]);
+                        return;
+                    }
                 }
             }
         }
+        conn::serve_connection(shared, ex, crate::tls::MaybeTls::Plain(stream), peer, slot, listener).await
     }
-    conn::serve_connection(shared, ex, crate::tls::MaybeTls::Plain(stream), peer, slot, listener).await
 }
 
 /// SIGHUP: reload the key file, the users file and the TLS certificate; a

@@ -1265,9 +1265,12 @@ where
                 }
                 while let Some(Ok(_)) = ws.next().await {}
             };
-            smol::future::or(finish, async {
+            // Boxed: this is the socket future's largest state, and only a
+            // closing socket needs it (an idle socket's future stays in a
+            // smaller allocator size class).
+            Box::pin(smol::future::or(finish, async {
                 smol::Timer::after(Duration::from_secs(1)).await;
-            })
+            }))
             .await;
         }
         if code.0 == 4008 {
