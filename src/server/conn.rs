@@ -207,6 +207,7 @@ async fn write_within(shared: &Shared, stream: &mut Stream, bytes: &[u8], peer: 
 /// that the arguments live in the future once, not twice (an `async fn`
 /// moves them into locals beside the captured copies): this future lives
 /// as long as the socket it upgrades to.
+#[allow(clippy::manual_async_fn)] // on purpose: see above
 pub fn serve_connection(
     shared: Rc<Shared>,
     _ex: Rc<LocalExecutor<'static>>,

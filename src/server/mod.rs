@@ -707,6 +707,7 @@ fn systemd_ready(shared: &Shared, ex: &LocalExecutor<'static>) -> Rc<crate::noti
 /// TLS is on (bounded by `--handshake-timeout`).
 /// A plain function returning an `async move` block, so the arguments live
 /// in the task once (see [`conn::serve_connection`]).
+#[allow(clippy::manual_async_fn)] // on purpose: see above
 fn accept(
     shared: Rc<Shared>,
     ex: Rc<LocalExecutor<'static>>,
