@@ -727,6 +727,11 @@ impl Drop for PerSlot<'_> {
             });
             if left == Some(0) {
                 m.remove(k);
+                // After a spike of sockets, give the table's room back once
+                // it is under a quarter full (amortised O(1)).
+                if m.capacity() > 64 && m.len() < m.capacity() / 4 {
+                    m.shrink_to(m.len() * 2);
+                }
             }
         }
         let mut per = self.shared.sockets_per.borrow_mut();

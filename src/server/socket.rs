@@ -164,6 +164,8 @@ pub struct Alarms {
     armed_ms: Cell<u64>,
     /// The heap's length after the last purge of dead entries.
     purged_len: Cell<usize>,
+    /// Sockets ended since the last purge ([`Alarms::socket_ended`]).
+    ended: Cell<usize>,
     /// Wakes the sweeper for a deadline earlier than `armed_ms`.
     wake: Wake,
 }
@@ -174,6 +176,7 @@ impl Default for Alarms {
             heap: RefCell::default(),
             armed_ms: Cell::new(u64::MAX),
             purged_len: Cell::new(0),
+            ended: Cell::new(0),
             wake: Wake::default(),
         }
     }
@@ -218,6 +221,31 @@ impl Alarms {
         if at_ms < self.armed_ms.get() {
             self.wake.notify();
         }
+    }
+
+    /// A socket ended: its deadline stays in the heap until it passes (it
+    /// holds the socket's handle's allocation through a `Weak`). Once the
+    /// sockets that ended since the last purge are half the heap, drop the
+    /// dead entries and give back the heap's spare room, so that a spike of
+    /// sockets that all closed leaves no memory behind (amortised O(1) per
+    /// socket).
+    pub fn socket_ended(&self) {
+        let ended = self.ended.get() + 1;
+        self.ended.set(ended);
+        let mut heap = self.heap.borrow_mut();
+        if heap.len() < 64 || ended * 2 < heap.len() {
+            return;
+        }
+        heap.retain(|a| match &a.target {
+            Target::Socket(h) => h.upgrade().is_some_and(|h| h.alarm_ms.get() == a.at_ms),
+            Target::Sleep(s) => s.strong_count() > 0,
+        });
+        let len = heap.len();
+        if heap.capacity() > 64 && len < heap.capacity() / 4 {
+            heap.shrink_to(len * 2);
+        }
+        self.purged_len.set(len);
+        self.ended.set(0);
     }
 
     /// Wakes every socket due at `now_ms`; the next deadline, if any.
@@ -1290,6 +1318,7 @@ where
                 ("peer", (&peer_s).into()),
             ],
         );
+        shared.alarms.socket_ended();
     }
 }
 
@@ -1687,6 +1716,35 @@ mod tests {
             "{}",
             alarms.heap.borrow().len()
         );
+    }
+
+    #[test]
+    fn a_spike_of_sockets_that_ended_leaves_no_deadlines_behind() {
+        // 5000 sockets with a deadline an hour away all end: their entries
+        // (each holding its handle's allocation through a Weak) are purged
+        // long before the hour, and the heap gives back its room.
+        let alarms = Alarms::default();
+        let peer: SocketAddr = ([127, 0, 0, 1], 1).into();
+        let later = mono_start() + Duration::from_secs(3600);
+        let keep = Rc::new(ConnHandle::new(8, peer, 0));
+        alarms.set(&keep, later);
+        let mut handles: Vec<Rc<ConnHandle>> = (0..5000).map(|_| Rc::new(ConnHandle::new(8, peer, 0))).collect();
+        for h in &handles {
+            alarms.set(h, later);
+        }
+        let peak = alarms.heap.borrow().capacity();
+        assert!(peak >= 5001);
+        for h in handles.drain(..) {
+            drop(h);
+            alarms.socket_ended();
+        }
+        let heap = alarms.heap.borrow();
+        assert!(heap.len() < 64, "{} entries left", heap.len());
+        assert!(heap.capacity() < peak / 4, "capacity {} of {peak}", heap.capacity());
+        drop(heap);
+        // The live socket's deadline is still there.
+        assert_eq!(alarms.fire(u64::MAX - 1), None);
+        assert!(keep.wake.set.get());
     }
 
     #[test]
