@@ -80,16 +80,6 @@ fn login(s: &Server, user: &str, pw: &str) -> Value {
     body(&r)
 }
 
-fn refresh(s: &Server, refresh_token: &str) -> String {
-    http(
-        s.addr,
-        "POST",
-        "/auth/refresh",
-        &[("Content-Type", "application/json")],
-        &json!({ "refresh_token": refresh_token }).to_string(),
-    )
-}
-
 fn connections(s: &Server) -> Vec<Value> {
     let r = get(s, "/admin/connections", &op());
     assert_eq!(status(&r), 200, "{r}");

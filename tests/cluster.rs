@@ -779,16 +779,6 @@ fn reuse_port_lets_two_nodes_share_one_port() {
     }
 }
 
-fn refresh(s: &Server, token: &str) -> String {
-    http(
-        s.addr,
-        "POST",
-        "/auth/refresh",
-        &[("Content-Type", "application/json")],
-        &json!({"refresh_token": token}).to_string(),
-    )
-}
-
 /// The access and refresh tokens of a 200 from login or refresh.
 fn tokens(r: &str) -> (String, String) {
     assert_eq!(status(r), 200, "{r}");

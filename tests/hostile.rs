@@ -107,6 +107,15 @@ fn closed_within(s: &mut TcpStream, within: Duration) -> bool {
     }
 }
 
+/// How many of `conns` the server closed (each checked for `within`).
+fn count_closed(conns: &mut [TcpStream], within: Duration) -> usize {
+    conns
+        .iter_mut()
+        .map(|c| closed_within(c, within))
+        .filter(|&closed| closed)
+        .count()
+}
+
 fn v4(a: u8, b: u8, c: u8) -> Ipv4Addr {
     Ipv4Addr::new(127, a, b, c)
 }
@@ -292,11 +301,7 @@ fn f1_a_request_on_its_way_outlasts_silent_connections_at_the_cap() {
     c.write_all(rest).unwrap();
     let answer = read_answer(&mut c, Duration::from_secs(5));
     assert_eq!(status(&answer), 101, "{answer:?}\n{}", s.logs());
-    let shed = silent
-        .iter_mut()
-        .map(|c| closed_within(c, Duration::from_millis(50)))
-        .filter(|&closed| closed)
-        .count();
+    let shed = count_closed(&mut silent, Duration::from_millis(50));
     assert!(shed >= 20, "{shed} silent connections shed");
 }
 
@@ -333,15 +338,9 @@ fn f1_clients_that_do_not_read_their_responses_can_be_shed_at_the_cap() {
         }
     }
     assert_eq!(status(&r), 200, "{r:?}\n{}", s.logs());
-    let shed = readers
-        .iter_mut()
-        .map(|c| closed_within(c, Duration::from_millis(200)))
-        .filter(|&closed| closed)
-        .count();
+    let shed = count_closed(&mut readers, Duration::from_millis(200));
     assert!(shed >= 1, "a stalled reader was shed");
 }
-
-// ---- Finding 5: the throttle -------------------------------------------
 
 #[test]
 fn f1_an_address_whose_connections_are_shed_goes_before_a_waiting_client() {
@@ -365,13 +364,11 @@ fn f1_an_address_whose_connections_are_shed_goes_before_a_waiting_client() {
     let _ = c.write_all(&common::upgrade("/ws", &format!("Authorization: Bearer {t}\r\n")));
     let answer = read_answer(&mut c, Duration::from_secs(5));
     assert_eq!(status(&answer), 101, "{answer:?}\n{}", s.logs());
-    let shed = silent
-        .iter_mut()
-        .map(|c| closed_within(c, Duration::from_millis(50)))
-        .filter(|&closed| closed)
-        .count();
+    let shed = count_closed(&mut silent, Duration::from_millis(50));
     assert!(shed >= 26, "{shed} of the attacker's 34 connections shed");
 }
+
+// ---- Finding 5: the throttle -------------------------------------------
 
 #[test]
 fn f5_concurrent_wrong_passwords_reserve_their_attempts_before_hashing() {

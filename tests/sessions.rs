@@ -74,16 +74,6 @@ fn set_cookies(resp: &str) -> Vec<String> {
         .collect()
 }
 
-fn refresh(s: &Server, token: &str) -> String {
-    http(
-        s.addr,
-        "POST",
-        "/auth/refresh",
-        &[("Content-Type", "application/json")],
-        &json!({"refresh_token":token}).to_string(),
-    )
-}
-
 fn claims_of(token: &str) -> Value {
     let keys = tessera::keys::KeySet::single(KEY.as_bytes()).unwrap();
     let c = tessera::jwt::verify(token, &keys, &Default::default(), now()).unwrap();

@@ -473,3 +473,15 @@ pub async fn close_code(ws: &mut Ws, within: Duration) -> Option<u16> {
         }
     }
 }
+
+/// `POST /auth/refresh` with `token` in the JSON body; the raw answer.
+#[allow(dead_code)]
+pub fn refresh(s: &Server, token: &str) -> String {
+    http(
+        s.addr,
+        "POST",
+        "/auth/refresh",
+        &[("Content-Type", "application/json")],
+        &serde_json::json!({ "refresh_token": token }).to_string(),
+    )
+}
