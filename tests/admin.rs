@@ -9,31 +9,16 @@ use serde_json::{Value, json};
 use smol::block_on;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-use tessera::auth::users::{PasswordHash, User, UsersFile};
-
-fn tempdir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("tessera-admin-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
 
 /// Users `hq` (5, publish) and `agent-7` (2).
 fn users_file(dir: &Path) -> PathBuf {
-    let mut f = UsersFile::parse("").unwrap();
-    for (name, clearance, pw, salt) in [("hq", 5, "hq-pass-7f3a", 1), ("agent-7", 2, "a7-pass-91c2", 2)] {
-        f.upsert(User {
-            name: name.into(),
-            clearance,
-            publish: clearance == 5,
-            channels: vec![],
-            hash: PasswordHash::new(pw.as_bytes(), 1000, [salt; 16]),
-            totp: None,
-        });
-    }
-    let p = dir.join("users");
-    std::fs::write(&p, f.render()).unwrap();
-    p
+    write_users(
+        dir,
+        [
+            user("hq", 5, true, "hq-pass-7f3a"),
+            user("agent-7", 2, false, "a7-pass-91c2"),
+        ],
+    )
 }
 
 fn start_in(dir: &Path, extra: &[&str]) -> Server {
@@ -241,7 +226,7 @@ fn spec13_connections_list_matches_reality() {
 
 #[test]
 fn spec13_events_of_every_kind_without_secrets() {
-    let dir = tempdir("kinds");
+    let dir = scratch_dir("admin", "kinds");
     let s = start_in(
         &dir,
         &["--admin-min-clearance", "5", "--queue-depth", "1", "--history", "0"],
@@ -401,7 +386,7 @@ fn spec13_event_paging() {
 
 #[test]
 fn spec13_revoke_by_sub_closes_every_socket_and_kills_refresh() {
-    let dir = tempdir("revoke");
+    let dir = scratch_dir("admin", "revoke");
     let s = start_in(&dir, &["--admin-min-clearance", "5"]);
     let (l1, l2) = (
         login(&s, "agent-7", "a7-pass-91c2"),

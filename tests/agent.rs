@@ -5,40 +5,15 @@ mod common;
 use common::*;
 use serde_json::{Value, json};
 use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{Receiver, channel};
 use std::time::{Duration, Instant};
-use tessera::auth::users::{PasswordHash, User, UsersFile};
 
-fn tempdir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("tessera-agent-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
+/// `hq` (5, publish) and `agent-7` (2).
 fn users_file(dir: &Path) -> String {
-    let mut f = UsersFile::default();
-    f.upsert(User {
-        name: "hq".into(),
-        clearance: 5,
-        publish: true,
-        channels: vec![],
-        hash: PasswordHash::new(b"hq-pass", 1000, [1; 16]),
-        totp: None,
-    });
-    f.upsert(User {
-        name: "agent-7".into(),
-        clearance: 2,
-        publish: false,
-        channels: vec![],
-        hash: PasswordHash::new(b"a7-pass", 1000, [2; 16]),
-        totp: None,
-    });
-    let p = dir.join("users");
-    std::fs::write(&p, f.render()).unwrap();
-    p.to_str().unwrap().to_string()
+    let users = [user("hq", 5, true, "hq-pass"), user("agent-7", 2, false, "a7-pass")];
+    write_users(dir, users).to_str().unwrap().to_string()
 }
 
 struct Agent {
@@ -131,7 +106,7 @@ fn publish(s: &Server, channel: &str, data: Value) -> String {
 
 #[test]
 fn spec9_agent_logs_in_subscribes_and_prints_messages_then_exits_0_on_sigint() {
-    let d = tempdir("basic");
+    let d = scratch_dir("agent", "basic");
     let s = Server::start(&["--users", &users_file(&d), "--channel", "ops=1"]);
     let mut a = Agent::start(
         &s.url(),
@@ -153,7 +128,7 @@ fn spec9_agent_logs_in_subscribes_and_prints_messages_then_exits_0_on_sigint() {
 
 #[test]
 fn spec9_bad_credentials_clear_error_nonzero_exit() {
-    let d = tempdir("badcreds");
+    let d = scratch_dir("agent", "badcreds");
     let s = Server::start(&["--users", &users_file(&d)]);
     let mut a = Agent::start(&s.url(), &["--username", "agent-7"], Some("Xyzzy-guess"), false);
     let code = a.wait(Duration::from_secs(10));
@@ -168,7 +143,7 @@ fn spec9_bad_credentials_clear_error_nonzero_exit() {
 
 #[test]
 fn spec9_agent_survives_server_restart_and_resubscribes() {
-    let d = tempdir("restart");
+    let d = scratch_dir("agent", "restart");
     let users = users_file(&d);
     let s = Server::start(&["--users", &users]);
     let addr = s.addr.to_string();
@@ -190,7 +165,7 @@ fn spec9_agent_survives_server_restart_and_resubscribes() {
 
 #[test]
 fn spec9_agent_keeps_its_subscription_across_token_expiry() {
-    let d = tempdir("expiry");
+    let d = scratch_dir("agent", "expiry");
     let s = Server::start(&["--users", &users_file(&d), "--access-ttl", "3", "--leeway", "0"]);
     let a = Agent::start(
         &s.url(),
@@ -211,7 +186,7 @@ fn spec9_agent_keeps_its_subscription_across_token_expiry() {
 
 #[test]
 fn spec9_agent_exits_3_when_its_session_is_revoked() {
-    let d = tempdir("revoked");
+    let d = scratch_dir("agent", "revoked");
     let s = Server::start(&["--users", &users_file(&d)]);
     let login = http(
         s.addr,
@@ -239,7 +214,7 @@ fn spec9_agent_exits_3_when_its_session_is_revoked() {
 
 #[test]
 fn spec9_publish_mode_round_trip() {
-    let d = tempdir("publish");
+    let d = scratch_dir("agent", "publish");
     let s = Server::start(&["--users", &users_file(&d)]);
     smol::block_on(async {
         let (mut sub, _) = ws_bearer(s.addr, &token("watcher", 0, 600, |_| {})).await;
@@ -355,7 +330,7 @@ fn numbers(a: u64, z: u64) -> Vec<Value> {
 #[test]
 fn spec10_agent_across_server_restarts_prints_every_message_once_in_order() {
     const N: u64 = 90;
-    let d = tempdir("resume");
+    let d = scratch_dir("agent", "resume");
     let users = users_file(&d);
     let hist = d.join("history");
     let args = ["--users", users.as_str(), "--history-dir", hist.to_str().unwrap()];
@@ -438,7 +413,7 @@ fn spec10_agent_across_server_restarts_prints_every_message_once_in_order() {
 
 #[test]
 fn spec10_positions_file_resumes_across_an_agent_restart() {
-    let d = tempdir("positions");
+    let d = scratch_dir("agent", "positions");
     let s = Server::start(&["--users", &users_file(&d)]);
     let pos = d.join("agent.positions");
     let pos_arg = pos.to_str().unwrap();
@@ -509,7 +484,7 @@ fn spec10_positions_file_resumes_across_an_agent_restart() {
 
 #[test]
 fn spec10_agent_says_once_when_a_resume_is_not_recovered() {
-    let d = tempdir("notrecovered");
+    let d = scratch_dir("agent", "notrecovered");
     let users = users_file(&d);
     let s = Server::start(&["--users", &users]);
     let addr = s.addr.to_string();
@@ -607,7 +582,7 @@ impl Link {
 #[test]
 fn spec10_agent_resumes_after_dropped_links_without_loss_or_duplicates() {
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
-    let d = tempdir("droppedlink");
+    let d = scratch_dir("agent", "droppedlink");
     let s = Server::start(&["--users", &users_file(&d), "--history", "1000"]);
     let link = Link::to(s.addr);
     let a = Agent::start(

@@ -26,13 +26,6 @@ use std::time::{Duration, Instant};
 
 const PROMPT: &str = "one-time code: ";
 
-fn tempdir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("tessera-agent-prompt-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
 /// Enrols `field-1` (clearance 3, may publish, password `field-pass`) with the real
 /// `useradd --totp`; returns the users file and the printed secret.
 fn enrol(dir: &Path) -> (String, String) {
@@ -271,7 +264,7 @@ fn spec11_agent_prompts_on_a_terminal_for_the_code_and_receives() {
     if missing_tools(&["oathtool", "script"]) {
         return;
     }
-    let d = tempdir("ok");
+    let d = scratch_dir("agent-prompt", "ok");
     let (users, secret) = enrol(&d);
     let s = Server::start(&["--users", &users]);
     let mut a = PtyAgent::start(&d, &s);
@@ -300,7 +293,7 @@ fn spec11_agent_prompt_asks_again_after_a_wrong_code_and_gives_up_after_three() 
     if missing_tools(&["oathtool", "script"]) {
         return;
     }
-    let d = tempdir("wrong");
+    let d = scratch_dir("agent-prompt", "wrong");
     let (users, secret) = enrol(&d);
     let s = Server::start(&["--users", &users]);
     let mut a = PtyAgent::start(&d, &s);
@@ -331,7 +324,7 @@ fn spec11_agent_prompt_asks_again_after_a_wrong_code_and_gives_up_after_three() 
     wait_count(&s, "\"invalid_otp\"", 3);
 
     // A wrong code, then the right one: logged in.
-    let d = tempdir("wrong-then-right");
+    let d = scratch_dir("agent-prompt", "wrong-then-right");
     let (users, secret) = enrol(&d);
     let s = Server::start(&["--users", &users]);
     let mut a = PtyAgent::start(&d, &s);
@@ -351,7 +344,7 @@ fn spec11_agent_prompts_again_when_a_refresh_failure_forces_a_new_login() {
     if missing_tools(&["oathtool", "script"]) {
         return;
     }
-    let d = tempdir("relogin");
+    let d = scratch_dir("agent-prompt", "relogin");
     let (users, secret) = enrol(&d);
     // Refresh tokens live 2 s, access tokens 12 s: the agent's refresh (8 s
     // in, a third of the life before expiry) finds its refresh token
@@ -399,7 +392,7 @@ fn spec11_agent_ctrl_c_at_the_prompt_exits_0_with_the_echo_back_on() {
     if missing_tools(&["oathtool", "script"]) {
         return;
     }
-    let d = tempdir("ctrl-c");
+    let d = scratch_dir("agent-prompt", "ctrl-c");
     let (users, _secret) = enrol(&d);
     let s = Server::start(&["--users", &users]);
     let mut a = PtyAgent::start_then(&d, &s, "--subscribe", Some("stty -a"));
@@ -424,7 +417,7 @@ fn spec11_agent_publishing_from_the_terminal_does_not_prompt_again() {
     if missing_tools(&["oathtool", "script"]) {
         return;
     }
-    let d = tempdir("publish");
+    let d = scratch_dir("agent-prompt", "publish");
     let (users, secret) = enrol(&d);
     let s = Server::start(&[
         "--users",

@@ -112,21 +112,6 @@ fn node(redis: &Redis, id: &str, extra: &[&str]) -> Server {
     s
 }
 
-fn hq() -> String {
-    token("hq", 9, 600, |c| c.publish = true)
-}
-
-async fn subscribe(ws: &mut Ws, channel: &str, since: Option<Value>) -> Value {
-    let mut cmd = json!({"type":"subscribe","channel":channel});
-    if let Some(s) = since {
-        cmd["since"] = s;
-    }
-    send(ws, cmd).await;
-    let r = recv(ws).await;
-    assert_eq!(r["type"], "subscribed", "{r}");
-    r
-}
-
 /// The next `n` messages of `channel`: their `data.n`.
 async fn numbers(ws: &mut Ws, channel: &str, n: usize) -> Vec<u64> {
     let mut out = Vec::with_capacity(n);
@@ -421,24 +406,16 @@ fn spec12_a_node_killed_mid_stream_its_client_resumes_on_another_with_no_gap() {
 /// passwords `<name>-pass`.
 fn users_file(test: &str) -> (std::path::PathBuf, tessera::auth::totp::TotpSecret) {
     use tessera::auth::totp::TotpSecret;
-    use tessera::auth::users::{PasswordHash, User, UsersFile};
-    let dir = std::env::temp_dir().join(format!("tessera-cluster-{test}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    use tessera::auth::users::User;
     let secret = TotpSecret::from_base32("JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP").unwrap();
-    let mut f = UsersFile::parse("").unwrap();
-    for (name, clearance, totp) in [("hq", 5, true), ("agent-7", 2, false)] {
-        f.upsert(User {
-            name: name.into(),
-            clearance,
-            publish: false,
-            channels: vec![],
-            hash: PasswordHash::new(format!("{name}-pass").as_bytes(), 1000, [9; 16]),
-            totp: totp.then(|| TotpSecret::from_base32("JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP").unwrap()),
-        });
-    }
-    let p = dir.join("users");
-    std::fs::write(&p, f.render()).unwrap();
+    let hq = User {
+        totp: Some(secret.clone()),
+        ..user("hq", 5, false, "hq-pass")
+    };
+    let p = write_users(
+        &scratch_dir("cluster", test),
+        [hq, user("agent-7", 2, false, "agent-7-pass")],
+    );
     (p, secret)
 }
 
@@ -909,9 +886,7 @@ fn spec12_logout_on_b_of_a_session_made_on_a() {
 
 #[test]
 fn spec12_refresh_while_redis_is_down_is_503_and_works_again_after() {
-    let dir = std::env::temp_dir().join(format!("tessera-cluster-aof-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = scratch_dir("cluster", "aof");
     let dir_s = dir.to_str().unwrap().to_string();
     // AOF with fsync on every write: a SIGKILL loses no session.
     let Some(mut redis) = Redis::start_with(

@@ -21,13 +21,6 @@ fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
     smol::block_on(f)
 }
 
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("tessera-deploy-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
 /// `systemd-analyze ARGS`, or `None` (with a SKIPPED line) when the tool is
 /// missing or cannot run here.
 fn systemd_analyze(args: &[&str]) -> Option<std::process::Output> {
@@ -51,7 +44,7 @@ fn unit_copy(dir: &Path) -> PathBuf {
 
 #[test]
 fn systemd_unit_verifies_without_a_single_warning() {
-    let dir = temp_dir("verify");
+    let dir = scratch_dir("deploy", "verify");
     let unit = unit_copy(&dir);
     let Some(out) = systemd_analyze(&["verify", unit.to_str().unwrap()]) else {
         return;
@@ -66,7 +59,7 @@ fn systemd_unit_verifies_without_a_single_warning() {
 
 #[test]
 fn systemd_unit_exposure_is_at_most_2_0() {
-    let dir = temp_dir("security");
+    let dir = scratch_dir("deploy", "security");
     let unit = unit_copy(&dir);
     let Some(out) = systemd_analyze(&["security", "--offline=yes", unit.to_str().unwrap()]) else {
         return;
@@ -130,7 +123,7 @@ fn datagrams(sock: &UnixDatagram, n: usize, within: Duration) -> Vec<String> {
 
 #[test]
 fn sd_notify_ready_when_listening_watchdog_from_the_loop_stopping_on_sigterm() {
-    let dir = temp_dir("notify");
+    let dir = scratch_dir("deploy", "notify");
     let path = dir.join("notify.sock");
     let sock = UnixDatagram::bind(&path).unwrap();
     // WatchdogSec=0.4s: a ping every 200 ms.
@@ -208,7 +201,7 @@ fn sd_notify_bad_socket_is_logged_and_the_server_still_serves() {
 fn key_from_a_systemd_credential_directory() {
     use std::os::unix::fs::PermissionsExt as _;
     // What LoadCredential= makes: a private directory, a 0400 file.
-    let dir = temp_dir("credentials");
+    let dir = scratch_dir("deploy", "credentials");
     let key = dir.join("signing-key");
     std::fs::write(&key, format!("{KEY}\n")).unwrap();
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o400)).unwrap();

@@ -9,22 +9,6 @@ use serde_json::{Value, json};
 use smol::block_on;
 use std::time::Duration;
 
-fn hq() -> String {
-    token("hq", 9, 600, |c| c.publish = true)
-}
-
-/// Subscribes (optionally with `since`) and returns the `subscribed` reply.
-async fn subscribe(ws: &mut Ws, channel: &str, since: Option<Value>) -> Value {
-    let mut cmd = json!({"type":"subscribe","channel":channel});
-    if let Some(s) = since {
-        cmd["since"] = s;
-    }
-    send(ws, cmd).await;
-    let r = recv(ws).await;
-    assert_eq!(r["type"], "subscribed", "{r}");
-    r
-}
-
 /// The next `n` messages' ids, checking they belong to `channel`.
 async fn ids(ws: &mut Ws, channel: &str, n: usize) -> Vec<u64> {
     let mut out = Vec::with_capacity(n);
@@ -537,12 +521,6 @@ fn spec4_3_publishers_that_subscribe_to_their_own_burst_are_not_closed() {
     assert!(!s.logs().contains("\"code\":4008"), "{}", s.logs());
 }
 
-fn temp_dir(tag: &str) -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!("tessera-history-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    d
-}
-
 /// The `.log` segment files in `dir`.
 fn segments(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     let mut v: Vec<_> = std::fs::read_dir(dir)
@@ -568,7 +546,7 @@ fn resume_all(s: &Server, channel: &str, epoch: &str, n: usize) -> (Value, Vec<u
 
 #[test]
 fn spec10_history_dir_survives_sigterm_with_the_same_epoch() {
-    let dir = temp_dir("term");
+    let dir = scratch_dir("history", "term").join("history"); // created by the server
     let d = dir.to_str().unwrap();
     let mut s = Server::start(&["--history-dir", d]);
     let mut epoch = String::new();
@@ -601,7 +579,7 @@ fn spec10_history_dir_survives_sigterm_with_the_same_epoch() {
 
 #[test]
 fn spec10_history_dir_sigkill_loses_no_acknowledged_message() {
-    let dir = temp_dir("kill");
+    let dir = scratch_dir("history", "kill").join("history"); // created by the server
     let d = dir.to_str().unwrap();
     let s = Server::start(&["--history-dir", d]);
     let mut epoch = String::new();
@@ -624,7 +602,7 @@ fn spec10_history_dir_sigkill_loses_no_acknowledged_message() {
 
 #[test]
 fn spec10_history_dir_torn_tail_is_cut_and_logged() {
-    let dir = temp_dir("torn");
+    let dir = scratch_dir("history", "torn").join("history"); // created by the server
     let d = dir.to_str().unwrap();
     let mut s = Server::start(&["--history-dir", d]);
     let mut epoch = String::new();
@@ -669,7 +647,7 @@ fn spec10_history_dir_torn_tail_is_cut_and_logged() {
 
 #[test]
 fn spec10_history_dir_space_is_bounded_by_the_same_limits() {
-    let dir = temp_dir("compact");
+    let dir = scratch_dir("history", "compact").join("history"); // created by the server
     let d = dir.to_str().unwrap();
     let mut s = Server::start(&["--history-dir", d, "--history", "10"]);
     let pad = "y".repeat(10_000);

@@ -12,7 +12,7 @@
 
 mod common;
 
-use common::{Server, body, header, status, token, ws_bearer};
+use common::{Server, body, header, scratch_dir, status, token, user, write_users, ws_bearer};
 use serde_json::{Value, json};
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};
@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tessera::auth::users::{PasswordHash, User, UsersFile};
+use tessera::auth::users::{PasswordHash, User};
 
 /// A TCP connection from source address `src` (any 127.0.0.0/8 address
 /// works on Linux loopback).
@@ -61,33 +61,13 @@ fn login_req(user: &str, pw: &str, extra: &[(&str, &str)]) -> Vec<u8> {
     post("/auth/login", &h, &json!({"username":user,"password":pw}).to_string())
 }
 
-fn tempdir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!(
-        "tessera-hostile-{name}-{}-{:?}",
-        std::process::id(),
-        std::thread::current().id()
-    ));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
 /// A users file with these `(name, password, iterations)`, in this order.
 fn users(dir: &Path, list: &[(&str, &str, u32)]) -> PathBuf {
-    let mut f = UsersFile::parse("# hostile\n").unwrap();
-    for (name, pw, iterations) in list {
-        f.upsert(User {
-            name: (*name).into(),
-            clearance: 1,
-            publish: false,
-            channels: vec![],
-            hash: PasswordHash::new(pw.as_bytes(), *iterations, [3; 16]),
-            totp: None,
-        });
-    }
-    let p = dir.join("users");
-    std::fs::write(&p, f.render()).unwrap();
-    p
+    let list = list.iter().map(|(name, pw, iterations)| User {
+        hash: PasswordHash::new(pw.as_bytes(), *iterations, [3; 16]),
+        ..user(name, 1, false, pw)
+    });
+    write_users(dir, list)
 }
 
 /// Whether the server closed `s` within `within` (EOF or reset; a read
@@ -372,7 +352,7 @@ fn f1_an_address_whose_connections_are_shed_goes_before_a_waiting_client() {
 
 #[test]
 fn f5_concurrent_wrong_passwords_reserve_their_attempts_before_hashing() {
-    let d = tempdir("reserve");
+    let d = scratch_dir("hostile", "reserve");
     let u = users(&d, &[("alice", "right", 10_000)]);
     let s = Server::start(&["--users", u.to_str().unwrap()]);
     let addr = s.addr;
@@ -391,7 +371,7 @@ fn f5_concurrent_wrong_passwords_reserve_their_attempts_before_hashing() {
 
 #[test]
 fn f5_trusted_proxy_forwards_the_client_address_and_user_names_have_a_limit() {
-    let d = tempdir("proxy");
+    let d = scratch_dir("hostile", "proxy");
     let u = users(&d, &[("alice", "right", 1000), ("victim", "vpass", 1000)]);
     let s = Server::start(&["--users", u.to_str().unwrap(), "--trusted-proxy", "127.0.8.0/24"]);
     let proxy = v4(0, 8, 1);
@@ -437,7 +417,7 @@ fn f5_trusted_proxy_forwards_the_client_address_and_user_names_have_a_limit() {
 
 #[test]
 fn f5_valid_logins_get_through_a_wrong_password_flood_from_50_addresses() {
-    let d = tempdir("flood");
+    let d = scratch_dir("hostile", "flood");
     // Debug builds hash slowly: a cost that keeps the flood going for a while.
     let u = users(&d, &[("alice", "right", 5_000)]);
     let s = Server::start(&["--users", u.to_str().unwrap()]);
@@ -490,7 +470,7 @@ fn login_time(addr: SocketAddr, src: Ipv4Addr, user: &str) -> Duration {
 
 #[test]
 fn f6_unknown_users_cost_as_much_as_the_strongest_hash_also_after_sighup() {
-    let d = tempdir("timing");
+    let d = scratch_dir("hostile", "timing");
     let u = users(&d, &[("weak", "w", 1), ("weak2", "w", 1)]);
     let s = Server::start(&["--users", u.to_str().unwrap()]);
     // Minimum of a few tries: other tests share the CPU, and hashing runs
@@ -522,7 +502,7 @@ fn f6_unknown_users_cost_as_much_as_the_strongest_hash_also_after_sighup() {
 
 #[test]
 fn f7_cookie_refresh_and_logout_apply_the_origin_rule() {
-    let d = tempdir("origin");
+    let d = scratch_dir("hostile", "origin");
     let u = users(&d, &[("alice", "right", 1000)]);
     let s = Server::start(&["--users", u.to_str().unwrap(), "--insecure-cookies"]);
     let r = raw_from(v4(0, 0, 1), s.addr, &login_req("alice", "right", &[]));
@@ -558,7 +538,7 @@ fn f7_cookie_refresh_and_logout_apply_the_origin_rule() {
 
 #[test]
 fn f8_a_planted_symlink_at_the_old_temp_name_is_never_followed() {
-    let d = tempdir("symlink");
+    let d = scratch_dir("hostile", "symlink");
     let u = users(&d, &[("alice", "right", 1000)]);
     let state = d.join("state.json");
     let victim = d.join("victim");
@@ -591,7 +571,7 @@ fn refresh_with(addr: SocketAddr, t: &str) -> String {
 
 #[test]
 fn f9_refresh_rotation_keeps_the_state_bounded_and_old_tokens_still_revoke() {
-    let d = tempdir("rotation");
+    let d = scratch_dir("hostile", "rotation");
     let u = users(&d, &[("alice", "right", 1000)]);
     let state = d.join("state.json");
     let s = Server::start(&["--users", u.to_str().unwrap(), "--state", state.to_str().unwrap()]);
@@ -616,7 +596,7 @@ fn f9_refresh_rotation_keeps_the_state_bounded_and_old_tokens_still_revoke() {
 
 #[test]
 fn f9_sessions_per_user_are_capped() {
-    let d = tempdir("sesscap");
+    let d = scratch_dir("hostile", "sesscap");
     let u = users(&d, &[("alice", "right", 1000)]);
     let s = Server::start(&["--users", u.to_str().unwrap(), "--max-sessions-per-user", "2"]);
     let tokens: Vec<String> = (0..3)
@@ -663,7 +643,7 @@ fn f10_malformed_upgrades_are_answered_and_counted() {
 
 #[test]
 fn f10_expect_100_continue_is_answered_and_others_get_417() {
-    let d = tempdir("expect");
+    let d = scratch_dir("hostile", "expect");
     let u = users(&d, &[("alice", "right", 1000)]);
     let s = Server::start(&["--users", u.to_str().unwrap()]);
     let b = json!({"username":"alice","password":"right"}).to_string();
@@ -691,7 +671,7 @@ fn f10_expect_100_continue_is_answered_and_others_get_417() {
 
 #[test]
 fn f10_login_failed_logs_a_capped_escaped_user_name() {
-    let d = tempdir("logname");
+    let d = scratch_dir("hostile", "logname");
     let u = users(&d, &[("alice", "right", 1000)]);
     let s = Server::start(&["--users", u.to_str().unwrap()]);
     let long = "p".repeat(10_000);

@@ -22,39 +22,24 @@ use tessera::auth::users::{PasswordHash, User, UsersFile};
 const HQ_SECRET: &str = "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP";
 const OPS_SECRET: &str = "KRUGS4ZANFZSA5DPOAQHGZLDOJSXI2LT";
 
-fn tempdir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!(
-        "tessera-mfa-{name}-{}-{:?}",
-        std::process::id(),
-        std::thread::current().id()
-    ));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn user(name: &str, clearance: u32, pw: &str, iterations: u32, totp: Option<&str>) -> User {
+fn mfa_user(name: &str, clearance: u32, pw: &str, iterations: u32, totp: Option<&str>) -> User {
     User {
-        name: name.into(),
-        clearance,
-        publish: clearance >= 5,
-        channels: vec![],
         hash: PasswordHash::new(pw.as_bytes(), iterations, [9; 16]),
         totp: totp.map(|t| TotpSecret::from_base32(t).unwrap()),
+        ..user(name, clearance, clearance >= 5, pw)
     }
 }
 
 /// `hq` (5, TOTP), `ops` (3, TOTP), `boss` (4, no TOTP), `agent-7` (2, no
 /// TOTP); passwords `<name>-pass`.
 fn users_file(dir: &Path, iterations: u32) -> PathBuf {
-    let mut f = UsersFile::parse("# SPEC §11 test users\n").unwrap();
-    f.upsert(user("hq", 5, "hq-pass", iterations, Some(HQ_SECRET)));
-    f.upsert(user("ops", 3, "ops-pass", iterations, Some(OPS_SECRET)));
-    f.upsert(user("boss", 4, "boss-pass", iterations, None));
-    f.upsert(user("agent-7", 2, "agent-7-pass", iterations, None));
-    let p = dir.join("users");
-    std::fs::write(&p, f.render()).unwrap();
-    p
+    let users = [
+        mfa_user("hq", 5, "hq-pass", iterations, Some(HQ_SECRET)),
+        mfa_user("ops", 3, "ops-pass", iterations, Some(OPS_SECRET)),
+        mfa_user("boss", 4, "boss-pass", iterations, None),
+        mfa_user("agent-7", 2, "agent-7-pass", iterations, None),
+    ];
+    write_users(dir, users)
 }
 
 fn start(dir: &Path, extra: &[&str]) -> Server {
@@ -115,7 +100,7 @@ fn spec11_login_with_a_code_carries_amr_and_refresh_keeps_it() {
     if missing_tools(&["oathtool"]) {
         return;
     }
-    let d = tempdir("amr");
+    let d = scratch_dir("mfa", "amr");
     let s = start(&d, &[]);
     assert_eq!(outcome(&login(&s, "hq", "hq-pass", None)), (401, "mfa_required".into()));
     let t = settle();
@@ -149,7 +134,7 @@ fn spec11_wrong_password_with_or_without_a_code_reveals_nothing() {
     if missing_tools(&["oathtool"]) {
         return;
     }
-    let d = tempdir("wrongpw");
+    let d = scratch_dir("mfa", "wrongpw");
     let s = start(&d, &[]);
     let t = settle();
     let code = oath(HQ_SECRET, t);
@@ -177,7 +162,7 @@ fn spec11_malformed_codes_are_invalid_otp() {
     if missing_tools(&["oathtool"]) {
         return;
     }
-    let d = tempdir("malformed");
+    let d = scratch_dir("mfa", "malformed");
     let s = start(&d, &[]);
     let t = settle();
     let code = oath(HQ_SECRET, t);
@@ -208,7 +193,7 @@ fn spec11_neighbour_steps_and_replay_within_a_step() {
     if missing_tools(&["oathtool"]) {
         return;
     }
-    let d = tempdir("steps");
+    let d = scratch_dir("mfa", "steps");
     let s = start(&d, &[]);
     let t = settle();
     let at = |dt: i64| oath(HQ_SECRET, (t as i64 + dt) as u64);
@@ -233,7 +218,7 @@ fn spec11_a_used_code_stays_used_across_a_crash_and_restart() {
     if missing_tools(&["oathtool"]) {
         return;
     }
-    let d = tempdir("restart");
+    let d = scratch_dir("mfa", "restart");
     let state = d.join("state.json");
     let st = state.to_str().unwrap().to_string();
     let mut s = start(&d, &["--state", &st]);
@@ -260,7 +245,7 @@ fn spec11_mfa_min_clearance_login_and_handshake() {
     if missing_tools(&["oathtool"]) {
         return;
     }
-    let d = tempdir("minclr");
+    let d = scratch_dir("mfa", "minclr");
     let s = start(&d, &["--mfa-min-clearance", "3"]);
     // Enrolled, clearance 5: needs the code.
     assert_eq!(outcome(&login(&s, "hq", "hq-pass", None)), (401, "mfa_required".into()));
@@ -327,7 +312,7 @@ fn spec11_ten_wrong_codes_throttle_the_address() {
     if missing_tools(&["oathtool"]) {
         return;
     }
-    let d = tempdir("throttle");
+    let d = scratch_dir("mfa", "throttle");
     let s = start(&d, &[]);
     let t = settle();
     let good = oath(HQ_SECRET, t);
@@ -346,7 +331,7 @@ fn spec11_mfa_required_counts_toward_the_throttle_too() {
     if missing_tools(&["oathtool"]) {
         return;
     }
-    let d = tempdir("throttle2");
+    let d = scratch_dir("mfa", "throttle2");
     let s = start(&d, &[]);
     for _ in 0..10 {
         assert_eq!(
@@ -369,7 +354,7 @@ fn spec11_logs_hold_no_code_or_secret() {
     if missing_tools(&["oathtool"]) {
         return;
     }
-    let d = tempdir("logs");
+    let d = scratch_dir("mfa", "logs");
     let s = start(&d, &[]);
     let t = settle();
     let good = oath(HQ_SECRET, t);
@@ -401,7 +386,7 @@ fn spec11_enumeration_same_error_and_timing_class() {
     if missing_tools(&["oathtool"]) {
         return;
     }
-    let d = tempdir("enum");
+    let d = scratch_dir("mfa", "enum");
     let users = users_file(&d, 200_000);
     let s = Server::start(&["--users", users.to_str().unwrap()]);
     let classes = [("nobody", "x"), ("hq", "x"), ("agent-7", "x"), ("hq", "hq-pass")];
@@ -485,7 +470,7 @@ fn spec11_useradd_totp_qr_scans_no_totp_and_readd_keeps() {
     if missing_tools(&["oathtool", "zbarimg"]) {
         return;
     }
-    let d = tempdir("useradd");
+    let d = scratch_dir("mfa", "useradd");
     let f = d.join("users");
     std::fs::write(&f, "# team\n").unwrap();
     let o = run_useradd(&f, "field-1", "pw-1", &["--clearance", "3", "--totp"]);
@@ -564,10 +549,10 @@ fn spec11_old_five_field_file_then_sighup_enrols() {
     if missing_tools(&["oathtool"]) {
         return;
     }
-    let d = tempdir("sighup");
+    let d = scratch_dir("mfa", "sighup");
     let f = d.join("users");
     let mut u = UsersFile::default();
-    u.upsert(user("agent-7", 2, "agent-7-pass", 1000, None));
+    u.upsert(mfa_user("agent-7", 2, "agent-7-pass", 1000, None));
     let five = u.render();
     assert_eq!(five.trim_end().split(':').count(), 5, "a five-field line: {five}");
     std::fs::write(&f, &five).unwrap();
@@ -575,7 +560,7 @@ fn spec11_old_five_field_file_then_sighup_enrols() {
     let r = login(&s, "agent-7", "agent-7-pass", None);
     assert_eq!(claims_of(&access_of(&r))["amr"], json!(["pwd"]));
     // Enrol, reload, and the code becomes necessary.
-    u.upsert(user("agent-7", 2, "agent-7-pass", 1000, Some(OPS_SECRET)));
+    u.upsert(mfa_user("agent-7", 2, "agent-7-pass", 1000, Some(OPS_SECRET)));
     std::fs::write(&f, u.render()).unwrap();
     s.signal("HUP");
     s.wait_log(&["reload", "\"users\":1"]);
@@ -640,7 +625,7 @@ fn spec11_agent_logs_in_with_tessera_otp() {
         return;
     }
     use std::io::{BufRead, BufReader};
-    let d = tempdir("agent");
+    let d = scratch_dir("mfa", "agent");
     let s = start(&d, &["--mfa-min-clearance", "3"]);
     // Without a code and without a terminal: a clear refusal, exit 1.
     let mut a = agent(&s.url(), "hq", "hq-pass", None);

@@ -524,9 +524,7 @@ fn spec7_logs_are_json_lines_without_tokens() {
 
 #[test]
 fn spec2_sighup_reloads_keys_and_users_without_dropping_sockets() {
-    use tessera::auth::users::{PasswordHash, User, UsersFile};
-    let dir = std::env::temp_dir().join(format!("tessera-hup-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = scratch_dir("server", "hup");
     let key_file = dir.join("key");
     let users_file = dir.join("users");
     std::fs::write(&key_file, format!("old:{KEY}\n")).unwrap();
@@ -553,16 +551,7 @@ fn spec2_sighup_reloads_keys_and_users_without_dropping_sockets() {
         let (mut ws, _) = ws_bearer(s.addr, &mint(&keys_old, "before")).await;
         let new_key = "new-key-ZYXWVUTSRQPONMLKJIHGFEDCBA-0123456789";
         std::fs::write(&key_file, format!("new:{new_key}\n")).unwrap();
-        let mut users = UsersFile::default();
-        users.upsert(User {
-            name: "late".into(),
-            clearance: 0,
-            publish: false,
-            channels: vec![],
-            hash: PasswordHash::new(b"pw", 1000, [3; 16]),
-            totp: None,
-        });
-        std::fs::write(&users_file, users.render()).unwrap();
+        write_users(&dir, [user("late", 0, false, "pw")]);
         s.signal("HUP");
         s.wait_log(&["reload", "\"keys\":1"]);
         // The open socket lives on.

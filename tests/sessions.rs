@@ -7,41 +7,15 @@ use common::*;
 use serde_json::{Value, json};
 use std::path::PathBuf;
 use std::time::Duration;
-use tessera::auth::users::{PasswordHash, User, UsersFile};
-
-fn tempdir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!(
-        "tessera-{name}-{}-{:?}",
-        std::process::id(),
-        std::thread::current().id()
-    ));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
+use tessera::auth::users::{User, UsersFile};
 
 /// A users file with `hq` (5, publish) and `agent-7` (2, channels ops).
 fn users_file(dir: &std::path::Path) -> PathBuf {
-    let mut f = UsersFile::parse("# test users\n").unwrap();
-    f.upsert(User {
-        name: "hq".into(),
-        clearance: 5,
-        publish: true,
-        channels: vec![],
-        hash: PasswordHash::new(b"hq-pass", 1000, [1; 16]),
-        totp: None,
-    });
-    f.upsert(User {
-        name: "agent-7".into(),
-        clearance: 2,
-        publish: false,
+    let agent = User {
         channels: vec!["ops".into(), "team.*".into()],
-        hash: PasswordHash::new(b"a7-pass", 1000, [2; 16]),
-        totp: None,
-    });
-    let p = dir.join("users");
-    std::fs::write(&p, f.render()).unwrap();
-    p
+        ..user("agent-7", 2, false, "a7-pass")
+    };
+    write_users(dir, [user("hq", 5, true, "hq-pass"), agent])
 }
 
 fn start(dir: &std::path::Path, extra: &[&str]) -> Server {
@@ -82,7 +56,7 @@ fn claims_of(token: &str) -> Value {
 
 #[test]
 fn spec4_1_login_body_cookies_and_claims() {
-    let d = tempdir("login");
+    let d = scratch_dir("sessions", "login");
     let s = start(&d, &[]);
     let r = login(&s, "agent-7", "a7-pass");
     assert_eq!(status(&r), 200, "{r}");
@@ -115,7 +89,7 @@ fn spec4_1_login_body_cookies_and_claims() {
     let hq = body(&login(&s, "hq", "hq-pass"));
     assert_eq!(claims_of(hq["access_token"].as_str().unwrap())["publish"], true);
     // --insecure-cookies drops Secure.
-    let d2 = tempdir("login-insecure");
+    let d2 = scratch_dir("sessions", "login-insecure");
     let s2 = start(&d2, &["--insecure-cookies"]);
     let r = login(&s2, "hq", "hq-pass");
     assert!(set_cookies(&r).iter().all(|c| !c.contains("Secure")));
@@ -123,7 +97,7 @@ fn spec4_1_login_body_cookies_and_claims() {
 
 #[test]
 fn spec4_1_login_http_errors() {
-    let d = tempdir("login-errors");
+    let d = scratch_dir("sessions", "login-errors");
     let s = start(&d, &[]);
     let a = s.addr;
     let cases: Vec<(u16, String)> = vec![
@@ -146,7 +120,7 @@ fn spec4_1_login_http_errors() {
 
 #[test]
 fn spec4_1_unknown_user_and_wrong_password_look_the_same() {
-    let d = tempdir("indist");
+    let d = scratch_dir("sessions", "indist");
     let s = start(&d, &[]);
     let unknown = login(&s, "nobody", "x");
     let wrong = login(&s, "hq", "x");
@@ -158,7 +132,7 @@ fn spec4_1_unknown_user_and_wrong_password_look_the_same() {
 
 #[test]
 fn spec4_1_rotation_reuse_revokes_session_and_closes_socket_4003() {
-    let d = tempdir("reuse");
+    let d = scratch_dir("sessions", "reuse");
     let s = start(&d, &[]);
     let b1 = body(&login(&s, "agent-7", "a7-pass"));
     let t1 = b1["refresh_token"].as_str().unwrap().to_string();
@@ -208,7 +182,7 @@ fn spec4_1_rotation_reuse_revokes_session_and_closes_socket_4003() {
 
 #[test]
 fn spec4_1_logout_revokes_and_clears_cookies() {
-    let d = tempdir("logout");
+    let d = scratch_dir("sessions", "logout");
     let s = start(&d, &[]);
     let b = body(&login(&s, "hq", "hq-pass"));
     let access = b["access_token"].as_str().unwrap().to_string();
@@ -254,7 +228,7 @@ fn spec4_1_logout_revokes_and_clears_cookies() {
 
 #[test]
 fn spec6_restart_with_state_keeps_sessions_and_revocations() {
-    let d = tempdir("restart");
+    let d = scratch_dir("sessions", "restart");
     let state = d.join("state.json");
     let st = state.to_str().unwrap().to_string();
     let mut s = start(&d, &["--state", &st]);
@@ -316,7 +290,7 @@ fn stored(state: &std::path::Path, token: &str) -> bool {
 
 #[test]
 fn spec6_crash_during_refreshes_loses_no_answered_token() {
-    let d = tempdir("crash");
+    let d = scratch_dir("sessions", "crash");
     let state = d.join("state.json");
     let st = state.to_str().unwrap().to_string();
     let mut seed: u64 = 0x2545F4914F6CDD1D ^ now();
@@ -390,7 +364,7 @@ fn spec6_crash_during_refreshes_loses_no_answered_token() {
 
 #[test]
 fn spec6_garbage_state_file_exit_2_untouched() {
-    let d = tempdir("garbage");
+    let d = scratch_dir("sessions", "garbage");
     let state = d.join("state.json");
     std::fs::write(&state, "{not json").unwrap();
     let users = users_file(&d);
@@ -425,7 +399,7 @@ fn spec6_garbage_state_file_exit_2_untouched() {
 
 #[test]
 fn spec7_ten_failed_logins_throttle_login_and_upgrade() {
-    let d = tempdir("throttle");
+    let d = scratch_dir("sessions", "throttle");
     let s = start(&d, &[]);
     for _ in 0..10 {
         assert_eq!(status(&login(&s, "hq", "wrong")), 401);
@@ -449,7 +423,7 @@ fn spec7_ten_failed_logins_throttle_login_and_upgrade() {
 
 #[test]
 fn spec7_logs_hold_no_password_token_or_cookie() {
-    let d = tempdir("logs");
+    let d = scratch_dir("sessions", "logs");
     let s = start(&d, &[]);
     let b = body(&login(&s, "hq", "hq-pass"));
     let _ = login(&s, "hq", "wrong-password-123");
@@ -483,7 +457,7 @@ fn spec7_logs_hold_no_password_token_or_cookie() {
 #[test]
 fn spec6_useradd_rewrites_atomically_keeping_comments() {
     use std::io::Write;
-    let d = tempdir("useradd");
+    let d = scratch_dir("sessions", "useradd");
     let f = d.join("users");
     std::fs::write(&f, "# the team\n").unwrap();
     let add = |name: &str, pw: &str, extra: &[&str]| {
@@ -571,7 +545,7 @@ fn thread_nices(pid: u32) -> Vec<(u32, i64)> {
 #[cfg(target_os = "linux")]
 #[test]
 fn login_hashing_runs_at_nice_19_and_the_event_loop_does_not() {
-    let d = tempdir("nice");
+    let d = scratch_dir("sessions", "nice");
     let s = start(&d, &[]);
     let pid = s.child.id();
     let own = thread_nices(std::process::id())

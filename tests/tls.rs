@@ -11,9 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 fn certs(name: &str) -> (PathBuf, PathBuf, PathBuf) {
-    let d = std::env::temp_dir().join(format!("tessera-tls-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
+    let d = scratch_dir("tls", name);
     let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
     let (cert, key) = (d.join("cert.pem"), d.join("key.pem"));
     std::fs::write(&cert, ck.cert.pem()).unwrap();
@@ -175,17 +173,7 @@ fn tls_login_cookies_always_secure_and_insecure_flag_refused() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
 
-    let mut users = tessera::auth::users::UsersFile::default();
-    users.upsert(tessera::auth::users::User {
-        name: "hq".into(),
-        clearance: 5,
-        publish: true,
-        channels: vec![],
-        hash: tessera::auth::users::PasswordHash::new(b"pw", 1000, [1; 16]),
-        totp: None,
-    });
-    let uf = d.join("users");
-    std::fs::write(&uf, users.render()).unwrap();
+    let uf = write_users(&d, [user("hq", 5, true, "pw")]);
     let s = start_tls(&cert, &key, &["--users", uf.to_str().unwrap()]);
     let body = r#"{"username":"hq","password":"pw"}"#;
     let r = python_tls(
@@ -203,17 +191,7 @@ fn tls_login_cookies_always_secure_and_insecure_flag_refused() {
 #[test]
 fn tls_agent_over_wss_with_ca_file() {
     let (d, cert, key) = certs("agent");
-    let mut users = tessera::auth::users::UsersFile::default();
-    users.upsert(tessera::auth::users::User {
-        name: "a7".into(),
-        clearance: 1,
-        publish: false,
-        channels: vec![],
-        hash: tessera::auth::users::PasswordHash::new(b"pw", 1000, [2; 16]),
-        totp: None,
-    });
-    let uf = d.join("users");
-    std::fs::write(&uf, users.render()).unwrap();
+    let uf = write_users(&d, [user("a7", 1, false, "pw")]);
     let s = start_tls(&cert, &key, &["--users", uf.to_str().unwrap()]);
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tessera"))
         .args([

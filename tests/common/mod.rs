@@ -11,9 +11,11 @@ use serde_json::Value;
 use smol::Async;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tessera::auth::users::{PasswordHash, User, UsersFile};
 use tessera::jwt::{self, Claims};
 use tessera::keys::KeySet;
 
@@ -176,9 +178,19 @@ impl Server {
                 s.push('\n');
             }
         });
-        let addr = rx
-            .recv_timeout(Duration::from_secs(20))
-            .expect("server did not log `listening`");
+        let addr = match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(addr) => addr,
+            Err(e) => {
+                // Not left running behind the failed test.
+                let _ = child.kill();
+                let status = child.wait();
+                std::thread::sleep(Duration::from_millis(100));
+                panic!(
+                    "server did not log `listening` ({e}; exit {status:?}); its log:\n{}",
+                    stderr.lock().map(|s| s.clone()).unwrap_or_default()
+                );
+            }
+        };
         Server {
             child,
             addr: addr.parse().unwrap(),
@@ -250,6 +262,62 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A fresh, empty directory for one test:
+/// `$TMPDIR/tessera-SUITE-NAME-PID-THREAD` (tests of one binary run in
+/// parallel threads, and a suite runs more than once in CI).
+pub fn scratch_dir(suite: &str, name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!(
+        "tessera-{suite}-{name}-{}-{:?}",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// A users-file entry: `password` hashed with 1000 PBKDF2 iterations (fast
+/// enough for tests), no channel limits, no TOTP. Change the rest with
+/// struct update syntax: `User { channels: …, ..user("a", 2, false, "pw") }`.
+pub fn user(name: &str, clearance: u32, publish: bool, password: &str) -> User {
+    User {
+        name: name.into(),
+        clearance,
+        publish,
+        channels: vec![],
+        hash: PasswordHash::new(password.as_bytes(), 1000, [7; 16]),
+        totp: None,
+    }
+}
+
+/// Writes `users` (in this order) to `DIR/users`; its path.
+pub fn write_users(dir: &Path, users: impl IntoIterator<Item = User>) -> PathBuf {
+    let mut f = UsersFile::default();
+    for u in users {
+        f.upsert(u);
+    }
+    let p = dir.join("users");
+    std::fs::write(&p, f.render()).unwrap();
+    p
+}
+
+/// A token for `hq`: clearance 9, may publish, 10 minutes.
+pub fn hq() -> String {
+    token("hq", 9, 600, |c| c.publish = true)
+}
+
+/// Subscribes (with `since` when given) and returns the `subscribed` reply.
+pub async fn subscribe(ws: &mut Ws, channel: &str, since: Option<Value>) -> Value {
+    let mut cmd = serde_json::json!({"type":"subscribe","channel":channel});
+    if let Some(s) = since {
+        cmd["since"] = s;
+    }
+    send(ws, cmd).await;
+    let r = recv(ws).await;
+    assert_eq!(r["type"], "subscribed", "{r}");
+    r
 }
 
 pub fn now() -> u64 {
