@@ -1147,6 +1147,24 @@ fn spec13_admin_revoke_on_one_node_reaches_sessions_made_on_another() {
         );
         assert_eq!(close_code(&mut on_a, Duration::from_secs(1)).await, Some(4003));
         assert_eq!(close_code(&mut on_b, Duration::from_secs(1)).await, Some(4003));
+        // B's security event names the user, whose session only Redis knew.
+        let events = body(&http(
+            b.addr,
+            "GET",
+            "/admin/events",
+            &[("Authorization", &format!("Bearer {op}"))],
+            "",
+        ));
+        let revoked: Vec<&Value> = events["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["event"] == "revoked")
+            .collect();
+        assert!(!revoked.is_empty(), "{events}");
+        for e in revoked {
+            assert_eq!((&e["sub"], &e["by"]), (&json!("agent-7"), &json!("op")), "{events}");
+        }
         // By sub, on B: the other session made on A.
         let (mut second, _) = ws_bearer(a.addr, &access2).await;
         let r = revoke(&b, json!({"sub": "agent-7"}));

@@ -474,20 +474,21 @@ pub fn sid_of_refresh(shared: &Shared, presented: &str) -> Option<Option<String>
 }
 
 /// Cluster mode: revokes session `sid` in Redis now and on every node:
-/// `Some(Ok((had, live)))`: whether Redis had the session, and whether it
-/// was live until now; `Some(Err)` while Redis is away (then
+/// `Some(Ok((had, live, sub)))`: whether Redis had the session, whether it
+/// was live until now, and its user; `Some(Err)` while Redis is away (then
 /// [`announce_revocation`] sends it later). `None` with the local engine.
-pub async fn revoke_now(shared: &Shared, sid: &str) -> Option<Result<(bool, bool), ()>> {
+pub async fn revoke_now(shared: &Shared, sid: &str) -> Option<Result<(bool, bool, Option<String>), ()>> {
     match &shared.engine {
         Engine::Local => {
             let _ = sid;
             None
         }
         #[cfg(feature = "cluster")]
-        Engine::Redis(node) => Some(node.revoke_sid(shared, sid).await.map(|r| {
+        Engine::Redis(node) => Some(node.revoke_sid(shared, sid).await.map(|(r, sub)| {
             (
                 r != redis::sessions::RevokeReply::NoSession,
                 r == redis::sessions::RevokeReply::Revoked,
+                sub,
             )
         })),
     }

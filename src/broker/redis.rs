@@ -237,8 +237,9 @@ pub fn decode_block(payload: &[u8]) -> Option<(std::net::IpAddr, u64)> {
 /// longer be valid (nodes load it when they connect) and broadcast as
 /// `!sid ID`; its session in Redis ([`sessions`]) is marked revoked. For
 /// `sub`, each live session of the user is revoked so, then `!sub NAME` is
-/// broadcast. Returns, for `sid`, 0 (no such session in Redis), 1 (revoked
-/// now) or 2 (revoked before); for `sub`, the sessions revoked now.
+/// broadcast. Returns, for `sid`, `{code, sub}`: code 0 (no such session
+/// in Redis), 1 (revoked now) or 2 (revoked before), and the session's
+/// user (absent with code 0); for `sub`, the sessions revoked now.
 pub const REVOKE_SCRIPT: &str = r#"
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[4])
 local function revoke(sid)
@@ -249,8 +250,9 @@ local function revoke(sid)
   return rev
 end
 if ARGV[1] == 'sid' then
+  local sub = redis.call('HGET', ARGV[5] .. ARGV[2], 'sub')
   local rev = revoke(ARGV[2])
-  if not rev then return 0 elseif rev == '0' then return 1 else return 2 end
+  if not rev then return {0} elseif rev == '0' then return {1, sub} else return {2, sub} end
 end
 local n = 0
 if KEYS[3] then

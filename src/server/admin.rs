@@ -262,7 +262,7 @@ async fn revoke(shared: &Shared, req: &Request, body: &[u8], by: &Claims, peer: 
         _ => return Response::error(400, "bad_request", "body must be {\"sub\":…} or {\"sid\":…}"),
     };
     let mut sids = Vec::new();
-    let (revoked, sub) = {
+    let (revoked, mut sub) = {
         let mut sessions = shared.sessions.borrow_mut();
         match &target {
             Target::Sub(s) => {
@@ -295,9 +295,13 @@ async fn revoke(shared: &Shared, req: &Request, body: &[u8], by: &Claims, peer: 
         Target::Sub(s) => crate::broker::revoke_sub_now(shared, s)
             .await
             .map(|r| r.map(|n| n as usize)),
-        Target::Sid(sid) => crate::broker::revoke_now(shared, sid)
-            .await
-            .map(|r| r.map(|(_, live)| usize::from(live))),
+        Target::Sid(sid) => crate::broker::revoke_now(shared, sid).await.map(|r| {
+            r.map(|(_, live, of)| {
+                // Cluster mode: the session lives in Redis, not here.
+                sub = sub.take().or(of);
+                usize::from(live)
+            })
+        }),
     };
     let revoked = match in_redis {
         Some(Ok(n)) => n.max(revoked),

@@ -751,7 +751,7 @@ pub async fn logout(shared: &Shared, req: &Request, body: &[u8], peer: SocketAdd
     // (a refresh token Redis does not know is refused like on one node);
     // while Redis is away, here at once and announced when it is back.
     match crate::broker::revoke_now(shared, &sid).await {
-        Some(Ok((false, _))) if by_refresh => {
+        Some(Ok((false, _, _))) if by_refresh => {
             return Response::error(401, "invalid_token", "send a refresh or access token of a session");
         }
         Some(Ok(_)) => {

@@ -272,14 +272,21 @@ pub enum RevokeReply {
     AlreadyRevoked,
 }
 
-/// Parses a `sid` [`super::REVOKE_SCRIPT`] reply.
-pub fn decode_revoke(v: &Value) -> Option<RevokeReply> {
-    match int(v)? {
-        0 => Some(RevokeReply::NoSession),
-        1 => Some(RevokeReply::Revoked),
-        2 => Some(RevokeReply::AlreadyRevoked),
+/// Parses a `sid` [`super::REVOKE_SCRIPT`] reply: how it went, and the
+/// session's user when Redis knew the session.
+pub fn decode_revoke(v: &Value) -> Option<(RevokeReply, Option<String>)> {
+    let Value::Array(parts) = v else { return None };
+    let reply = match int(parts.first()?)? {
+        0 => RevokeReply::NoSession,
+        1 => RevokeReply::Revoked,
+        2 => RevokeReply::AlreadyRevoked,
+        _ => return None,
+    };
+    let sub = match parts.get(1) {
+        Some(Value::BulkString(b)) => std::str::from_utf8(b).ok().map(str::to_string),
         _ => None,
-    }
+    };
+    Some((reply, sub))
 }
 
 impl Node {
@@ -379,7 +386,7 @@ impl Node {
     /// Revokes session `sid` in Redis and announces it (one script run);
     /// `Err` while Redis is away (the caller then falls back to
     /// [`Node::announce`], which sends it later).
-    pub async fn revoke_sid(&self, shared: &Shared, sid: &str) -> Result<RevokeReply, ()> {
+    pub async fn revoke_sid(&self, shared: &Shared, sid: &str) -> Result<(RevokeReply, Option<String>), ()> {
         let reply = self
             .send_revocation(shared, &super::Revocation::Sid(sid.to_string()))
             .await?;
@@ -504,10 +511,23 @@ mod tests {
         );
         assert_eq!(decode_login(&Value::Array(vec![Value::Int(1)])), None);
         assert_eq!(decode_login(&Value::Okay), None);
-        assert_eq!(decode_revoke(&Value::Int(0)), Some(RevokeReply::NoSession));
-        assert_eq!(decode_revoke(&Value::Int(1)), Some(RevokeReply::Revoked));
-        assert_eq!(decode_revoke(&Value::Int(2)), Some(RevokeReply::AlreadyRevoked));
-        assert_eq!(decode_revoke(&Value::Int(3)), None);
+        let reply = |code: i64, sub: Option<&str>| {
+            let mut v = vec![Value::Int(code)];
+            v.extend(sub.map(|s| Value::BulkString(s.as_bytes().to_vec())));
+            decode_revoke(&Value::Array(v))
+        };
+        assert_eq!(reply(0, None), Some((RevokeReply::NoSession, None)));
+        assert_eq!(
+            reply(1, Some("agent-7")),
+            Some((RevokeReply::Revoked, Some("agent-7".into())))
+        );
+        assert_eq!(
+            reply(2, Some("hq")),
+            Some((RevokeReply::AlreadyRevoked, Some("hq".into())))
+        );
+        assert_eq!(reply(3, Some("hq")), None);
+        assert_eq!(decode_revoke(&Value::Array(vec![])), None);
+        assert_eq!(decode_revoke(&Value::Int(1)), None);
         assert_eq!(decode_revoke(&Value::Nil), None);
     }
 }
