@@ -265,8 +265,10 @@ pub struct Serve {
 
     // Cluster mode (SPEC §12).
     /// run as one node of a cluster on this Redis:
-    /// redis://[user:pass@]HOST:PORT[/DB] (cargo feature `cluster`);
-    /// publications, offsets, epochs and history then live in Redis
+    /// redis://[user:pass@]HOST:PORT[/DB] (cargo feature `cluster`), or
+    /// redis://user@HOST... with the password in env TESSERA_REDIS_PASSWORD
+    /// (kept out of the process list); publications, offsets, epochs and
+    /// history then live in Redis
     #[argh(option)]
     pub redis: Option<String>,
     /// prefix of every Redis key and pub/sub channel this cluster uses

@@ -770,6 +770,81 @@ fn error_of(r: &str) -> (u16, Option<String>) {
     (status(r), body(r)["error"].as_str().map(String::from))
 }
 
+/// The README's least-privilege Redis user (ACL `~P:* &P:pub`, here with
+/// prefix `t`) is all a cluster needs: publish and fan-out across nodes,
+/// history, sessions, revocation and security events; its password comes
+/// from `TESSERA_REDIS_PASSWORD`, not the flag.
+#[test]
+fn spec12_a_redis_user_limited_to_the_prefix_and_env_password_is_enough() {
+    let Some(redis) = Redis::start_with(
+        "spec12_a_redis_user_limited_to_the_prefix_and_env_password_is_enough",
+        &[
+            "--user",
+            "default",
+            "off",
+            "--user",
+            "lim",
+            "on",
+            ">Lim1tedPw",
+            "~t:*",
+            "&t:pub",
+            "+@all",
+        ],
+    ) else {
+        return;
+    };
+    let (users, _) = users_file("acl");
+    let users = users.to_str().unwrap().to_string();
+    let url = format!("redis://lim@127.0.0.1:{}", redis.port);
+    let start = |id: &str| {
+        let args = [
+            "--redis",
+            &url,
+            "--node-id",
+            id,
+            "--redis-prefix",
+            "t",
+            "--users",
+            &users,
+        ];
+        let s = Server::launch().env("TESSERA_REDIS_PASSWORD", "Lim1tedPw").start(&args);
+        s.wait_log(&["broker_up", id]);
+        s
+    };
+    let (a, b) = (start("a"), start("b"));
+    // Without the variable, a user without a password is a usage error.
+    let out = tessera_command()
+        .args(["serve", "--redis", &url, "--listen", "127.0.0.1:0"])
+        .env("TESSERA_SECRET", KEY)
+        .env_remove("TESSERA_REDIS_PASSWORD")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    let (access, refresh_token) = tokens(&login(&a, "agent-7", None));
+    block_on(async {
+        let (mut ws, _) = ws_bearer(b.addr, &access).await;
+        subscribe(&mut ws, "ops", None).await;
+        for n in 1..=3 {
+            assert_eq!(status(&publish(&a, "ops", n)), 202);
+        }
+        assert_eq!(numbers(&mut ws, "ops", 3).await, vec![1, 2, 3]);
+        // History from Redis on the other node.
+        let (mut late, _) = ws_bearer(a.addr, &hq()).await;
+        let r = subscribe(&mut late, "ops", Some(json!({"last": 3}))).await;
+        assert_eq!(r["recovered"], true, "{r}");
+        assert_eq!(numbers(&mut late, "ops", 3).await, vec![1, 2, 3]);
+    });
+    // The session made on A rotates on B; the old token's reuse revokes it.
+    let next = refresh(&b, &refresh_token);
+    assert_eq!(status(&next), 200, "{next}");
+    assert_eq!(error_of(&refresh(&a, &refresh_token)).0, 401);
+    for s in [&a, &b] {
+        let logs = s.logs();
+        assert!(!logs.contains("NOPERM") && !logs.contains("broker_down"), "{logs}");
+        assert!(!logs.contains("Lim1tedPw"), "{logs}");
+    }
+}
+
 #[test]
 fn spec12_a_session_made_on_one_node_refreshes_on_any_other() {
     let Some(cluster) = Cluster::three("refresh_anywhere", &[]) else {

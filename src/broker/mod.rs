@@ -17,8 +17,9 @@ use crate::hub::{PublishError, Published, Rights};
 use crate::server::Shared;
 use serde_json::value::RawValue;
 
-/// `--redis URL` parsed: `redis://[user:pass@]HOST:PORT[/DB]`. `Debug`
-/// never shows the password.
+/// `--redis URL` parsed: `redis://[user:pass@]HOST:PORT[/DB]`, or
+/// `redis://user@…` with the password in env `TESSERA_REDIS_PASSWORD`
+/// ([`ClusterConfig::password_from_env`]). `Debug` never shows the password.
 #[derive(Clone, PartialEq, Eq)]
 pub struct RedisUrl {
     pub host: String,
@@ -53,8 +54,12 @@ impl RedisUrl {
         };
         let (user, password) = match auth {
             None => (None, None),
+            // `user@`: the password comes from TESSERA_REDIS_PASSWORD.
+            Some(u) if !u.contains(':') && !u.is_empty() => (Some(u.to_string()), None),
             Some(a) => {
-                let (u, p) = a.split_once(':').ok_or("credentials must be user:pass@ (or :pass@)")?;
+                let (u, p) = a
+                    .split_once(':')
+                    .ok_or("credentials must be user:pass@, :pass@ or user@ (with TESSERA_REDIS_PASSWORD)")?;
                 let user = (!u.is_empty()).then(|| u.to_string());
                 if p.is_empty() {
                     return Err("the password after ':' is empty".into());
@@ -113,6 +118,28 @@ pub struct ClusterConfig {
     pub prefix: String,
     /// `--node-id` [random].
     pub node_id: String,
+}
+
+impl ClusterConfig {
+    /// Takes the Redis password from env `TESSERA_REDIS_PASSWORD` (`env`)
+    /// when it is set and not empty, so that it need not stand in the
+    /// `--redis` flag, where the process list shows it. Given in both
+    /// places, it is refused (which one was meant is unclear).
+    pub fn password_from_env(mut self, env: Option<String>) -> Result<ClusterConfig, String> {
+        match env.filter(|p| !p.is_empty()) {
+            None if self.url.user.is_some() && self.url.password.is_none() => {
+                Err("--redis names a user without a password: add :PASSWORD or set TESSERA_REDIS_PASSWORD".into())
+            }
+            None => Ok(self),
+            Some(_) if self.url.password.is_some() => {
+                Err("the Redis password is given twice, in --redis and in TESSERA_REDIS_PASSWORD: keep one".into())
+            }
+            Some(p) => {
+                self.url.password = Some(p);
+                Ok(self)
+            }
+        }
+    }
 }
 
 /// Whether `s` is a `--redis-prefix` (1-64 of `A-Z a-z 0-9 _ . : -`).
@@ -531,7 +558,7 @@ mod tests {
             "redis://h:0",
             "redis://h:x",
             "redis://h:1/x",
-            "redis://user@h",
+            "redis://@h",
             "redis://u:@h",
             "redis://[::1",
             "rediss://h:1",
@@ -546,6 +573,28 @@ mod tests {
     fn spec12_cluster_flags() {
         let id = || "n1".to_string();
         assert_eq!(cluster_config(None, None, None, false, false, id), Ok(None));
+        if cfg!(feature = "cluster") {
+            let c = |url: &str| {
+                cluster_config(Some(url), None, None, false, false, id)
+                    .unwrap()
+                    .unwrap()
+            };
+            let env = Some("Env-Pw".to_string());
+            let with = c("redis://app@h:1").password_from_env(env.clone()).unwrap();
+            assert_eq!(
+                (with.url.user.as_deref(), with.url.password.as_deref()),
+                (Some("app"), Some("Env-Pw"))
+            );
+            let twice = c("redis://:UrlPw@h:1").password_from_env(env).unwrap_err();
+            assert!(
+                twice.contains("twice") && !twice.contains("UrlPw") && !twice.contains("Env-Pw"),
+                "{twice}"
+            );
+            let kept = c("redis://:UrlPw@h:1").password_from_env(Some(String::new())).unwrap();
+            assert_eq!(kept.url.password.as_deref(), Some("UrlPw"));
+            assert_eq!(c("redis://h:1").password_from_env(None).unwrap().url.password, None);
+            assert!(c("redis://app@h:1").password_from_env(None).is_err());
+        }
         assert!(cluster_config(None, Some("p"), None, false, false, id).is_err());
         assert!(cluster_config(None, None, Some("n"), false, false, id).is_err());
         let r = cluster_config(Some("redis://h:1"), None, None, false, false, id);

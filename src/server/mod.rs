@@ -175,6 +175,10 @@ impl Config {
             a.state.is_some(),
             random_id,
         )
+        .and_then(|c| {
+            c.map(|c| c.password_from_env(std::env::var("TESSERA_REDIS_PASSWORD").ok()))
+                .transpose()
+        })
         .map_err(Failure::usage)?;
         if a.reuse_port && !cfg!(target_os = "linux") {
             return Err(Failure::usage("--reuse-port: SO_REUSEPORT is only used on Linux"));
