@@ -9,10 +9,11 @@
 //! passwords, cookies or query strings. The caller passes the time.
 //!
 //! ```
-//! use tessera::events::{Events, Kind};
+//! use tessera::events::{Events, Kind, Report};
 //! let mut ring = Events::with_capacity(2);
 //! for n in 0..3 {
-//!     ring.record(Kind::WsReject, "bad_signature", Some("10.0.0.1:5000"), None, None, 1000 + n);
+//!     let peer = Some("10.0.0.1:5000");
+//!     ring.record(Report { peer, ..Report::new(Kind::WsReject, "bad_signature", 1000 + n) });
 //! }
 //! let page = ring.page(None, 10);
 //! assert_eq!(page.iter().map(|e| e.id).collect::<Vec<_>>(), [2, 3]); // the oldest fell off
@@ -102,7 +103,49 @@ pub struct Event {
     pub node: Option<String>,
 }
 
+/// An event as its caller describes it, for [`Events::record`]: the kind,
+/// a reason code and the time, plus whatever else is known
+/// (`Report { sub, ..Report::new(kind, reason, ts_ms) }`).
+#[derive(Debug, Clone, Copy)]
+pub struct Report<'a> {
+    pub kind: Kind,
+    pub reason: &'a str,
+    pub ts_ms: u64,
+    pub peer: Option<&'a str>,
+    pub sub: Option<&'a str>,
+    pub by: Option<&'a str>,
+    /// Cluster mode: the node it happened on.
+    pub node: Option<&'a str>,
+}
+
+impl<'a> Report<'a> {
+    pub fn new(kind: Kind, reason: &'a str, ts_ms: u64) -> Report<'a> {
+        Report {
+            kind,
+            reason,
+            ts_ms,
+            peer: None,
+            sub: None,
+            by: None,
+            node: None,
+        }
+    }
+}
+
 impl Event {
+    /// The event as a [`Report`] (to record it in another ring).
+    pub fn report(&self) -> Report<'_> {
+        Report {
+            kind: self.event,
+            reason: &self.reason,
+            ts_ms: self.ts,
+            peer: self.peer.as_deref(),
+            sub: self.sub.as_deref(),
+            by: self.by.as_deref(),
+            node: self.node.as_deref(),
+        }
+    }
+
     /// The JSON object.
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).unwrap_or_default()
@@ -146,46 +189,23 @@ impl Events {
         }
     }
 
-    /// Records an event at `ts_ms` and returns a copy (with its new id).
-    pub fn record(
-        &mut self,
-        kind: Kind,
-        reason: &str,
-        peer: Option<&str>,
-        sub: Option<&str>,
-        by: Option<&str>,
-        ts_ms: u64,
-    ) -> Event {
-        self.record_from(None, kind, reason, peer, sub, by, ts_ms)
-    }
-
-    /// [`Events::record`] naming the cluster node it happened on. Ids count
-    /// up in the order events are recorded here, whatever node they come
-    /// from.
-    #[allow(clippy::too_many_arguments)]
-    pub fn record_from(
-        &mut self,
-        node: Option<&str>,
-        kind: Kind,
-        reason: &str,
-        peer: Option<&str>,
-        sub: Option<&str>,
-        by: Option<&str>,
-        ts_ms: u64,
-    ) -> Event {
+    /// Records an event and returns a copy with its new id, every text
+    /// field clipped. Ids count up in the order events are recorded here,
+    /// whatever cluster node they come from.
+    pub fn record(&mut self, r: Report<'_>) -> Event {
         self.last_id += 1;
         if self.ring.len() >= self.capacity {
             self.ring.pop_front();
         }
         let e = Event {
             id: self.last_id,
-            ts: ts_ms,
-            event: kind,
-            reason: clip(reason),
-            peer: peer.map(clip),
-            sub: sub.map(clip),
-            by: by.map(clip),
-            node: node.map(clip),
+            ts: r.ts_ms,
+            event: r.kind,
+            reason: clip(r.reason),
+            peer: r.peer.map(clip),
+            sub: r.sub.map(clip),
+            by: r.by.map(clip),
+            node: r.node.map(clip),
         };
         self.ring.push_back(e.clone());
         e
@@ -238,7 +258,11 @@ mod tests {
     fn spec13_ids_count_up_and_the_ring_stays_bounded() {
         let mut r = Events::default();
         for n in 0..(CAPACITY as u64 * 5) {
-            let e = r.record(Kind::WsReject, "missing_token", Some("127.0.0.1:1"), None, None, n);
+            let peer = Some("127.0.0.1:1");
+            let e = r.record(Report {
+                peer,
+                ..Report::new(Kind::WsReject, "missing_token", n)
+            });
             assert_eq!(e.id, n + 1);
         }
         assert_eq!(r.len(), CAPACITY);
@@ -253,7 +277,10 @@ mod tests {
     fn spec13_paging_after_and_limit() {
         let mut r = Events::with_capacity(10);
         for n in 1..=15 {
-            r.record(Kind::LoginFailed, "wrong_password", None, Some("a"), None, n);
+            r.record(Report {
+                sub: Some("a"),
+                ..Report::new(Kind::LoginFailed, "wrong_password", n)
+            });
         }
         // Kept: 6..=15.
         assert_eq!(ids(&r.page(None, 3)), [13, 14, 15]);
@@ -275,18 +302,32 @@ mod tests {
     fn fields_are_clipped_and_json_has_the_spec_members() {
         let mut r = Events::default();
         let long = "é".repeat(200);
-        let e = r.record(Kind::Revoked, "operator", Some("1.2.3.4:5"), Some(&long), Some("hq"), 7);
+        let e = r.record(Report {
+            peer: Some("1.2.3.4:5"),
+            sub: Some(&long),
+            by: Some("hq"),
+            ..Report::new(Kind::Revoked, "operator", 7)
+        });
         assert!(e.sub.as_ref().unwrap().len() <= MAX_FIELD);
         let v: serde_json::Value = serde_json::from_str(&e.to_json()).unwrap();
         for k in ["id", "ts", "event", "reason", "peer", "sub", "by"] {
             assert!(v.get(k).is_some(), "{k} missing in {v}");
         }
         assert_eq!(v["event"], "revoked");
-        let e = r.record(Kind::IpThrottled, "too_many_failures", Some("::1"), None, None, 8);
+        let e = r.record(Report {
+            peer: Some("::1"),
+            ..Report::new(Kind::IpThrottled, "too_many_failures", 8)
+        });
         let v: serde_json::Value = serde_json::from_str(&e.to_json()).unwrap();
         assert!(v["sub"].is_null() && v.get("by").is_none() && v.get("node").is_none());
-        let e = r.record_from(Some("b"), Kind::LoginFailed, "wrong_password", None, None, None, 9);
+        let e = r.record(Report {
+            node: Some("b"),
+            ..Report::new(Kind::LoginFailed, "wrong_password", 9)
+        });
         assert_eq!((e.id, e.node.as_deref()), (3, Some("b")));
+        // Recorded again elsewhere: the same but for the id.
+        let again = Events::default().record(e.report());
+        assert_eq!(again, Event { id: 1, ..e });
         for k in Kind::ALL {
             assert_eq!(Kind::parse(k.as_str()), Some(k));
         }

@@ -1555,15 +1555,12 @@ mod tests {
     #[test]
     fn spec13_event_broadcasts_round_trip() {
         let mut ring = crate::events::Events::default();
-        let e = ring.record_from(
-            Some("b"),
-            crate::events::Kind::LoginFailed,
-            "wrong_password",
-            Some("10.0.0.1:5"),
-            Some("agent 7"),
-            None,
-            42,
-        );
+        let e = ring.record(crate::events::Report {
+            node: Some("b"),
+            peer: Some("10.0.0.1:5"),
+            sub: Some("agent 7"),
+            ..crate::events::Report::new(crate::events::Kind::LoginFailed, "wrong_password", 42)
+        });
         let wire = encode_event("b", &e);
         assert!(wire.starts_with("!ev b {"), "{wire}");
         let (node, back) = decode_event(wire.as_bytes()).unwrap();

@@ -63,11 +63,13 @@ pub fn security_event(
     sub: Option<&str>,
     by: Option<&str>,
 ) {
-    let event =
-        shared
-            .events
-            .borrow_mut()
-            .record_from(shared.engine.node_id(), kind, reason, peer, sub, by, now_millis());
+    let event = shared.events.borrow_mut().record(crate::events::Report {
+        peer,
+        sub,
+        by,
+        node: shared.engine.node_id(),
+        ..crate::events::Report::new(kind, reason, now_millis())
+    });
     shared.metrics.security_event(kind.as_str());
     crate::broker::share_event(shared, &event);
     live_event(shared, &event);
@@ -77,15 +79,7 @@ pub fn security_event(
 /// node's ring (with the next id here) and `$security`. Not counted in
 /// this node's metrics (the other node counts it).
 pub fn remote_security_event(shared: &Shared, e: &crate::events::Event) {
-    let event = shared.events.borrow_mut().record_from(
-        e.node.as_deref(),
-        e.event,
-        &e.reason,
-        e.peer.as_deref(),
-        e.sub.as_deref(),
-        e.by.as_deref(),
-        e.ts,
-    );
+    let event = shared.events.borrow_mut().record(e.report());
     live_event(shared, &event);
 }
 
