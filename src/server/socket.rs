@@ -65,6 +65,17 @@ fn mono_ms() -> u64 {
     mono_start().elapsed().as_millis() as u64
 }
 
+/// [`mono_ms`] of an instant already read.
+fn ms_at(t: Instant) -> u64 {
+    t.saturating_duration_since(mono_start()).as_millis() as u64
+}
+
+thread_local! {
+    /// [`mono_ms`] of the publish being fanned out ([`publish`]): each
+    /// subscriber's queue takes it instead of reading the clock (issue 11).
+    static FAN_OUT_MS: Cell<Option<u64>> = const { Cell::new(None) };
+}
+
 /// Socket deadlines are kept to this grid: one sweep wakes every socket due
 /// in it, so the sweeper's timer moves at most this often.
 const ALARM_GRAIN_MS: u64 = 50;
@@ -422,13 +433,13 @@ impl ConnHandle {
     /// Frames everything queued, oldest first, into `out`; returns how
     /// many. A congested socket taking its queue makes room: waiting
     /// publishers are woken.
-    fn take_queued(&self, room: &Event, out: &mut Framed) -> u64 {
+    fn take_queued(&self, room: &Event, out: &mut Framed, now_ms: u64) -> u64 {
         let mut q = self.queue.borrow_mut();
         if q.is_empty() {
             return 0;
         }
         self.uncounted.set(0);
-        self.progress_ms.set(mono_ms());
+        self.progress_ms.set(now_ms);
         let n = q.len() as u64;
         out.reserve(q.iter().map(|f| f.len() + MAX_HEADER).sum());
         for f in q.drain(..) {
@@ -495,7 +506,7 @@ impl Outbox for Rc<ConnHandle> {
         // The task drains the whole queue and checks it again before it
         // sleeps, so only the first frame of a backlog needs to wake it.
         if was_empty {
-            self.progress_ms.set(mono_ms());
+            self.progress_ms.set(FAN_OUT_MS.get().unwrap_or_else(mono_ms));
             self.wake.notify();
         }
         if live + 1 >= depth {
@@ -922,7 +933,7 @@ where
         if !must_wait(shared, channel, Some(me)) {
             return Wrote::Done;
         }
-        let texts = handle.take_queued(&shared.room, &mut ws.get_mut().out);
+        let texts = handle.take_queued(&shared.room, &mut ws.get_mut().out, mono_ms());
         if texts > 0 {
             let wrote = write_all(ws, handle, texts, sent, deadline).await;
             if wrote != Wrote::Done {
@@ -950,16 +961,22 @@ pub fn publish(
     let result = shared
         .hub
         .borrow_mut()
-        .publish_with(rights, channel, data, now_millis(), |rec| match disk.as_mut() {
-            Some(log) => log.append(crate::history::disk::RecordRef {
-                channel: rec.channel,
-                epoch: rec.epoch,
-                offset: rec.offset,
-                ts_ms: rec.ts_ms,
-                frame: rec.frame,
-            }),
-            None => Ok(()),
+        .publish_with(rights, channel, data, now_millis(), |rec| {
+            let stored = match disk.as_mut() {
+                Some(log) => log.append(crate::history::disk::RecordRef {
+                    channel: rec.channel,
+                    epoch: rec.epoch,
+                    offset: rec.offset,
+                    ts_ms: rec.ts_ms,
+                    frame: rec.frame,
+                }),
+                None => Ok(()),
+            };
+            // Read once the append is done: the fan-out follows at once.
+            FAN_OUT_MS.set(Some(mono_ms()));
+            stored
         });
+    FAN_OUT_MS.set(None);
     let appended = disk.is_some();
     drop(disk);
     match &result {
@@ -1179,8 +1196,10 @@ where
             }
 
             // Queued frames and what the timers add go out in one write.
-            let mut texts = handle.take_queued(&shared.room, &mut ws.get_mut().out);
+            // One reading of each clock per turn.
+            let mono = Instant::now();
             let now = now_unix();
+            let mut texts = handle.take_queued(&shared.room, &mut ws.get_mut().out, ms_at(mono));
             if now >= timers.close_at {
                 code = (4001, "token expired");
                 break;
@@ -1195,7 +1214,6 @@ where
                 ws.get_mut().out.push_text(notice.to_json().as_bytes());
                 texts += 1;
             }
-            let mono = Instant::now();
             // A ping unanswered by the next one closes the socket, but only
             // after a look at input already waiting: a long write may have kept
             // the pong unread.
@@ -1210,7 +1228,7 @@ where
                 }
             }
             if ws.get_ref().out.pending() > 0 {
-                let deadline = timers.write_deadline(awaiting_pong, cfg.ping_interval);
+                let deadline = timers.write_deadline_at(awaiting_pong, cfg.ping_interval, now, mono);
                 wrote = write_all(&mut ws, &handle, texts, &mut msgs_out, deadline).await;
                 if wrote != Wrote::Done {
                     continue;
@@ -1342,7 +1360,7 @@ where
                         // replies: no `message` from a channel after its
                         // `unsubscribed`.
                         let out = &mut ws.get_mut().out;
-                        let mut texts = handle.take_queued(&shared.room, out);
+                        let mut texts = handle.take_queued(&shared.room, out, mono_ms());
                         for r in &replies {
                             out.push_text(r.as_bytes());
                         }
@@ -1454,8 +1472,12 @@ impl Timers {
     /// the pong deadline (the next ping when one is unanswered, else the
     /// one after), whichever is first.
     fn write_deadline(&self, awaiting_pong: bool, ping: Duration) -> Instant {
-        let mono = Instant::now();
-        let close = mono + Duration::from_secs(self.close_at.saturating_sub(now_unix()));
+        self.write_deadline_at(awaiting_pong, ping, now_unix(), Instant::now())
+    }
+
+    /// [`Timers::write_deadline`] with the clocks read already.
+    fn write_deadline_at(&self, awaiting_pong: bool, ping: Duration, now: u64, mono: Instant) -> Instant {
+        let close = mono + Duration::from_secs(self.close_at.saturating_sub(now));
         let pong = if awaiting_pong {
             self.ping_at
         } else {
