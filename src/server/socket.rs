@@ -222,10 +222,7 @@ impl Alarms {
         // doubled since the last purge, drop the dead entries, so it stays
         // within about twice the live deadlines however fast connections come.
         if heap.len() > 2 * self.purged_len.get() + PURGE_SLACK {
-            heap.retain(|a| match &a.target {
-                Target::Socket(h) => h.upgrade().is_some_and(|h| h.alarm_ms.get() == a.at_ms),
-                Target::Sleep(s) => s.strong_count() > 0,
-            });
+            purge(&mut heap);
             self.purged_len.set(heap.len());
         }
         drop(heap);
@@ -247,10 +244,7 @@ impl Alarms {
         if heap.len() < 64 || ended * 2 < heap.len() {
             return;
         }
-        heap.retain(|a| match &a.target {
-            Target::Socket(h) => h.upgrade().is_some_and(|h| h.alarm_ms.get() == a.at_ms),
-            Target::Sleep(s) => s.strong_count() > 0,
-        });
+        purge(&mut heap);
         let len = heap.len();
         if heap.capacity() > 64 && len < heap.capacity() / 4 {
             heap.shrink_to(len * 2);
@@ -298,6 +292,15 @@ impl Alarms {
         self.purged_len.set(self.purged_len.get().min(len));
         next
     }
+}
+
+/// Drops the dead entries: a socket gone or with another deadline set
+/// since, a [`Sleep`] dropped.
+fn purge(heap: &mut std::collections::BinaryHeap<Alarm>) {
+    heap.retain(|a| match &a.target {
+        Target::Socket(h) => h.upgrade().is_some_and(|h| h.alarm_ms.get() == a.at_ms),
+        Target::Sleep(s) => s.strong_count() > 0,
+    });
 }
 
 /// The task behind [`Alarms`]: sleeps until the earliest deadline (or until
