@@ -2,8 +2,8 @@
 //! outbound queue, token expiry (notice, then 4001), pings, and closes
 //! ordered by the hub (4003 revoked, 4008 slow consumer, 1001 shutdown).
 //!
-//! Fairness (SPEC §4.3): the socket task yields to the executor after every
-//! client message, so a publisher streaming commands cannot run ahead of
+//! Fairness (SPEC §4.3): the socket task yields to the executor after
+//! [`TURN_BUDGET`] client messages, so a publisher streaming commands cannot run ahead of
 //! the subscribers it feeds. Every publish (WebSocket, `POST /publish`, the
 //! demo ticker) goes through [`publish`], and WebSocket and HTTP publishers
 //! first wait in [`room_for`] while a subscriber of the channel is at or
@@ -16,7 +16,9 @@
 //! under tungstenite ([`Outlet`]; server frames are unmasked, a 2–10 byte
 //! header), and a batch leaves with one flush. tungstenite keeps the read
 //! side, pongs and the close handshake; its writes and ours never
-//! interleave inside a frame.
+//! interleave inside a frame. Per batch (issue 11): the buffer is the
+//! thread's one spare, a flush bypasses tungstenite when it holds nothing,
+//! and its read path is not polled while the reactor reported nothing.
 
 use super::{Shared, now_millis};
 use crate::commands::now_unix;
