@@ -17,7 +17,7 @@ use tessera::commands::{self, Failure};
 /// instructions per handshake and fan-out delivery against glibc's malloc);
 /// with 32 slots CPU per handshake and per delivery is within 1-2 % of
 /// glibc's and a 15,000-socket spike still drops back to 1.7x the start-up
-/// VmRSS within 1-2 s (jemalloc's full default cache: 2.3x). Measured in
+/// VmRSS within 1-3 s (jemalloc's full default cache: 2.3x). Measured in
 /// BENCHMARKS.md (issue 15, "Allocator settings, fourth pass"). musl targets
 /// keep musl's malloc.
 #[cfg(all(feature = "jemalloc", target_os = "linux", target_env = "gnu"))]
