@@ -8,9 +8,18 @@ use tessera::commands::{self, Failure};
 
 /// jemalloc on glibc targets (default feature `jemalloc`): its background
 /// thread hands freed memory back to the OS while the event loop idles, where
-/// glibc's malloc (`--no-default-features`) keeps a spike's peak (see
-/// Cargo.toml, .cargo/config.toml and BENCHMARKS.md). musl targets keep
-/// musl's malloc.
+/// glibc's malloc (`--no-default-features`) keeps a spike's peak. Its
+/// settings are compiled in from `.cargo/config.toml`
+/// (`JEMALLOC_SYS_WITH_MALLOC_CONF`; this crate forbids the `unsafe` a
+/// `malloc_conf` symbol would need): one arena, background purge after 1 s,
+/// and a thread cache of at most 32 objects per small size class. With no
+/// thread cache every malloc and free took the arena's slow path (+25 %
+/// instructions per handshake and fan-out delivery against glibc's malloc);
+/// with 32 slots CPU per handshake and per delivery is within 1-2 % of
+/// glibc's and a 15,000-socket spike still drops back to 1.7x the start-up
+/// VmRSS within 1-3 s (jemalloc's full default cache: 2.3x). Measured in
+/// BENCHMARKS.md (issue 15, "Allocator settings, fourth pass"). musl targets
+/// keep musl's malloc.
 #[cfg(all(feature = "jemalloc", target_os = "linux", target_env = "gnu"))]
 #[global_allocator]
 static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
