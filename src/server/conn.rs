@@ -246,7 +246,6 @@ pub fn serve_connection(
                 }
                 ReadHead::Closed => break,
             };
-            let deadline = Instant::now() + shared.cfg.handshake_timeout;
             let client = http::client_address(&req, peer.ip(), &shared.cfg.trusted_proxies);
             let keep_alive = req.keep_alive() && !shared.shutting_down.get();
             // With --metrics-listen, /metrics and /healthz live only there, and
@@ -284,6 +283,7 @@ pub fn serve_connection(
                 drop(slot);
                 return upgrade(shared, stream, buf, req, peer, client).await;
             }
+            let deadline = Instant::now() + shared.cfg.handshake_timeout;
             // Read the body, if any (SPEC §4: ≤ 16 KiB, POST needs Content-Length).
             let body_len = match (req.method.as_str(), req.body_length()) {
                 (_, BodyLength::Invalid) => Err(Response::error(400, "bad_request", "invalid Content-Length")),
@@ -602,8 +602,7 @@ async fn upgrade(
     shared.sockets.set(shared.sockets.get() + 1);
     let _slot = SocketSlot(&shared);
     let addr = crate::throttle::address_key(client);
-    let addr_full = shared.sockets_per.borrow().address(addr) >= shared.cfg.max_sockets_per_address;
-    let _addr_slot = PerSlot::address(&shared, addr);
+    let (_addr_slot, addr_full) = PerSlot::address(&shared, addr, shared.cfg.max_sockets_per_address);
 
     let decision = if addr_full && throttled.is_none() && !full {
         Err(Rejection::TooManySocketsForAddress)
@@ -618,13 +617,12 @@ async fn upgrade(
         gate::authorize(&req, &shared.cfg.gate, &shared.keys(), &ctx)
     };
     // Set once the token is accepted: the `sub` is counted from then on.
-    let decision = decision.and_then(|c| {
-        if shared.sockets_per.borrow().sub(&c.sub) >= shared.cfg.max_sockets_per_sub {
-            return Err(Rejection::TooManySocketsForSub);
-        }
-        let sub_slot = PerSlot::sub(&shared, &c.sub);
-        Ok((c, sub_slot))
-    });
+    let decision = decision.and_then(
+        |c| match PerSlot::sub(&shared, &c.sub, shared.cfg.max_sockets_per_sub) {
+            Some(sub_slot) => Ok((c, sub_slot)),
+            None => Err(Rejection::TooManySocketsForSub),
+        },
+    );
     let (claims, _sub_slot) = match decision {
         Ok(d) => d,
         Err(rej) => {
@@ -704,29 +702,46 @@ struct PerSlot<'a> {
 }
 
 impl<'a> PerSlot<'a> {
-    fn sub(shared: &'a Shared, sub: &str) -> PerSlot<'a> {
-        *shared.sockets_per.borrow_mut().subs.entry(sub.to_string()).or_default() += 1;
-        PerSlot {
+    /// Counts a socket of `sub` unless it has `max` already (one lookup
+    /// for the check and the count; the name is copied once).
+    fn sub(shared: &'a Shared, sub: &str, max: usize) -> Option<PerSlot<'a>> {
+        let mut per = shared.sockets_per.borrow_mut();
+        match per.subs.get_mut(sub) {
+            Some(n) if *n >= max => return None,
+            Some(n) => *n += 1,
+            None if max == 0 => return None,
+            None => {
+                per.subs.insert(sub.to_string(), 1);
+            }
+        }
+        Some(PerSlot {
             shared,
             key: Ok(sub.to_string()),
-        }
+        })
     }
 
-    fn address(shared: &'a Shared, addr: IpAddr) -> PerSlot<'a> {
-        *shared.sockets_per.borrow_mut().addresses.entry(addr).or_default() += 1;
-        PerSlot { shared, key: Err(addr) }
+    /// Counts a socket of `addr`; whether it had `max` or more before
+    /// (one lookup for both).
+    fn address(shared: &'a Shared, addr: IpAddr, max: usize) -> (PerSlot<'a>, bool) {
+        let mut per = shared.sockets_per.borrow_mut();
+        let n = per.addresses.entry(addr).or_default();
+        let full = *n >= max;
+        *n += 1;
+        (PerSlot { shared, key: Err(addr) }, full)
     }
 }
 
 impl Drop for PerSlot<'_> {
     fn drop(&mut self) {
-        fn give_back<K: std::hash::Hash + Eq>(m: &mut HashMap<K, usize>, k: &K) {
-            let left = m.get_mut(k).map(|c| {
-                *c = c.saturating_sub(1);
-                *c
-            });
-            if left == Some(0) {
-                m.remove(k);
+        fn give_back<K: std::hash::Hash + Eq>(m: &mut HashMap<K, usize>, k: K) {
+            use std::collections::hash_map::Entry;
+            // One lookup for the count and its removal.
+            if let Entry::Occupied(mut c) = m.entry(k) {
+                *c.get_mut() = c.get().saturating_sub(1);
+                if *c.get() > 0 {
+                    return;
+                }
+                c.remove();
                 // After a spike of sockets, give the table's room back once
                 // it is under a quarter full (amortised O(1)).
                 if m.capacity() > 64 && m.len() < m.capacity() / 4 {
@@ -735,9 +750,9 @@ impl Drop for PerSlot<'_> {
             }
         }
         let mut per = self.shared.sockets_per.borrow_mut();
-        match &self.key {
-            Ok(sub) => give_back(&mut per.subs, sub),
-            Err(addr) => give_back(&mut per.addresses, addr),
+        match &mut self.key {
+            Ok(sub) => give_back(&mut per.subs, std::mem::take(sub)),
+            Err(addr) => give_back(&mut per.addresses, *addr),
         }
     }
 }
