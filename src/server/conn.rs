@@ -14,7 +14,6 @@ use crate::gate::{self, Context, Rejection};
 use crate::http::{self, BodyLength, Expect, Head, Request, Response, Route};
 use crate::hub::Rights;
 use async_tungstenite::WebSocketStream;
-use async_tungstenite::tungstenite::handshake::derive_accept_key;
 use async_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use event_listener::Event;
 use smol::io::{AsyncReadExt, AsyncWriteExt};
@@ -547,13 +546,28 @@ async fn publish(shared: &Shared, req: &Request, body: &[u8], peer: SocketAddr) 
 /// [`http::upgrade_problem`].
 fn switching_protocols(req: &Request, mut head: Vec<u8>) -> Vec<u8> {
     let key = req.header("sec-websocket-key").unwrap_or_default();
-    let accept = derive_accept_key(key.as_bytes());
+    let accept = accept_key(key.as_bytes());
     head.clear();
     head.extend_from_slice(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n");
     head.extend_from_slice(b"Sec-WebSocket-Accept: ");
-    head.extend_from_slice(accept.as_bytes());
+    head.extend_from_slice(&accept);
     head.extend_from_slice(b"\r\n\r\n");
     head
+}
+
+/// `Sec-WebSocket-Accept` for a `Sec-WebSocket-Key` (RFC 6455 §4.2.2:
+/// base64 of the SHA-1 of the key and the protocol's GUID), on the stack.
+fn accept_key(key: &[u8]) -> [u8; 28] {
+    use sha1::Digest as _;
+    const WS_GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+    let mut sha1 = sha1::Sha1::default();
+    sha1.update(key);
+    sha1.update(WS_GUID);
+    let digest = sha1.finalize();
+    let mut out = [0u8; 28];
+    // 20 bytes encode to exactly 28 characters (with padding).
+    data_encoding::BASE64.encode_mut(&digest, &mut out);
+    out
 }
 
 /// The WebSocket settings of every socket.
@@ -763,5 +777,23 @@ struct SocketSlot<'a>(&'a Shared);
 impl Drop for SocketSlot<'_> {
     fn drop(&mut self) {
         self.0.sockets.set(self.0.sockets.get().saturating_sub(1));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_key_is_rfc6455s_and_tungstenites() {
+        // RFC 6455 §1.3's example.
+        assert_eq!(
+            &accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="),
+            b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
+        for key in ["x3JJHMbDL1EzLkh9GBhXDw==", "AQIDBAUGBwgJCgsMDQ4PEA==", ""] {
+            let theirs = async_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+            assert_eq!(accept_key(key.as_bytes()).as_slice(), theirs.as_bytes());
+        }
     }
 }
