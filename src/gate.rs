@@ -14,6 +14,7 @@
 use crate::http::{self, Response};
 use crate::jwt::{self, Reject, VerifiedClaims, VerifyOptions};
 use crate::keys::KeySet;
+use std::borrow::Cow;
 
 /// Header access for whichever request type the caller has.
 pub trait UpgradeRequest {
@@ -157,18 +158,19 @@ impl Rejection {
     }
 }
 
-/// The token of a request and where it came from (SPEC §4.2 order).
-pub fn find_token(req: &impl UpgradeRequest, allow_query: bool) -> Option<(String, TokenSource)> {
+/// The token of a request and where it came from (SPEC §4.2 order);
+/// borrowed from the head unless it had to be decoded (query).
+pub fn find_token(req: &impl UpgradeRequest, allow_query: bool) -> Option<(Cow<'_, str>, TokenSource)> {
     if let Some(t) = req.header("authorization").and_then(http::bearer_token) {
-        return Some((t.to_string(), TokenSource::Bearer));
+        return Some((Cow::Borrowed(t), TokenSource::Bearer));
     }
     if let Some(t) = req.cookie("tessera_access").filter(|t| !t.is_empty()) {
-        return Some((t.to_string(), TokenSource::Cookie));
+        return Some((Cow::Borrowed(t), TokenSource::Cookie));
     }
     if allow_query {
         let t = req.query().and_then(|q| http::query_value(q, "access_token"));
         if let Some(t) = t.filter(|t| !t.is_empty()) {
-            return Some((t, TokenSource::Query));
+            return Some((Cow::Owned(t), TokenSource::Query));
         }
     }
     None

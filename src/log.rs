@@ -230,7 +230,7 @@ pub fn render(format: Format, ts: &str, level: &str, event: &str, fields: &[(&st
 fn render_into(
     out: &mut String,
     format: Format,
-    ts: impl std::fmt::Display,
+    ts: impl Stamp,
     level: &str,
     event: &str,
     fields: &[(&str, Field<'_>)],
@@ -238,7 +238,9 @@ fn render_into(
     let start = out.len();
     match format {
         Format::Json => {
-            let _ = write!(out, "{{\"ts\":\"{ts}\",\"level\":");
+            out.push_str("{\"ts\":\"");
+            ts.render(out);
+            out.push_str("\",\"level\":");
             json_str(out, level);
             out.push_str(",\"event\":");
             json_str(out, event);
@@ -253,30 +255,27 @@ fn render_into(
                 out.push(':');
                 match v {
                     Field::Str(s) => json_str(out, s),
-                    Field::U64(n) => {
-                        let _ = write!(out, "{n}");
-                    }
-                    Field::Bool(b) => {
-                        let _ = write!(out, "{b}");
-                    }
+                    Field::U64(n) => push_u64(out, *n),
+                    Field::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
                 }
             }
             out.push('}');
         }
         Format::Text => {
-            let _ = write!(out, "{ts} {level} {event}");
+            ts.render(out);
+            out.push(' ');
+            out.push_str(level);
+            out.push(' ');
+            out.push_str(event);
             for (k, v) in fields {
+                out.push(' ');
+                out.push_str(k);
+                out.push('=');
                 match v {
                     // Debug-quoting escapes control characters in peer-supplied text.
-                    Field::Str(x) => {
-                        let _ = write!(out, " {k}={x:?}");
-                    }
-                    Field::U64(n) => {
-                        let _ = write!(out, " {k}={n}");
-                    }
-                    Field::Bool(b) => {
-                        let _ = write!(out, " {k}={b}");
-                    }
+                    Field::Str(x) => debug_str(out, x),
+                    Field::U64(n) => push_u64(out, *n),
+                    Field::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
                 }
             }
         }
@@ -287,6 +286,14 @@ fn render_into(
 
 /// `s` as a JSON string (serde_json's escaping).
 fn json_str(out: &mut String, s: &str) {
+    // Printable ASCII but `"` and `\\` is written as it is (the usual case:
+    // names, addresses, codes); anything else goes through serde_json.
+    if plain_ascii(s) {
+        out.push('"');
+        out.push_str(s);
+        out.push('"');
+        return;
+    }
     // Writing into a String cannot fail; serde_json escapes exactly as
     // `Value::to_string` did.
     let mut w = StrWriter(out);
@@ -311,6 +318,52 @@ impl Write for StrWriter<'_> {
     }
 }
 
+/// True if `s` is printable ASCII without `"` and `\\`: JSON and Rust's
+/// `Debug` both quote it without escaping anything.
+fn plain_ascii(s: &str) -> bool {
+    s.bytes().all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
+}
+
+/// `s` as `{s:?}` writes it.
+fn debug_str(out: &mut String, s: &str) {
+    if plain_ascii(s) {
+        out.push('"');
+        out.push_str(s);
+        out.push('"');
+    } else {
+        let _ = write!(out, "{s:?}");
+    }
+}
+
+/// `n` in decimal, as `{n}` writes it.
+fn push_u64(out: &mut String, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        // `n % 10` is below 10: the cast cannot truncate.
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for &d in &digits[i..] {
+        out.push(char::from(d));
+    }
+}
+
+/// A line's time stamp, appended to the line.
+trait Stamp {
+    fn render(&self, out: &mut String);
+}
+
+impl Stamp for &str {
+    fn render(&self, out: &mut String) {
+        out.push_str(self);
+    }
+}
+
 /// `rfc3339` without an allocation.
 #[derive(Clone, Copy)]
 struct Timestamp(u64, u32);
@@ -318,6 +371,40 @@ struct Timestamp(u64, u32);
 impl std::fmt::Display for Timestamp {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write_rfc3339(f, self.0, self.1)
+    }
+}
+
+impl Stamp for Timestamp {
+    /// The date and time of day are worked out once per second (per
+    /// thread) and reused by every line of that second; the milliseconds
+    /// are appended per line.
+    fn render(&self, out: &mut String) {
+        thread_local! {
+            /// The second last rendered, and its `YYYY-MM-DDTHH:MM:SS.`.
+            static SECOND: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
+        }
+        let done = SECOND.with(|c| {
+            let Ok(mut c) = c.try_borrow_mut() else { return false };
+            if c.0 != self.0 || c.1.is_empty() {
+                let mut s = String::with_capacity(24);
+                let _ = write_rfc3339(&mut s, self.0, 0);
+                // Keep `…SS.`; the milliseconds (`000Z`) come per line.
+                s.truncate(s.len().saturating_sub(4));
+                *c = (self.0, s);
+            }
+            out.push_str(&c.1);
+            true
+        });
+        if !done {
+            let _ = write_rfc3339(out, self.0, self.1);
+            return;
+        }
+        let ms = self.1.min(999);
+        // Each digit is below 10: the casts cannot truncate.
+        out.push(char::from(b'0' + (ms / 100) as u8));
+        out.push(char::from(b'0' + (ms / 10 % 10) as u8));
+        out.push(char::from(b'0' + (ms % 10) as u8));
+        out.push('Z');
     }
 }
 
@@ -331,7 +418,8 @@ fn invisible(c: char) -> bool {
 /// inside a JSON string, where alone they can appear in a rendered line).
 fn escape_invisible_from(s: &mut String, start: usize) {
     let Some(tail) = s.get(start..) else { return };
-    if !tail.chars().any(invisible) {
+    // Every invisible character is outside ASCII.
+    if tail.is_ascii() || !tail.chars().any(invisible) {
         return;
     }
     let mut out = String::with_capacity(tail.len() + 12);
@@ -426,6 +514,82 @@ mod tests {
         assert_eq!(v["user"], evil, "still the same string to a JSON reader");
         let t = render(Format::Text, "T", "info", "x", &[("user", evil.into())]);
         assert!(!t.chars().any(invisible), "{t:?}");
+    }
+
+    #[test]
+    fn fast_paths_write_what_fmt_and_serde_json_write() {
+        let strings = [
+            "",
+            "plain",
+            "127.0.0.1:5000",
+            "a\"b",
+            "back\\slash",
+            "tab\there",
+            "nl\n",
+            "del\u{7f}",
+            "é",
+            "\u{0}",
+            "~ !#$%&'()*+,-./:;<=>?@[]^_`{|}",
+            "\u{301}x",
+            "x\u{200b}",
+        ];
+        for s in strings {
+            let mut d = String::new();
+            debug_str(&mut d, s);
+            assert_eq!(d, format!("{s:?}"), "{s:?}");
+            let mut j = String::new();
+            json_str(&mut j, s);
+            assert_eq!(j, serde_json::to_string(s).unwrap(), "{s:?}");
+        }
+        for n in [
+            0,
+            1,
+            9,
+            10,
+            99,
+            100,
+            12_345,
+            u64::from(u32::MAX),
+            u64::MAX - 1,
+            u64::MAX,
+        ] {
+            let mut o = String::from("x");
+            push_u64(&mut o, n);
+            assert_eq!(o, format!("x{n}"));
+        }
+        // The cached date of a second, then the next second and back.
+        for (secs, ms) in [
+            (1_795_798_203, 7),
+            (1_795_798_203, 999),
+            (1_795_798_204, 0),
+            (0, 10),
+            (951_782_400, 5),
+        ] {
+            let mut o = String::new();
+            Timestamp(secs, ms).render(&mut o);
+            assert_eq!(o, rfc3339(secs, ms));
+        }
+    }
+
+    #[test]
+    fn lines_are_the_same_as_formatted_field_by_field() {
+        let fields: [(&str, Field<'_>); 5] = [
+            ("conn", 42u64.into()),
+            ("sub", "dev-1".into()),
+            ("reason", "a \"quoted\"\nline".into()),
+            ("ok", true.into()),
+            ("n", 0u64.into()),
+        ];
+        let t = render(Format::Text, "T", "info", "ws_close", &fields);
+        assert_eq!(
+            t,
+            "T info ws_close conn=42 sub=\"dev-1\" reason=\"a \\\"quoted\\\"\\nline\" ok=true n=0\n"
+        );
+        let j = render(Format::Json, "T", "info", "ws_close", &fields);
+        assert_eq!(
+            j,
+            "{\"ts\":\"T\",\"level\":\"info\",\"event\":\"ws_close\",\"conn\":42,\"sub\":\"dev-1\",\"reason\":\"a \\\"quoted\\\"\\nline\",\"ok\":true,\"n\":0}\n"
+        );
     }
 
     #[test]

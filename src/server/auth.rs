@@ -737,7 +737,9 @@ pub async fn logout(shared: &Shared, req: &Request, body: &[u8], peer: SocketAdd
     });
     let by_refresh = sid.is_some();
     if sid.is_none() {
-        let access = b.access_token.or_else(|| gate::find_token(req, false).map(|(t, _)| t));
+        let access = b
+            .access_token
+            .or_else(|| gate::find_token(req, false).map(|(t, _)| t.into_owned()));
         if let Some(t) = access
             && let Ok(c) = jwt::verify(&t, &shared.keys(), &shared.cfg.gate.verify, now_unix())
         {

@@ -14,7 +14,6 @@ use crate::gate::{self, Context, Rejection};
 use crate::http::{self, BodyLength, Expect, Head, Request, Response, Route};
 use crate::hub::Rights;
 use async_tungstenite::WebSocketStream;
-use async_tungstenite::tungstenite::handshake::derive_accept_key;
 use async_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use event_listener::Event;
 use smol::io::{AsyncReadExt, AsyncWriteExt};
@@ -246,7 +245,6 @@ pub fn serve_connection(
                 }
                 ReadHead::Closed => break,
             };
-            let deadline = Instant::now() + shared.cfg.handshake_timeout;
             let client = http::client_address(&req, peer.ip(), &shared.cfg.trusted_proxies);
             let keep_alive = req.keep_alive() && !shared.shutting_down.get();
             // With --metrics-listen, /metrics and /healthz live only there, and
@@ -284,6 +282,7 @@ pub fn serve_connection(
                 drop(slot);
                 return upgrade(shared, stream, buf, req, peer, client).await;
             }
+            let deadline = Instant::now() + shared.cfg.handshake_timeout;
             // Read the body, if any (SPEC §4: ≤ 16 KiB, POST needs Content-Length).
             let body_len = match (req.method.as_str(), req.body_length()) {
                 (_, BodyLength::Invalid) => Err(Response::error(400, "bad_request", "invalid Content-Length")),
@@ -547,13 +546,28 @@ async fn publish(shared: &Shared, req: &Request, body: &[u8], peer: SocketAddr) 
 /// [`http::upgrade_problem`].
 fn switching_protocols(req: &Request, mut head: Vec<u8>) -> Vec<u8> {
     let key = req.header("sec-websocket-key").unwrap_or_default();
-    let accept = derive_accept_key(key.as_bytes());
+    let accept = accept_key(key.as_bytes());
     head.clear();
     head.extend_from_slice(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n");
     head.extend_from_slice(b"Sec-WebSocket-Accept: ");
-    head.extend_from_slice(accept.as_bytes());
+    head.extend_from_slice(&accept);
     head.extend_from_slice(b"\r\n\r\n");
     head
+}
+
+/// `Sec-WebSocket-Accept` for a `Sec-WebSocket-Key` (RFC 6455 §4.2.2:
+/// base64 of the SHA-1 of the key and the protocol's GUID), on the stack.
+fn accept_key(key: &[u8]) -> [u8; 28] {
+    use sha1::Digest as _;
+    const WS_GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+    let mut sha1 = sha1::Sha1::default();
+    sha1.update(key);
+    sha1.update(WS_GUID);
+    let digest = sha1.finalize();
+    let mut out = [0u8; 28];
+    // 20 bytes encode to exactly 28 characters (with padding).
+    data_encoding::BASE64.encode_mut(&digest, &mut out);
+    out
 }
 
 /// The WebSocket settings of every socket.
@@ -602,8 +616,7 @@ async fn upgrade(
     shared.sockets.set(shared.sockets.get() + 1);
     let _slot = SocketSlot(&shared);
     let addr = crate::throttle::address_key(client);
-    let addr_full = shared.sockets_per.borrow().address(addr) >= shared.cfg.max_sockets_per_address;
-    let _addr_slot = PerSlot::address(&shared, addr);
+    let (_addr_slot, addr_full) = PerSlot::address(&shared, addr, shared.cfg.max_sockets_per_address);
 
     let decision = if addr_full && throttled.is_none() && !full {
         Err(Rejection::TooManySocketsForAddress)
@@ -618,13 +631,12 @@ async fn upgrade(
         gate::authorize(&req, &shared.cfg.gate, &shared.keys(), &ctx)
     };
     // Set once the token is accepted: the `sub` is counted from then on.
-    let decision = decision.and_then(|c| {
-        if shared.sockets_per.borrow().sub(&c.sub) >= shared.cfg.max_sockets_per_sub {
-            return Err(Rejection::TooManySocketsForSub);
-        }
-        let sub_slot = PerSlot::sub(&shared, &c.sub);
-        Ok((c, sub_slot))
-    });
+    let decision = decision.and_then(
+        |c| match PerSlot::sub(&shared, &c.sub, shared.cfg.max_sockets_per_sub) {
+            Some(sub_slot) => Ok((c, sub_slot)),
+            None => Err(Rejection::TooManySocketsForSub),
+        },
+    );
     let (claims, _sub_slot) = match decision {
         Ok(d) => d,
         Err(rej) => {
@@ -704,29 +716,46 @@ struct PerSlot<'a> {
 }
 
 impl<'a> PerSlot<'a> {
-    fn sub(shared: &'a Shared, sub: &str) -> PerSlot<'a> {
-        *shared.sockets_per.borrow_mut().subs.entry(sub.to_string()).or_default() += 1;
-        PerSlot {
+    /// Counts a socket of `sub` unless it has `max` already (one lookup
+    /// for the check and the count; the name is copied once).
+    fn sub(shared: &'a Shared, sub: &str, max: usize) -> Option<PerSlot<'a>> {
+        let mut per = shared.sockets_per.borrow_mut();
+        match per.subs.get_mut(sub) {
+            Some(n) if *n >= max => return None,
+            Some(n) => *n += 1,
+            None if max == 0 => return None,
+            None => {
+                per.subs.insert(sub.to_string(), 1);
+            }
+        }
+        Some(PerSlot {
             shared,
             key: Ok(sub.to_string()),
-        }
+        })
     }
 
-    fn address(shared: &'a Shared, addr: IpAddr) -> PerSlot<'a> {
-        *shared.sockets_per.borrow_mut().addresses.entry(addr).or_default() += 1;
-        PerSlot { shared, key: Err(addr) }
+    /// Counts a socket of `addr`; whether it had `max` or more before
+    /// (one lookup for both).
+    fn address(shared: &'a Shared, addr: IpAddr, max: usize) -> (PerSlot<'a>, bool) {
+        let mut per = shared.sockets_per.borrow_mut();
+        let n = per.addresses.entry(addr).or_default();
+        let full = *n >= max;
+        *n += 1;
+        (PerSlot { shared, key: Err(addr) }, full)
     }
 }
 
 impl Drop for PerSlot<'_> {
     fn drop(&mut self) {
-        fn give_back<K: std::hash::Hash + Eq>(m: &mut HashMap<K, usize>, k: &K) {
-            let left = m.get_mut(k).map(|c| {
-                *c = c.saturating_sub(1);
-                *c
-            });
-            if left == Some(0) {
-                m.remove(k);
+        fn give_back<K: std::hash::Hash + Eq>(m: &mut HashMap<K, usize>, k: K) {
+            use std::collections::hash_map::Entry;
+            // One lookup for the count and its removal.
+            if let Entry::Occupied(mut c) = m.entry(k) {
+                *c.get_mut() = c.get().saturating_sub(1);
+                if *c.get() > 0 {
+                    return;
+                }
+                c.remove();
                 // After a spike of sockets, give the table's room back once
                 // it is under a quarter full (amortised O(1)).
                 if m.capacity() > 64 && m.len() < m.capacity() / 4 {
@@ -735,9 +764,9 @@ impl Drop for PerSlot<'_> {
             }
         }
         let mut per = self.shared.sockets_per.borrow_mut();
-        match &self.key {
-            Ok(sub) => give_back(&mut per.subs, sub),
-            Err(addr) => give_back(&mut per.addresses, addr),
+        match &mut self.key {
+            Ok(sub) => give_back(&mut per.subs, std::mem::take(sub)),
+            Err(addr) => give_back(&mut per.addresses, *addr),
         }
     }
 }
@@ -748,5 +777,23 @@ struct SocketSlot<'a>(&'a Shared);
 impl Drop for SocketSlot<'_> {
     fn drop(&mut self) {
         self.0.sockets.set(self.0.sockets.get().saturating_sub(1));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_key_is_rfc6455s_and_tungstenites() {
+        // RFC 6455 §1.3's example.
+        assert_eq!(
+            &accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="),
+            b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
+        for key in ["x3JJHMbDL1EzLkh9GBhXDw==", "AQIDBAUGBwgJCgsMDQ4PEA==", ""] {
+            let theirs = async_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+            assert_eq!(accept_key(key.as_bytes()).as_slice(), theirs.as_bytes());
+        }
     }
 }

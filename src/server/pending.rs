@@ -30,7 +30,33 @@
 
 use crate::throttle::address_key;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::net::IpAddr;
+
+/// Hashes the connection ids this server hands out (a counter, never a
+/// peer's input) with one multiplication instead of SipHash: the table is
+/// looked up several times per connection.
+#[derive(Default)]
+pub struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        // Fibonacci hashing: consecutive ids spread over the high bits,
+        // which hashbrown uses for its control bytes.
+        self.0 = (self.0 ^ n).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
+/// A map keyed by connection id ([`IdHasher`]).
+pub type IdMap<V> = HashMap<u64, V, BuildHasherDefault<IdHasher>>;
 
 /// Why a connection may be shed, in the order they are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,7 +112,7 @@ pub enum Admit<T> {
 pub struct Pending<T> {
     max_total: usize,
     max_per_address: usize,
-    entries: HashMap<u64, Entry<T>>,
+    entries: IdMap<Entry<T>>,
     /// Sheddable connections, tick to id: index `2 × tier` for suspect
     /// addresses, `2 × tier + 1` for the others.
     tiers: [BTreeMap<u64, u64>; 2 * TIERS],
@@ -105,7 +131,7 @@ impl<T> Pending<T> {
         Pending {
             max_total,
             max_per_address,
-            entries: HashMap::new(),
+            entries: IdMap::default(),
             tiers: Default::default(),
             per_address: HashMap::new(),
             tick: 0,
@@ -299,10 +325,10 @@ impl<T> Pending<T> {
     pub fn remove(&mut self, id: u64) -> Option<T> {
         let e = self.entries.remove(&id)?;
         self.unlist(e.key, e.state);
-        if let Some(a) = self.per_address.get_mut(&e.key) {
-            a.count -= 1;
-            if a.count == 0 {
-                self.per_address.remove(&e.key);
+        if let std::collections::hash_map::Entry::Occupied(mut a) = self.per_address.entry(e.key) {
+            a.get_mut().count -= 1;
+            if a.get().count == 0 {
+                a.remove();
             }
         }
         Some(e.handle)
