@@ -1197,19 +1197,22 @@ fn spec13_admin_revoke_on_one_node_reaches_sessions_made_on_another() {
             &body.to_string(),
         )
     };
+    let admin_get = |s: &Server, path: &str| {
+        body(&http(
+            s.addr,
+            "GET",
+            path,
+            &[("Authorization", &format!("Bearer {op}"))],
+            "",
+        ))
+    };
     let (access1, r1) = tokens(&login(&a, "agent-7", None));
     let (access2, r2) = tokens(&login(&a, "agent-7", None));
     block_on(async {
         let (mut on_a, _) = ws_bearer(a.addr, &access1).await;
         let (mut on_b, _) = ws_bearer(b.addr, &access1).await;
         // By sid, on B: the session made on A counts, and B's socket of it.
-        let sid = body(&http(
-            a.addr,
-            "GET",
-            "/admin/connections",
-            &[("Authorization", &format!("Bearer {op}"))],
-            "",
-        ))["connections"][0]["sid"]
+        let sid = admin_get(&a, "/admin/connections")["connections"][0]["sid"]
             .as_str()
             .unwrap()
             .to_string();
@@ -1223,13 +1226,7 @@ fn spec13_admin_revoke_on_one_node_reaches_sessions_made_on_another() {
         assert_eq!(close_code(&mut on_a, Duration::from_secs(1)).await, Some(4003));
         assert_eq!(close_code(&mut on_b, Duration::from_secs(1)).await, Some(4003));
         // B's security event names the user, whose session only Redis knew.
-        let events = body(&http(
-            b.addr,
-            "GET",
-            "/admin/events",
-            &[("Authorization", &format!("Bearer {op}"))],
-            "",
-        ));
+        let events = admin_get(&b, "/admin/events");
         let revoked: Vec<&Value> = events["events"]
             .as_array()
             .unwrap()

@@ -28,34 +28,14 @@
 //! and goes instead; a client address that keeps sending requests is never
 //! suspect for long.
 
+use crate::hub::IdHasher;
 use crate::throttle::address_key;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::hash::{BuildHasherDefault, Hasher};
+use std::hash::BuildHasherDefault;
 use std::net::IpAddr;
 
-/// Hashes the connection ids this server hands out (a counter, never a
-/// peer's input) with one multiplication instead of SipHash: the table is
-/// looked up several times per connection.
-#[derive(Default)]
-pub struct IdHasher(u64);
-
-impl Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        }
-    }
-    fn write_u64(&mut self, n: u64) {
-        // Fibonacci hashing: consecutive ids spread over the high bits,
-        // which hashbrown uses for its control bytes.
-        self.0 = (self.0 ^ n).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    }
-}
-
-/// A map keyed by connection id ([`IdHasher`]).
+/// A map keyed by connection id (the hub's [`IdHasher`]: ids are a
+/// server counter, never a peer's input, so one multiplication, not SipHash).
 pub type IdMap<V> = HashMap<u64, V, BuildHasherDefault<IdHasher>>;
 
 /// Why a connection may be shed, in the order they are.
