@@ -16,7 +16,8 @@
 //! [`broker`] is the seam between the shell and where publications and
 //! history live (this process, or Redis in cluster mode).
 //!
-//! [`server`] is the thin async shell that owns sockets and timers;
+//! [`server`] is the thin async shell that owns sockets and timers, on
+//! [`reactor`] (edge-triggered, mio);
 //! [`cli`] declares the command line; `main.rs` dispatches it.
 #![forbid(unsafe_code)]
 
@@ -36,6 +37,7 @@ pub mod log;
 pub mod metrics;
 pub mod notify;
 pub mod protocol;
+pub mod reactor;
 pub mod server;
 pub mod throttle;
 pub mod tls;

@@ -184,7 +184,7 @@ impl Drop for Buffering {
 pub struct FlushWhenIdle<F> {
     inner: F,
     /// Set for the oldest buffered line's deadline while lines wait.
-    timer: Option<smol::Timer>,
+    timer: Option<crate::reactor::Timer>,
 }
 
 impl<F> FlushWhenIdle<F> {
@@ -210,7 +210,7 @@ impl<F: Future + Unpin> Future for FlushWhenIdle<F> {
             self.timer = None;
             return r;
         }
-        let timer = self.timer.get_or_insert_with(|| smol::Timer::at(due));
+        let timer = self.timer.get_or_insert_with(|| crate::reactor::Timer::at(due));
         if Pin::new(timer).poll(cx).is_ready() {
             flush();
             self.timer = None;
@@ -653,7 +653,7 @@ mod tests {
                 }
             }
         });
-        smol::block_on(FlushWhenIdle::new(Box::pin(fut)));
+        crate::reactor::block_on(FlushWhenIdle::new(Box::pin(fut))).expect("reactor");
     }
 
     #[test]

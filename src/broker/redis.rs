@@ -692,7 +692,7 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// `fut`, or an error after [`CALL_TIMEOUT`] (a smol timer).
 async fn within<T>(fut: impl std::future::Future<Output = ::redis::RedisResult<T>>) -> Result<T, String> {
     smol::future::or(async { fut.await.map_err(|e| describe(&e)) }, async {
-        smol::Timer::after(CALL_TIMEOUT).await;
+        crate::reactor::Timer::after(CALL_TIMEOUT).await;
         Err("timed out".to_string())
     })
     .await
@@ -1218,7 +1218,7 @@ impl Node {
                     true
                 },
                 async {
-                    smol::Timer::at(deadline).await;
+                    crate::reactor::Timer::at(deadline).await;
                     false
                 },
             )
@@ -1425,7 +1425,7 @@ impl Node {
                                     None
                                 },
                                 async {
-                                    smol::Timer::at(heard + PING_EVERY).await;
+                                    crate::reactor::Timer::at(heard + PING_EVERY).await;
                                     Some(None)
                                 },
                             ),
@@ -1464,7 +1464,7 @@ impl Node {
                     }
                 }
             }
-            smol::Timer::after(backoff).await;
+            crate::reactor::Timer::after(backoff).await;
             backoff = (backoff * 2).min(BACKOFF_MAX);
         }
     }

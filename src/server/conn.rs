@@ -17,20 +17,21 @@ use async_tungstenite::WebSocketStream;
 use async_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use event_listener::Event;
 use smol::io::{AsyncReadExt, AsyncWriteExt};
-use smol::{Async, LocalExecutor};
+use crate::reactor::{Listener as TcpListener, Tcp, Timer};
+use smol::LocalExecutor;
 use std::cell::Cell;
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Instant;
 
 /// A client connection: plain TCP, or TLS over it (feature `tls`).
 #[cfg(feature = "tls")]
-pub type Stream = crate::tls::MaybeTls<Async<TcpStream>, futures_rustls::server::TlsStream<Async<TcpStream>>>;
+pub type Stream = crate::tls::MaybeTls<Tcp, futures_rustls::server::TlsStream<Tcp>>;
 /// A client connection: plain TCP (built without the `tls` feature).
 #[cfg(not(feature = "tls"))]
-pub type Stream = crate::tls::MaybeTls<Async<TcpStream>, Async<TcpStream>>;
+pub type Stream = crate::tls::MaybeTls<Tcp, Tcp>;
 
 /// Tells an idle pre-upgrade connection to go (it was shed at a cap).
 #[derive(Default)]
@@ -139,27 +140,14 @@ pub fn listener_options(listener: &std::net::TcpListener) {
     let _ = listener;
 }
 
-/// Accepts one connection: on Linux one `accept4` that makes it
-/// non-blocking and close-on-exec (no `ioctl(FIONBIO)` after), with
-/// `TCP_NODELAY` inherited from the listener ([`listener_options`]).
-pub async fn accept(listener: &Async<std::net::TcpListener>) -> std::io::Result<(Async<TcpStream>, SocketAddr)> {
-    #[cfg(target_os = "linux")]
-    {
-        use rustix::net::{SocketFlags, acceptfrom_with};
-        let (fd, addr) = listener
-            .read_with(|l| acceptfrom_with(l, SocketFlags::NONBLOCK | SocketFlags::CLOEXEC).map_err(Into::into))
-            .await?;
-        let peer = addr
-            .and_then(|a| SocketAddr::try_from(a).ok())
-            .ok_or_else(|| std::io::Error::other("accepted a socket without an IP address"))?;
-        Ok((Async::new_nonblocking(TcpStream::from(fd))?, peer))
-    }
+/// Accepts one connection: one `accept4` on Linux (non-blocking and
+/// close-on-exec, no `ioctl(FIONBIO)` after), with `TCP_NODELAY` inherited
+/// from the listener ([`listener_options`]).
+pub async fn accept(listener: &TcpListener) -> std::io::Result<(Tcp, SocketAddr)> {
+    let (stream, peer) = listener.accept().await?;
     #[cfg(not(target_os = "linux"))]
-    {
-        let (stream, peer) = listener.accept().await?;
-        let _ = stream.get_ref().set_nodelay(true);
-        Ok((stream, peer))
-    }
+    let _ = stream.get_ref().set_nodelay(true);
+    Ok((stream, peer))
 }
 
 /// Which listener a connection came in on.
@@ -191,7 +179,7 @@ async fn write_by(shared: &Shared, stream: &mut Stream, bytes: &[u8], peer: Sock
 async fn write_within(shared: &Shared, stream: &mut Stream, bytes: &[u8], peer: SocketAddr) -> bool {
     let write = async { stream.write_all(bytes).await.is_ok() };
     let timeout = async {
-        smol::Timer::after(shared.cfg.write_timeout).await;
+        Timer::after(shared.cfg.write_timeout).await;
         shared
             .log
             .info("http_write_timeout", &[("peer", (&peer.to_string()).into())]);
@@ -350,7 +338,7 @@ pub fn serve_connection(
             let _ = stream.close().await;
         };
         smol::future::or(close, async {
-            smol::Timer::after(std::time::Duration::from_secs(1)).await;
+            Timer::after(std::time::Duration::from_secs(1)).await;
         })
         .await;
     }

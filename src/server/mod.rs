@@ -26,7 +26,8 @@ use crate::log::{Format, Logger};
 use crate::metrics::Metrics;
 use crate::throttle::Throttle;
 use futures_util::StreamExt;
-use smol::{LocalExecutor, Timer};
+use crate::reactor::Timer;
+use smol::LocalExecutor;
 use std::cell::{Cell, RefCell};
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
@@ -345,7 +346,7 @@ pub fn serve(args: &cli::Serve) -> Result<(), Failure> {
         Some(m) => {
             let l = TcpListener::bind(m)
                 .inspect(conn::listener_options)
-                .and_then(smol::Async::new)
+                .and_then(crate::reactor::Listener::from_std)
                 .map_err(|e| Failure::usage(format!("--metrics-listen {m}: {e}")))?;
             Some(l)
         }
@@ -353,7 +354,7 @@ pub fn serve(args: &cli::Serve) -> Result<(), Failure> {
     let addr = listener
         .local_addr()
         .map_err(|e| Failure::usage(format!("--listen: {e}")))?;
-    let listener = smol::Async::new(listener).map_err(|e| Failure::usage(format!("--listen {}: {e}", cfg.listen)))?;
+    let listener = crate::reactor::Listener::from_std(listener).map_err(|e| Failure::usage(format!("--listen {}: {e}", cfg.listen)))?;
 
     let mut seed = [0u8; 32];
     getrandom::fill(&mut seed).map_err(|e| Failure::usage(format!("no randomness from the OS: {e}")))?;
@@ -433,7 +434,8 @@ pub fn serve(args: &cli::Serve) -> Result<(), Failure> {
     // writes what is left when `serve` returns.
     let _lines = crate::log::buffer_lines();
     let main = std::pin::pin!(ex.run(run(shared, ex.clone(), listener, addr, demo_key, demo_passwords)));
-    smol::block_on(crate::log::FlushWhenIdle::new(main))
+    crate::reactor::block_on(crate::log::FlushWhenIdle::new(main))
+        .map_err(|e| Failure::usage(format!("event loop: {e}")))?
 }
 
 /// Binds `--listen`; with `--reuse-port` (Linux) SO_REUSEPORT is set first,
@@ -495,7 +497,7 @@ fn raise_nofile_limit(log: &Logger) {
 async fn run(
     shared: Rc<Shared>,
     ex: Rc<LocalExecutor<'static>>,
-    listener: smol::Async<TcpListener>,
+    listener: crate::reactor::Listener,
     addr: SocketAddr,
     demo_key: bool,
     demo_passwords: Vec<(String, String)>,
@@ -619,7 +621,7 @@ const ACCEPT_BURST: usize = 16;
 async fn accepted(
     shared: &Rc<Shared>,
     ex: &Rc<LocalExecutor<'static>>,
-    r: std::io::Result<(smol::Async<std::net::TcpStream>, SocketAddr)>,
+    r: std::io::Result<(crate::reactor::Tcp, SocketAddr)>,
     listener: conn::Listener,
     errors: &mut AcceptErrors,
 ) {
@@ -667,7 +669,7 @@ async fn accepted(
 async fn accept_loop(
     shared: Rc<Shared>,
     ex: Rc<LocalExecutor<'static>>,
-    listener: smol::Async<TcpListener>,
+    listener: crate::reactor::Listener,
     kind: conn::Listener,
 ) {
     let mut errors = AcceptErrors::default();
@@ -715,7 +717,7 @@ fn systemd_ready(shared: &Shared, ex: &LocalExecutor<'static>) -> Rc<crate::noti
 fn accept(
     shared: Rc<Shared>,
     ex: Rc<LocalExecutor<'static>>,
-    stream: smol::Async<std::net::TcpStream>,
+    stream: crate::reactor::Tcp,
     peer: SocketAddr,
     slot: conn::PendingSlot,
     listener: conn::Listener,

@@ -309,7 +309,7 @@ fn purge(heap: &mut std::collections::BinaryHeap<Alarm>) {
 /// an earlier one is set), wakes the sockets due.
 pub async fn sweep_alarms(shared: Rc<Shared>) {
     let alarms = &shared.alarms;
-    let mut timer = smol::Timer::never();
+    let mut timer = crate::reactor::Timer::never();
     let mut timer_ms = u64::MAX;
     loop {
         alarms.wake.clear();
@@ -318,7 +318,7 @@ pub async fn sweep_alarms(shared: Rc<Shared>) {
         if next != timer_ms {
             timer_ms = next;
             if next == u64::MAX {
-                timer = smol::Timer::never();
+                timer = crate::reactor::Timer::never();
             } else {
                 timer.set_at(mono_start() + Duration::from_millis(next));
             }
@@ -630,10 +630,6 @@ impl Framed {
 /// once started it is finished before tungstenite writes again.
 pub struct Outlet<S> {
     out: Framed,
-    /// Plain TCP: set once a read found nothing, with read interest
-    /// registered through the hint's waker ([`ReadHint`]).
-    parked: bool,
-    hint: Option<(std::sync::Arc<ReadHint>, Waker)>,
     /// tungstenite wrote since it last flushed (a pong or a close may be
     /// half written): [`Framed`] waits for the flush.
     tung_dirty: bool,
@@ -657,50 +653,21 @@ impl<S> Outlet<S> {
             },
             tung_dirty: false,
             blocked: false,
-            parked: false,
-            hint: None,
             handle: None,
             inner,
         }
     }
 }
 
-/// Whether the reactor reported a socket readable since its last read
-/// found nothing: the reactor wakes this (it is the waker the read
-/// registered), which marks it and wakes the task. A socket task is polled
-/// once per delivered batch; without it each poll cost a `recvfrom`
-/// answering `EAGAIN` (issue 16: 40 per 1000 deliveries, the floor 6).
-/// Async-io's own `poll_readable` cannot tell: an event delivered in the
-/// reactor tick the interest was registered in looks like no event.
-#[derive(Default)]
-struct ReadHint {
-    fired: std::sync::atomic::AtomicBool,
-    task: futures_util::task::AtomicWaker,
-}
-
-impl std::task::Wake for ReadHint {
-    fn wake(self: std::sync::Arc<Self>) {
-        self.wake_by_ref();
-    }
-    fn wake_by_ref(self: &std::sync::Arc<Self>) {
-        self.fired.store(true, std::sync::atomic::Ordering::SeqCst);
-        self.task.wake();
-    }
-}
-
 /// A stream that can say whether it became readable without reading.
 pub trait Readiness {
-    /// Plain TCP: readiness comes from the reactor (TLS buffers records, so
-    /// it must always be read).
-    fn plain(&self) -> bool;
     /// `Ready` once readable (or in error); registers `cx`'s waker if not.
     fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>>;
 }
 
-impl<T> Readiness for crate::tls::MaybeTls<smol::Async<std::net::TcpStream>, T> {
-    fn plain(&self) -> bool {
-        matches!(self, crate::tls::MaybeTls::Plain(_))
-    }
+/// Plain TCP: readiness comes from the reactor. TLS buffers records, so it
+/// must always be read.
+impl<T> Readiness for crate::tls::MaybeTls<crate::reactor::Tcp, T> {
     fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         match self {
             crate::tls::MaybeTls::Plain(p) => p.poll_readable(cx),
@@ -758,50 +725,21 @@ impl<S: Readiness> Outlet<S> {
     /// reactor has reported nothing since (and no write of tungstenite's
     /// waits: its next read would retry it): then a poll of tungstenite's
     /// stream would only find that out again, at the cost of its read and
-    /// flush path (once per delivered batch, issue 11). Exactly the test
-    /// [`Outlet`]'s `poll_read` makes before it reads.
+    /// flush path (once per delivered batch, issue 11).
     fn poll_input(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        if !self.parked || self.blocked {
+        if self.blocked {
             return Poll::Ready(());
         }
-        let Some((hint, waker)) = &self.hint else {
-            return Poll::Ready(());
-        };
-        hint.task.register(cx.waker());
-        if hint.fired.load(std::sync::atomic::Ordering::SeqCst)
-            || self.inner.poll_readable(&mut Context::from_waker(waker)).is_ready()
-        {
-            // The read goes ahead, whatever the reactor says by then.
-            hint.fired.store(true, std::sync::atomic::Ordering::SeqCst);
-            return Poll::Ready(());
-        }
-        Poll::Pending
+        self.inner.poll_readable(cx).map(|_| ())
     }
 }
 
-impl<S: AsyncRead + Readiness + Unpin> AsyncRead for Outlet<S> {
+/// Reads go straight to the socket: the reactor answers a read of a
+/// socket that found nothing last time, with nothing reported since,
+/// without a `recvfrom` (issue 16: 40 per 1000 deliveries, the floor 6).
+impl<S: AsyncRead + Unpin> AsyncRead for Outlet<S> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, b: &mut [u8]) -> Poll<std::io::Result<usize>> {
-        let me = &mut *self;
-        if !me.inner.plain() {
-            return Pin::new(&mut me.inner).poll_read(cx, b);
-        }
-        let (hint, waker) = me.hint.get_or_insert_with(|| {
-            let h = std::sync::Arc::new(ReadHint::default());
-            let w = Waker::from(h.clone());
-            (h, w)
-        });
-        hint.task.register(cx.waker());
-        if me.parked && !hint.fired.swap(false, std::sync::atomic::Ordering::SeqCst) {
-            // Nothing reported since the last read found nothing: no
-            // `recvfrom`, unless the reactor says otherwise.
-            if me.inner.poll_readable(&mut Context::from_waker(waker)).is_pending() {
-                return Poll::Pending;
-            }
-        }
-        // The read registers the hint's waker: the next event marks it.
-        let r = Pin::new(&mut me.inner).poll_read(&mut Context::from_waker(waker), b);
-        me.parked = r.is_pending();
-        r
+        Pin::new(&mut self.inner).poll_read(cx, b)
     }
 }
 
@@ -906,7 +844,7 @@ pub async fn room_for(shared: &Shared, channel: &str) {
             return;
         }
         smol::future::or(listener, async {
-            smol::Timer::after(RECHECK).await;
+            crate::reactor::Timer::after(RECHECK).await;
         })
         .await;
     }
@@ -947,7 +885,7 @@ where
             continue;
         }
         smol::future::or(smol::future::or(room, handle.wake.wait()), async {
-            smol::Timer::after(RECHECK.min(deadline.saturating_duration_since(Instant::now()))).await;
+            crate::reactor::Timer::after(RECHECK.min(deadline.saturating_duration_since(Instant::now()))).await;
         })
         .await;
     }
@@ -1103,7 +1041,7 @@ where
         }
     };
     let expired = async {
-        smol::Timer::at(deadline).await;
+        crate::reactor::Timer::at(deadline).await;
         Wrote::Deadline
     };
     smol::future::or(smol::future::or(write, killed), expired).await
@@ -1416,7 +1354,7 @@ where
             // closing socket needs it (an idle socket's future stays in a
             // smaller allocator size class).
             Box::pin(smol::future::or(finish, async {
-                smol::Timer::after(Duration::from_secs(1)).await;
+                crate::reactor::Timer::after(Duration::from_secs(1)).await;
             }))
             .await;
         }
