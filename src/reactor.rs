@@ -297,7 +297,12 @@ impl<T> Io<T> {
     /// Runs `op` while the socket is (or may be) ready for reading
     /// (`write` false) or writing; `Pending`, with `cx`'s waker registered,
     /// once it would block.
-    fn poll_op<R>(&self, cx: &mut Context<'_>, write: bool, mut op: impl FnMut(&T) -> io::Result<R>) -> Poll<io::Result<R>> {
+    fn poll_op<R>(
+        &self,
+        cx: &mut Context<'_>,
+        write: bool,
+        mut op: impl FnMut(&T) -> io::Result<R>,
+    ) -> Poll<io::Result<R>> {
         let (ready, wakers) = if write {
             (&self.source.writable, &self.source.writers)
         } else {
@@ -459,7 +464,10 @@ impl Timer {
         Timer { at: None, slot: None }
     }
     pub fn at(at: Instant) -> Timer {
-        Timer { at: Some(at), slot: None }
+        Timer {
+            at: Some(at),
+            slot: None,
+        }
     }
     pub fn after(d: Duration) -> Timer {
         match Instant::now().checked_add(d) {
@@ -698,6 +706,9 @@ mod tests {
             smol::future::or(t, guard).await
         });
         assert_eq!(r.ok(), Some(7));
-        assert!(start.elapsed() < Duration::from_secs(9), "woken by the guard, not the wake");
+        assert!(
+            start.elapsed() < Duration::from_secs(9),
+            "woken by the guard, not the wake"
+        );
     }
 }

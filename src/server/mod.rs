@@ -24,9 +24,9 @@ use crate::jwt::{self, Claims, VerifyOptions};
 use crate::keys::{self, KeySet};
 use crate::log::{Format, Logger};
 use crate::metrics::Metrics;
+use crate::reactor::Timer;
 use crate::throttle::Throttle;
 use futures_util::StreamExt;
-use crate::reactor::Timer;
 use smol::LocalExecutor;
 use std::cell::{Cell, RefCell};
 use std::net::{SocketAddr, TcpListener};
@@ -354,7 +354,8 @@ pub fn serve(args: &cli::Serve) -> Result<(), Failure> {
     let addr = listener
         .local_addr()
         .map_err(|e| Failure::usage(format!("--listen: {e}")))?;
-    let listener = crate::reactor::Listener::from_std(listener).map_err(|e| Failure::usage(format!("--listen {}: {e}", cfg.listen)))?;
+    let listener = crate::reactor::Listener::from_std(listener)
+        .map_err(|e| Failure::usage(format!("--listen {}: {e}", cfg.listen)))?;
 
     let mut seed = [0u8; 32];
     getrandom::fill(&mut seed).map_err(|e| Failure::usage(format!("no randomness from the OS: {e}")))?;

@@ -104,8 +104,10 @@ struct SleepSlot {
 }
 
 /// Resolves once `at` (rounded up to [`ALARM_GRAIN_MS`]) has passed, kept
-/// by [`Alarms`]: no reactor timer (a timer insert costs an eventfd write,
-/// a read and a re-arm). Dropping it forgets the deadline.
+/// by [`Alarms`]: no timer of its own (on async-io a timer insert cost an
+/// eventfd write, a read and a re-arm; the grid still wakes the loop once
+/// for every deadline in one [`ALARM_GRAIN_MS`]). Dropping it forgets the
+/// deadline.
 pub struct Sleep<'a> {
     alarms: &'a Alarms,
     at_ms: u64,
@@ -168,9 +170,11 @@ impl Ord for Alarm {
 
 /// Every socket's next deadline (a ping, the token's expiry notice and
 /// close, the once-a-second look), kept by one task with one reactor timer
-/// ([`sweep_alarms`]): a timer per socket cost a reactor insert (an eventfd
-/// write, a read and a re-arm) per handshake (issue 16). Deadlines are
-/// rounded up to [`ALARM_GRAIN_MS`]; a socket due is woken like by the hub.
+/// ([`sweep_alarms`]): on async-io a timer per socket cost a reactor insert
+/// (an eventfd write, a read and a re-arm) per handshake (issue 16); on
+/// [`crate::reactor`] the grid still wakes the loop once for all the
+/// deadlines in one grain. Deadlines are rounded up to [`ALARM_GRAIN_MS`];
+/// a socket due is woken like by the hub.
 pub struct Alarms {
     heap: RefCell<std::collections::BinaryHeap<Alarm>>,
     /// What the sweeper's timer is set to (`u64::MAX`: nothing).
