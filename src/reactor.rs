@@ -104,6 +104,12 @@ impl Reactor {
                 continue;
             };
             let error = ev.is_error();
+            if error || ev.is_read_closed() {
+                source.read_closed.set(true);
+            }
+            if error || ev.is_write_closed() {
+                source.write_closed.set(true);
+            }
             if error || ev.is_readable() || ev.is_read_closed() {
                 source.readable.set(true);
                 source.readers.wake();
@@ -204,10 +210,17 @@ impl Slots {
 }
 
 /// One socket's readiness: set by its events, cleared by an operation
-/// that would block. Both start set: a new socket is tried first.
+/// that would block, or by a read or write that took less than it was
+/// offered (the socket had no more then; what comes after is a new
+/// event). Both start set: a new socket is tried first. Once the peer has
+/// closed its side (or the socket is in error) no event may come again,
+/// so a short read no longer clears `readable` (nor a short write
+/// `writable`).
 struct Source {
     readable: Cell<bool>,
     writable: Cell<bool>,
+    read_closed: Cell<bool>,
+    write_closed: Cell<bool>,
     readers: Wakers,
     writers: Wakers,
 }
@@ -261,6 +274,8 @@ impl<T: mio::event::Source> Io<T> {
         let source = Rc::new(Source {
             readable: Cell::new(true),
             writable: Cell::new(true),
+            read_closed: Cell::new(false),
+            write_closed: Cell::new(false),
             readers: Wakers::default(),
             writers: Wakers::default(),
         });
@@ -352,21 +367,46 @@ impl Listener {
     }
 }
 
+/// A read that filled less than `buf` took all the socket had: the next
+/// one waits for an event instead of finding that out with a `recvfrom`
+/// (issue 16: one per connection).
 impl AsyncRead for Tcp {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
-        self.poll_op(cx, false, |s| {
+        let len = buf.len();
+        let r = self.poll_op(cx, false, |s| {
             let mut s = s;
             s.read(buf)
-        })
+        });
+        let source = &self.source;
+        if let Poll::Ready(Ok(n)) = r
+            && n > 0
+            && n < len
+            && !source.read_closed.get()
+        {
+            source.readable.set(false);
+        }
+        r
     }
 }
 
+/// A write that took less than `buf` filled the socket's buffer: the next
+/// one waits for room.
 impl AsyncWrite for Tcp {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        self.poll_op(cx, true, |s| {
+        let len = buf.len();
+        let r = self.poll_op(cx, true, |s| {
             let mut s = s;
             s.write(buf)
-        })
+        });
+        let source = &self.source;
+        if let Poll::Ready(Ok(n)) = r
+            && n > 0
+            && n < len
+            && !source.write_closed.get()
+        {
+            source.writable.set(false);
+        }
+        r
     }
     fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
         Poll::Ready(Ok(()))
@@ -594,6 +634,8 @@ mod tests {
             Rc::new(Source {
                 readable: Cell::new(true),
                 writable: Cell::new(true),
+                read_closed: Cell::new(false),
+                write_closed: Cell::new(false),
                 readers: Wakers::default(),
                 writers: Wakers::default(),
             })
@@ -685,6 +727,47 @@ mod tests {
         });
         match r {
             Ok(Ok(())) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_short_read_then_the_peers_close_is_seen() {
+        // The peer's data and FIN may come in one event: a short read must
+        // not wait for another event that never comes. A 10 s guard turns
+        // a hang into a failure.
+        let r = block_on(async {
+            let std_l = std::net::TcpListener::bind("127.0.0.1:0")?;
+            let addr = std_l.local_addr()?;
+            let l = Listener::from_std(std_l)?;
+            let mut peer = std::net::TcpStream::connect(addr)?;
+            peer.write_all(b"hello")?;
+            peer.shutdown(std::net::Shutdown::Write)?;
+            let (mut s, _) = l.accept().await?;
+            // Let both arrive before the first read.
+            Timer::after(Duration::from_millis(50)).await;
+            let mut buf = [0u8; 64];
+            let first = s.read(&mut buf).await?;
+            let guard = async {
+                Timer::after(Duration::from_secs(10)).await;
+                Err(io::Error::other("no EOF within 10 s"))
+            };
+            let second = smol::future::or(s.read(&mut buf), guard).await?;
+            // And after a short read with more to come, the rest arrives.
+            let mut peer2 = std::net::TcpStream::connect(addr)?;
+            let (mut s2, _) = l.accept().await?;
+            peer2.write_all(b"ab")?;
+            let n = s2.read(&mut buf).await?;
+            peer2.write_all(b"cd")?;
+            let guard = async {
+                Timer::after(Duration::from_secs(10)).await;
+                Err(io::Error::other("no data within 10 s"))
+            };
+            let m = smol::future::or(s2.read(&mut buf), guard).await?;
+            io::Result::Ok((first, second, n, m))
+        });
+        match r {
+            Ok(Ok((5, 0, 2, 2))) => {}
             other => panic!("{other:?}"),
         }
     }
