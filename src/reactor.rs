@@ -221,6 +221,9 @@ struct Source {
     writable: Cell<bool>,
     read_closed: Cell<bool>,
     write_closed: Cell<bool>,
+    /// The last read returned `Pending`: its reader holds nothing it read
+    /// and has not handed on ([`Io::poll_readable`]).
+    parked: Cell<bool>,
     readers: Wakers,
     writers: Wakers,
 }
@@ -276,6 +279,7 @@ impl<T: mio::event::Source> Io<T> {
             writable: Cell::new(true),
             read_closed: Cell::new(false),
             write_closed: Cell::new(false),
+            parked: Cell::new(false),
             readers: Wakers::default(),
             writers: Wakers::default(),
         });
@@ -299,10 +303,14 @@ impl<T> Io<T> {
         &self.inner
     }
 
-    /// `Ready` once the socket may be read (or is in error); registers
-    /// `cx`'s waker if not.
+    /// `Pending`, with `cx`'s waker registered, only while the last read
+    /// returned `Pending` and no event came since: then its reader (say,
+    /// tungstenite) has nothing buffered and a read would find nothing.
+    /// After a read that returned data its reader may still hold some (two
+    /// frames in one segment), so it is `Ready` then, even if that read
+    /// took all the socket had.
     pub fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        if self.source.readable.get() {
+        if !self.source.parked.get() || self.source.readable.get() {
             return Poll::Ready(Ok(()));
         }
         self.source.readers.register(cx.waker());
@@ -378,6 +386,7 @@ impl AsyncRead for Tcp {
             s.read(buf)
         });
         let source = &self.source;
+        source.parked.set(r.is_pending());
         if let Poll::Ready(Ok(n)) = r
             && n > 0
             && n < len
@@ -636,6 +645,7 @@ mod tests {
                 writable: Cell::new(true),
                 read_closed: Cell::new(false),
                 write_closed: Cell::new(false),
+                parked: Cell::new(false),
                 readers: Wakers::default(),
                 writers: Wakers::default(),
             })
