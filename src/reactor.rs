@@ -165,8 +165,10 @@ impl Wake for Notify {
 }
 
 /// The registered sockets by token; a freed slot is reused. A late event
-/// for a freed or reused slot only marks a socket ready that is not: its
-/// next operation finds out and waits again. After a spike of sockets the
+/// for a freed or reused slot (none comes unless a descriptor was
+/// duplicated) only marks a socket ready that is not, or closed that is
+/// not: its next operation finds out and waits again, or a short read of
+/// it costs one `recvfrom` more. After a spike of sockets the
 /// free slots at the end are given back (the listener holds a low one).
 #[derive(Default)]
 struct Slots {
