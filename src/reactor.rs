@@ -230,6 +230,20 @@ struct Source {
     writers: Wakers,
 }
 
+impl Source {
+    fn new() -> Source {
+        Source {
+            readable: Cell::new(true),
+            writable: Cell::new(true),
+            read_closed: Cell::new(false),
+            write_closed: Cell::new(false),
+            parked: Cell::new(false),
+            readers: Wakers::default(),
+            writers: Wakers::default(),
+        }
+    }
+}
+
 /// The tasks waiting for one direction of a socket: nearly always one.
 #[derive(Default)]
 struct Wakers {
@@ -276,15 +290,7 @@ impl<T: mio::event::Source> Io<T> {
     /// Registers `inner`, which must be non-blocking (mio's types are).
     pub fn new(mut inner: T) -> io::Result<Io<T>> {
         let reactor = Reactor::get()?;
-        let source = Rc::new(Source {
-            readable: Cell::new(true),
-            writable: Cell::new(true),
-            read_closed: Cell::new(false),
-            write_closed: Cell::new(false),
-            parked: Cell::new(false),
-            readers: Wakers::default(),
-            writers: Wakers::default(),
-        });
+        let source = Rc::new(Source::new());
         let key = reactor.slots.borrow_mut().insert(source.clone());
         let interest = mio::Interest::READABLE | mio::Interest::WRITABLE;
         let registered = reactor
@@ -641,17 +647,7 @@ mod tests {
 
     #[test]
     fn slots_are_reused_and_given_back_after_a_spike() {
-        let source = || {
-            Rc::new(Source {
-                readable: Cell::new(true),
-                writable: Cell::new(true),
-                read_closed: Cell::new(false),
-                write_closed: Cell::new(false),
-                parked: Cell::new(false),
-                readers: Wakers::default(),
-                writers: Wakers::default(),
-            })
-        };
+        let source = || Rc::new(Source::new());
         let mut slots = Slots::default();
         let first = slots.insert(source());
         let keys: Vec<usize> = (0..10_000).map(|_| slots.insert(source())).collect();
