@@ -6,8 +6,8 @@
 //! before `close`; and each of its waits sets a timerfd and re-arms its
 //! eventfd (five system calls for one `epoll_wait`). Here, on mio:
 //! - a socket is registered once, edge-triggered, and `close` removes it;
-//! - its readiness is kept in two flags, set by the event and cleared only
-//!   when an operation finds the socket not ready;
+//! - its readiness is kept in two flags, set by the event and cleared when
+//!   an operation finds the socket not ready or takes less than offered;
 //! - a wait is one `epoll_wait` (kqueue on the BSDs) whose timeout is the
 //!   nearest timer, kept in a heap on this thread.
 //!
