@@ -41,7 +41,7 @@
 //! one multiplexed connection for commands and scripts (`EVALSHA`; after a
 //! `NOSCRIPT`, `SCRIPT LOAD` and `EVALSHA` again) and one pub/sub connection. The
 //! crate runs each connection's driver on smol's global executor (one extra
-//! thread); the event loop only awaits replies and messages, with smol timers
+//! thread); the event loop only awaits replies and messages, with the reactor's timers
 //! as timeouts. The node reconnects with backoff and logs `broker_down` /
 //! `broker_up`.
 
@@ -689,7 +689,7 @@ const PING_EVERY: Duration = Duration::from_secs(5);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
-/// `fut`, or an error after [`CALL_TIMEOUT`] (a smol timer).
+/// `fut`, or an error after [`CALL_TIMEOUT`] (a timer of the loop's reactor).
 async fn within<T>(fut: impl std::future::Future<Output = ::redis::RedisResult<T>>) -> Result<T, String> {
     smol::future::or(async { fut.await.map_err(|e| describe(&e)) }, async {
         crate::reactor::Timer::after(CALL_TIMEOUT).await;
