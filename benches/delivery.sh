@@ -7,8 +7,9 @@
 #   burst   FAN_M=10000 FAN_RATE=0, 1000 subscribers: tessera, then rust-tokio,
 #           ROUNDS times, alternating. Reports delivered, lost, closed, deliveries/s.
 #   cost    server CPU per delivery (server_cpu_ticks / deliveries, FAN_M=1000):
-#           tessera with history on (defaults), with --history 0, and rust-tokio,
-#           ROUNDS alternating rounds.
+#           tessera with history on (defaults), with --history 0, rust-tokio,
+#           and the kit's floor peer (peers/floor: the least work one thread
+#           can do for the job, the physical reference), ROUNDS alternating rounds.
 #   floor   server CPU per fan-out delivery including set-up (C=1000, M=200,
 #           the kit's default fan-out, issue 16): tessera against the kit's
 #           floor peer (peers/floor), ROUNDS alternating rounds.
@@ -40,7 +41,7 @@ fi
 TOKIO=$KIT/peers/rust-tokio/target/release/rust-tokio-peer
 [[ -x $TOKIO ]] || (cd "$KIT/peers/rust-tokio" && cargo build --release --quiet) || exit 2
 FLOOR=$KIT/peers/floor/target/release/floor-peer
-if [[ " $WHAT " == *" floor "* && ! -x $FLOOR ]]; then
+if [[ ( " $WHAT " == *" floor "* || " $WHAT " == *" cost "* ) && ! -x $FLOOR ]]; then
   (cd "$KIT/peers/floor" && cargo build --release --quiet) || exit 2
 fi
 WSLOAD=$KIT/wsload/target/release/wsload
@@ -72,6 +73,7 @@ for what in $WHAT; do
         kit "cost-tessera-history-r$r" SCENARIOS=fanout FAN_M=1000 -- "$(tessera_cmd)"
         kit "cost-tessera-nohistory-r$r" SCENARIOS=fanout FAN_M=1000 -- "$(tessera_cmd --history 0)"
         kit "cost-rust-tokio-r$r" SCENARIOS=fanout FAN_M=1000 -- "$TOKIO --listen 127.0.0.1:$PORT"
+        kit "cost-floor-peer-r$r" SCENARIOS=fanout FAN_M=1000 -- "$FLOOR --listen 127.0.0.1:$PORT"
       done ;;
     floor)
       for r in $(seq "$ROUNDS"); do

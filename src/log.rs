@@ -335,6 +335,27 @@ fn debug_str(out: &mut String, s: &str) {
     }
 }
 
+/// `addr` as its `Display` writes it. IPv4 without `core::fmt`: every
+/// accepted socket logs its peer, and the formatting machinery was the
+/// largest piece of code the handshake ran only for that (issue 16).
+pub fn addr_text(addr: &std::net::SocketAddr) -> String {
+    match addr {
+        std::net::SocketAddr::V4(v4) => {
+            let mut out = String::with_capacity(21);
+            for (i, octet) in v4.ip().octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push('.');
+                }
+                push_u64(&mut out, u64::from(octet));
+            }
+            out.push(':');
+            push_u64(&mut out, u64::from(v4.port()));
+            out
+        }
+        std::net::SocketAddr::V6(_) => addr.to_string(),
+    }
+}
+
 /// `n` in decimal, as `{n}` writes it.
 fn push_u64(out: &mut String, mut n: u64) {
     let mut digits = [0u8; 20];
@@ -556,6 +577,20 @@ mod tests {
             let mut o = String::from("x");
             push_u64(&mut o, n);
             assert_eq!(o, format!("x{n}"));
+        }
+        // Peer addresses, as `Display` writes them.
+        for a in [
+            "127.0.0.1:9000",
+            "0.0.0.0:0",
+            "255.255.255.255:65535",
+            "10.20.3.44:80",
+            "[::1]:8080",
+            "[fe80::1%3]:1",
+            "[::ffff:1.2.3.4]:443",
+        ] {
+            let addr: std::net::SocketAddr = a.parse().unwrap();
+            assert_eq!(addr_text(&addr), addr.to_string(), "{a}");
+            assert_eq!(addr_text(&addr), a);
         }
         // The cached date of a second, then the next second and back.
         for (secs, ms) in [

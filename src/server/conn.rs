@@ -629,7 +629,7 @@ async fn upgrade(
         Ok(d) => d,
         Err(rej) => {
             drop(req);
-            let peer_s = peer.to_string();
+            let peer_s = crate::log::addr_text(&peer);
             write_within(&shared, &mut stream, &rej.response().to_bytes(false), peer).await;
             shared.metrics.reject(rej.code());
             if !matches!(rej, Rejection::Throttled(_) | Rejection::ServerFull) {

@@ -364,7 +364,6 @@ pub fn serve(args: &cli::Serve) -> Result<(), Failure> {
         Some(dir) => Some(open_history(dir, &mut history, &log)?),
         None => None,
     };
-    let mut history = history;
     let mut salt = [0u8; 32];
     getrandom::fill(&mut salt).map_err(|e| Failure::usage(format!("no randomness from the OS: {e}")))?;
     history.set_salt(salt);

@@ -1080,7 +1080,7 @@ where
         shared: shared.clone(),
         id,
     };
-    let peer_s = peer.to_string();
+    let peer_s = crate::log::addr_text(&peer);
     shared.log.info(
         "ws_accept",
         &[
