@@ -42,11 +42,13 @@ pub type ConnId = u64;
 
 /// One serialised server message, shared by every subscriber it goes to
 /// and by the history (cloning it is a reference-count increment, not a
-/// copy). An `Rc<str>`: 16 bytes in each queue slot and a plain increment,
-/// where tungstenite's `Utf8Bytes` took 32 bytes and an atomic behind a
-/// call (issue 11: a burst writes one slot per subscriber and message).
+/// copy). An `Rc<String>`: 8 bytes in each queue slot and a plain
+/// increment, where tungstenite's `Utf8Bytes` took 32 bytes and an atomic
+/// behind a call (issue 11: a burst writes one slot per subscriber and
+/// message). The `String` is kept as serialised (no copy into an `Rc<str>`,
+/// whose header would also push a frame into the next allocator size class).
 #[derive(Clone, PartialEq, Eq)]
-pub struct Frame(Rc<str>);
+pub struct Frame(Rc<String>);
 
 impl Frame {
     pub fn as_str(&self) -> &str {
@@ -63,19 +65,19 @@ impl std::ops::Deref for Frame {
 
 impl From<String> for Frame {
     fn from(s: String) -> Frame {
-        Frame(Rc::from(s))
+        Frame(Rc::new(s))
     }
 }
 
 impl From<&str> for Frame {
     fn from(s: &str) -> Frame {
-        Frame(Rc::from(s))
+        Frame(Rc::new(s.to_owned()))
     }
 }
 
 impl std::fmt::Debug for Frame {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        std::fmt::Debug::fmt(&*self.0, f)
+        std::fmt::Debug::fmt(self.0.as_str(), f)
     }
 }
 
