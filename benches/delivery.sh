@@ -20,7 +20,8 @@
 #           100000 messages of 256 B published with one subscriber; RSS after
 #           minus RSS before, per message, minus the 256 B payload.
 #
-# Env: TESSERA_BIN [target/release/tessera, relative to the checkout], KIT [/tmp/bench, copied from
+# Env: TESSERA_BIN [target/release/tessera, relative to the checkout], BASE_BIN [unset: another
+# tessera binary measured in `cost` too, e.g. the commit before a change], KIT [/tmp/bench, copied from
 # ../shared/bench if missing], ROUNDS [3], OUT [target/delivery-bench.jsonl].
 # Prints one JSON line per run (also appended to OUT) and a summary table.
 set -uo pipefail
@@ -48,6 +49,8 @@ WSLOAD=$KIT/wsload/target/release/wsload
 [[ -x $WSLOAD ]] || (cd "$KIT/wsload" && cargo build --release --quiet) || exit 2
 export WSLOAD
 mkdir -p "$(dirname "$OUT")"
+# OUT keeps every run; the summary reads this run's lines, after these.
+SKIP=$(cat "$OUT" 2>/dev/null | wc -l)
 export TESSERA_SECRET=${TESSERA_SECRET:-$(head -c 32 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n')}
 PORT=${PORT:-9311}
 
@@ -59,7 +62,7 @@ kit() { # LABEL SCENARIO-ENV... -- SERVER CMD...
   env LABEL="$label" PAUSE=1 "${envs[@]}" bash "$KIT/bench-peers.sh" "$PORT" "$@" 2>>"$OUT.log" | tee -a "$OUT"
 }
 
-tessera_cmd() { echo "$TESSERA_BIN serve --listen 127.0.0.1:$PORT --max-connections 20000 --max-sockets-per-address 20000 --log-format text $*"; }
+tessera_cmd() { echo "${BIN:-$TESSERA_BIN} serve --listen 127.0.0.1:$PORT --max-connections 20000 --max-sockets-per-address 20000 --log-format text $*"; }
 
 for what in $WHAT; do
   case $what in
@@ -74,6 +77,9 @@ for what in $WHAT; do
         kit "cost-tessera-nohistory-r$r" SCENARIOS=fanout FAN_M=1000 -- "$(tessera_cmd --history 0)"
         kit "cost-rust-tokio-r$r" SCENARIOS=fanout FAN_M=1000 -- "$TOKIO --listen 127.0.0.1:$PORT"
         kit "cost-floor-peer-r$r" SCENARIOS=fanout FAN_M=1000 -- "$FLOOR --listen 127.0.0.1:$PORT"
+        if [[ -n ${BASE_BIN:-} ]]; then
+          kit "cost-base-r$r" SCENARIOS=fanout FAN_M=1000 -- "$(BIN=$BASE_BIN tessera_cmd)"
+        fi
       done ;;
     floor)
       for r in $(seq "$ROUNDS"); do
@@ -119,9 +125,9 @@ for what in $WHAT; do
 done
 
 # Summary of this run's lines: medians per label (without the -rN round suffix).
-python3 - "$OUT" "$(date +%s)" <<'PY'
+python3 - "$OUT" "$SKIP" <<'PY'
 import json, re, statistics, sys
-rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith('{')]
+rows = [json.loads(l) for l in open(sys.argv[1]).readlines()[int(sys.argv[2]):] if l.startswith('{')]
 groups = {}
 for r in rows:
     key = re.sub(r'-r\d+$', '', r.get('label', '?'))
@@ -145,4 +151,28 @@ for key, rs in sorted(groups.items()):
                   x.get('publish_rate_per_s', 0), r['proc_write_bytes'] / r['messages'], r['dir_bytes']))
         if 'bytes_per_message' in r:
             print('    %s: %d B VmRSS per retained message (%d B payload)' % (r['label'], r['bytes_per_message'], r['payload_bytes']))
+
+# cost: per-round ratios (rounds alternate, so a ratio within a round cancels the machine's drift).
+# rust-tokio closes subscribers in some rounds; its CPU per *delivered* message is then higher, so
+# the ratios are also given against its clean rounds only.
+per_round = {}
+for r in rows:
+    m = re.match(r'cost-(.*)-r(\d+)$', r.get('label', ''))
+    x = r.get('result') or {}
+    if m and x.get('delivered') and r.get('server_cpu_ticks'):
+        cpu = r['server_cpu_ticks'] / (r.get('clk_tck') or 100) * 1e6 / x['delivered']
+        per_round.setdefault(int(m.group(2)), {})[m.group(1)] = (cpu, x.get('lost', 0))
+def ratios(a, b, clean_only=False):
+    return [t[a][0] / t[b][0] for t in per_round.values()
+            if a in t and b in t and not (clean_only and t[b][1])]
+def show(name, xs):
+    if xs:
+        print('  %-50s %.2f  [%s]' % (name, statistics.median(xs), ' '.join('%.2f' % x for x in sorted(xs))))
+if per_round:
+    print('\ncost, per-round ratios of CPU per delivery (median [all rounds, sorted]):')
+    for who in ('tessera-history', 'base', 'floor-peer'):
+        show('%s ÷ rust-tokio' % who, ratios(who, 'rust-tokio'))
+        show('%s ÷ rust-tokio, its clean rounds only' % who, ratios(who, 'rust-tokio', True))
+    show('tessera-history ÷ floor-peer', ratios('tessera-history', 'floor-peer'))
+    show('tessera-history ÷ tessera-nohistory', ratios('tessera-history', 'tessera-nohistory'))
 PY
