@@ -609,8 +609,9 @@ impl<O: Outbox + Clone> Hub<O> {
             },
         );
         if channel_name_ok(&personal) {
-            // Created (epoch fixed) but not held to `--max-channels`; the
-            // TTL for pruning it runs from the next prune.
+            // Created (its epoch fixed when first seen) but not held to
+            // `--max-channels`; the TTL for pruning it runs from the next
+            // prune.
             self.history.ensure(&personal, u64::MAX);
             self.add_sub(id, &personal);
         }

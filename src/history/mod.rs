@@ -31,6 +31,7 @@ pub mod disk;
 pub use crate::hub::Frame;
 use crate::protocol::Since;
 use sha2::{Digest, Sha256};
+use std::cell::OnceCell;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::rc::Rc;
 
@@ -54,7 +55,11 @@ struct Entry {
 }
 
 struct Log {
-    epoch: Rc<str>,
+    /// Fixed the first time anyone sees it (a position, a replay, a
+    /// publish, a restore), not when the channel is created: every
+    /// connection's personal channel is created at its handshake, and most
+    /// are never published to nor resumed (no SHA-256 per handshake).
+    epoch: OnceCell<Rc<str>>,
     /// The channel's last offset.
     last: u64,
     /// Every offset up to here is no longer retained (0: none lost).
@@ -208,6 +213,13 @@ impl History {
         fresh_epoch(&self.seed, &self.salt, self.generation(channel), channel)
     }
 
+    /// `log`'s epoch, fixed now if nobody has seen it yet. An epoch fixed
+    /// late is still one nobody saw before: a bump of its bucket in the
+    /// meantime only makes it newer (see `generations`).
+    fn epoch_of(&self, channel: &str, log: &Log) -> Rc<str> {
+        log.epoch.get_or_init(|| self.new_epoch(channel)).clone()
+    }
+
     /// Random bytes mixed into the epochs of channels re-created after a
     /// prune (the shell passes fresh ones per process, so that with a
     /// persisted `--history-dir` seed a restart does not repeat them).
@@ -225,15 +237,15 @@ impl History {
         self.logs.contains_key(channel)
     }
 
-    /// Creates `channel` (empty) if it does not exist, fixing its epoch
-    /// (`now_ms` `u64::MAX`: its idle time starts at the next prune).
+    /// Creates `channel` (empty) if it does not exist; its epoch is fixed
+    /// when first seen (`now_ms` `u64::MAX`: its idle time starts at the
+    /// next prune).
     pub fn ensure(&mut self, channel: &str, now_ms: u64) {
         if !self.logs.contains_key(channel) {
-            let epoch = self.new_epoch(channel);
             self.logs.insert(
                 Rc::from(channel),
                 Log {
-                    epoch,
+                    epoch: OnceCell::new(),
                     last: 0,
                     lost_through: 0,
                     entries: VecDeque::new(),
@@ -299,7 +311,7 @@ impl History {
     pub fn position(&self, channel: &str) -> Position {
         match self.logs.get(channel) {
             Some(l) => Position {
-                epoch: l.epoch.clone(),
+                epoch: self.epoch_of(channel, l),
                 offset: l.last,
             },
             None => Position {
@@ -328,14 +340,20 @@ impl History {
             Some((k, _)) => k.clone(),
             None => Rc::from(channel),
         };
-        let fresh = (!self.logs.contains_key(channel)).then(|| self.new_epoch(channel));
+        let fresh = match self.logs.get(channel) {
+            Some(l) if l.epoch.get().is_some() => None,
+            _ => Some(self.new_epoch(channel)),
+        };
         let log = self.logs.entry(key.clone()).or_insert_with(|| Log {
-            epoch: fresh.unwrap_or_else(|| Rc::from("")),
+            epoch: OnceCell::new(),
             last: 0,
             lost_through: 0,
             entries: VecDeque::new(),
             touched_ms: now_ms,
         });
+        if let Some(e) = fresh {
+            let _ = log.epoch.set(e);
+        }
         if offset <= log.last {
             return;
         }
@@ -378,7 +396,7 @@ impl History {
         self.logs.insert(
             Rc::from(channel),
             Log {
-                epoch: Rc::from(epoch),
+                epoch: OnceCell::from(Rc::from(epoch)),
                 last,
                 lost_through: last,
                 entries: VecDeque::new(),
@@ -392,7 +410,10 @@ impl History {
     /// what was known of it; the first restored message of a channel marks
     /// everything before it as lost.
     pub fn restore(&mut self, channel: &str, epoch: &str, offset: u64, ts_ms: u64, frame: Frame, now_ms: u64) {
-        let same = self.logs.get(channel).is_some_and(|l| &*l.epoch == epoch);
+        let same = self
+            .logs
+            .get(channel)
+            .is_some_and(|l| l.epoch.get().is_some_and(|e| **e == *epoch));
         if !same {
             self.restore_marker(channel, epoch, offset.saturating_sub(1));
         } else if let Some(l) = self.logs.get_mut(channel)
@@ -524,17 +545,22 @@ impl History {
     /// messages in offset order, or one marker (empty frame) for a channel
     /// that has offsets but no retained message.
     pub fn retained(&self) -> impl Iterator<Item = Retained<'_>> {
-        self.logs.iter().flat_map(|(ch, log)| {
+        // A channel without an epoch was never published to: nothing to keep.
+        let logs = self
+            .logs
+            .iter()
+            .filter_map(|(ch, log)| Some((ch, log, log.epoch.get()?)));
+        logs.flat_map(|(ch, log, epoch)| {
             let marker = (log.entries.is_empty() && log.last > 0).then(|| Retained {
                 channel: ch,
-                epoch: &log.epoch,
+                epoch,
                 offset: log.last,
                 ts_ms: 0,
                 frame: "",
             });
             marker.into_iter().chain(log.entries.iter().map(move |e| Retained {
                 channel: ch,
-                epoch: &log.epoch,
+                epoch,
                 offset: e.offset,
                 ts_ms: e.ts_ms,
                 frame: e.frame.as_str(),
@@ -623,6 +649,37 @@ mod tests {
         // An empty channel: nothing lost.
         let r = h.replay("new", Some(&Since::Last(3)), 0);
         assert_eq!((r.offset, r.recovered, offsets(&r)), (0, Some(true), vec![]));
+    }
+
+    #[test]
+    fn an_epoch_once_seen_stays_while_the_channel_lives() {
+        let mut h = h(10, 1000, 1 << 20);
+        h.set_salt([9; 32]);
+        h.ensure("@a", 0);
+        h.ensure("@b", 0);
+        // Never seen, never published: nothing for the disk log.
+        assert_eq!(h.retained().count(), 0);
+        let seen = h.position("@a").epoch;
+        // Drop 4000 channels that had messages: nearly every bucket's
+        // generation moves, "@a"'s and "@b"'s very likely among them.
+        for i in 0..4000 {
+            fill(&mut h, &format!("c{i}"), 1, 0);
+        }
+        h.expire(5000);
+        let later = 5000 + 1000 + IDLE_GRACE_MS + 1;
+        assert_eq!(h.prune(later, |c| c.starts_with('@')), 4000);
+        assert_eq!(h.position("@a").epoch, seen, "a seen epoch is fixed");
+        let b = h.position("@b").epoch;
+        assert!(epoch_ok(&b), "{b}");
+        assert_eq!(h.position("@b").epoch, b);
+        // Published to: kept by the disk log with the epoch its publisher saw.
+        let next = h.next("@b");
+        h.push("@b", next.offset, 0, Frame::from("m"), later);
+        let kept: Vec<_> = h
+            .retained()
+            .map(|r| (r.channel, r.epoch.to_string(), r.offset))
+            .collect();
+        assert_eq!(kept, vec![("@b", b.to_string(), 1)]);
     }
 
     #[test]
