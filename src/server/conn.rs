@@ -70,9 +70,9 @@ pub struct PendingSlot {
 }
 
 impl PendingSlot {
-    /// The connection has been read from (or is about to be, in this same
-    /// poll) and waits for a request head; `partial`: part of one is
-    /// buffered. Only waiting connections can be shed.
+    /// The connection has been read from and waits for a request head;
+    /// `partial`: part of one is buffered. Only waiting connections can be
+    /// shed.
     pub fn waiting(&self, partial: bool) {
         let tier = if partial { Tier::Partial } else { Tier::Empty };
         self.shared.pending.borrow_mut().sheddable(self.id, tier);
@@ -368,8 +368,19 @@ async fn read_head(
                 Err(e) => return ReadHead::Refused(e),
             }
         }
-        slot.waiting(!buf.is_empty());
-        match read_more(shared, stream, buf, deadline).await {
+        // Sheddable only while it waits: a read that finds the head there
+        // (the usual first read) never lists it, which no other task could
+        // tell apart (they run only once this one waits).
+        let partial = !buf.is_empty();
+        let mut read = std::pin::pin!(read_more(shared, stream, buf, deadline));
+        let got = match smol::future::poll_once(&mut read).await {
+            Some(got) => got,
+            None => {
+                slot.waiting(partial);
+                read.await
+            }
+        };
+        match got {
             Some(n) if n > 0 => {}
             _ => return ReadHead::Closed,
         }
