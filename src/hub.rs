@@ -633,6 +633,7 @@ impl<O: Outbox + Clone> Hub<O> {
             c.remove(id);
             if c.subscribers.is_empty() {
                 self.channels.remove(channel);
+                self.history.drop_if_never_published(channel);
             }
         }
     }
@@ -1157,10 +1158,12 @@ mod tests {
         hub.subscribe(1, "x").unwrap();
         hub.unsubscribe(1, "y").unwrap();
         hub.subscribe(1, "z").unwrap();
-        assert_eq!(hub.channel_count(), 4);
+        // `y` never had a message: it went with its last subscriber.
+        assert_eq!(hub.channel_count(), 3);
         let p = r("p", 0, None, true);
         hub.publish(&p, "w", &raw("1"), 0).unwrap();
-        assert_eq!(hub.publish(&p, "v", &raw("1"), 0), Err(Denied::TooManyChannels));
+        hub.publish(&p, "v", &raw("1"), 0).unwrap();
+        assert_eq!(hub.publish(&p, "u", &raw("1"), 0), Err(Denied::TooManyChannels));
         hub.publish(&p, "x", &raw("1"), 0).unwrap();
         assert_eq!(Denied::TooManyChannels.as_str(), "too_many_channels");
         assert_eq!(hub.subscriptions(1), ["@a", "x", "z"]);
@@ -1191,10 +1194,12 @@ mod tests {
         assert_eq!(again.id, 1);
         assert_ne!(again.epoch, first.epoch);
         assert_eq!(hub.history().position("kept").epoch, kept.epoch);
-        // Once the subscriber leaves, its channels go too.
+        // Once the subscriber leaves, its channels go too: `@a`, which
+        // never had a message, at once; the others after the TTL.
         hub.leave(1);
+        assert_eq!(hub.channel_count(), 2);
         hub.history_mut().expire(100_000);
-        assert_eq!(hub.prune_idle(100_000), 3);
+        assert_eq!(hub.prune_idle(100_000), 2);
         assert_eq!(hub.channel_count(), 0);
     }
 

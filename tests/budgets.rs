@@ -318,7 +318,18 @@ fn f4_the_channel_limit_refuses_new_channels_beyond_it() {
     assert_eq!(count(&got, |v| v["type"] == "published"), n - 1);
     let last = got.last().unwrap();
     assert_eq!(last["code"], "too_many_channels", "{last}");
-    let r = publish_as(s.addr, &hq, r#"{"channel":"one.more","data":1}"#);
+    // Its socket closed: `@hq`, which never had a message, goes with it,
+    // and one more channel fits.
+    let until = Instant::now() + Duration::from_secs(10);
+    while metric(s.addr, "tessera_channels") as usize != n - 1 {
+        assert!(Instant::now() < until, "@hq not dropped");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        status(&publish_as(s.addr, &hq, r#"{"channel":"one.more","data":1}"#)),
+        202
+    );
+    let r = publish_as(s.addr, &hq, r#"{"channel":"two.more","data":1}"#);
     assert_eq!(status(&r), 503, "{r}");
     assert!(r.contains("too_many_channels"), "{r}");
     // Existing channels still take messages and subscribers.

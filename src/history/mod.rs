@@ -424,6 +424,20 @@ impl History {
         self.push(channel, offset, ts_ms, frame, now_ms);
     }
 
+    /// Drops `channel` if it never had a message: what [`History::prune`]
+    /// does to it once nobody subscribes, done when its last subscriber
+    /// goes (every connection's personal channel, so the table does not
+    /// grow by one channel per handshake until the next prune).
+    pub fn drop_if_never_published(&mut self, channel: &str) {
+        if self
+            .logs
+            .get(channel)
+            .is_some_and(|l| l.last == 0 && l.entries.is_empty())
+        {
+            self.logs.remove(channel);
+        }
+    }
+
     fn forget(&mut self, channel: &str) {
         if let Some(log) = self.logs.remove(channel) {
             for e in &log.entries {
