@@ -85,7 +85,7 @@ pub struct Logger {
 impl Logger {
     /// Logs `event` at `level` with `fields`, stamped with the current time.
     pub fn event(&self, level: &str, event: &str, fields: &[(&str, Field<'_>)]) {
-        let now = std::time::SystemTime::now()
+        let now = crate::reactor::wall_now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default();
         let ts = Timestamp(now.as_secs(), now.subsec_millis());

@@ -26,7 +26,7 @@ use std::rc::{Rc, Weak};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::task::{Context, Poll, Wake, Waker};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use smol::io::{AsyncRead, AsyncWrite};
 
@@ -92,6 +92,13 @@ impl Reactor {
         let mut events = self.events.borrow_mut();
         let r = self.poll.borrow_mut().poll(&mut events, timeout);
         notify.sleeping.store(false, SeqCst);
+        // A new turn: the clock is read again when first asked.
+        TURN_CLOCK.with(|c| {
+            c.set(TurnClock {
+                in_loop: true,
+                ..TurnClock::default()
+            })
+        });
         match r {
             Err(e) if e.kind() != io::ErrorKind::Interrupted => return Err(e),
             _ => {}
@@ -120,8 +127,74 @@ impl Reactor {
             }
         }
         drop(events);
-        TIMERS.with(|t| t.borrow_mut().fire(Instant::now()));
+        TIMERS.with(|t| t.borrow_mut().fire(now()));
         Ok(())
+    }
+}
+
+/// The clock as this turn of the loop first read it (see [`now`]).
+#[derive(Clone, Copy, Default)]
+struct TurnClock {
+    /// Inside [`block_on`]: readings are kept for the turn.
+    in_loop: bool,
+    mono: Option<Instant>,
+    wall: Option<SystemTime>,
+}
+
+thread_local! {
+    static TURN_CLOCK: Cell<TurnClock> = const {
+        Cell::new(TurnClock { in_loop: false, mono: None, wall: None })
+    };
+}
+
+/// The time, read once per turn of this thread's loop: the tasks that run
+/// after one wait all see the instant of its first reading, like nginx's
+/// cached time (a handshake read the clock a dozen times, 1 % of the
+/// server's CPU, issue 16). A turn ends when the loop waits again, so the
+/// reading is at most one turn old (the executor yields every 200 tasks).
+/// Timers keep their own exact readings. Outside [`block_on`]: the clock.
+pub fn now() -> Instant {
+    TURN_CLOCK.with(|c| {
+        let mut t = c.get();
+        match t.mono {
+            Some(m) => m,
+            None => {
+                let m = Instant::now();
+                if t.in_loop {
+                    t.mono = Some(m);
+                    c.set(t);
+                }
+                m
+            }
+        }
+    })
+}
+
+/// The wall clock, read once per turn like [`now`] (log time stamps,
+/// token expiry, history times).
+pub fn wall_now() -> SystemTime {
+    TURN_CLOCK.with(|c| {
+        let mut t = c.get();
+        match t.wall {
+            Some(w) => w,
+            None => {
+                let w = SystemTime::now();
+                if t.in_loop {
+                    t.wall = Some(w);
+                    c.set(t);
+                }
+                w
+            }
+        }
+    })
+}
+
+/// Ends the turn clock when [`block_on`] returns (or unwinds).
+struct InLoop;
+
+impl Drop for InLoop {
+    fn drop(&mut self) {
+        TURN_CLOCK.with(|c| c.set(TurnClock::default()));
     }
 }
 
@@ -133,6 +206,13 @@ pub fn block_on<F: Future>(fut: F) -> io::Result<F::Output> {
     let waker = Waker::from(reactor.notify.clone());
     let mut cx = Context::from_waker(&waker);
     let mut fut = std::pin::pin!(fut);
+    TURN_CLOCK.with(|c| {
+        c.set(TurnClock {
+            in_loop: true,
+            ..TurnClock::default()
+        })
+    });
+    let _in_loop = InLoop;
     loop {
         reactor.notify.woken.store(false, SeqCst);
         if let Poll::Ready(v) = fut.as_mut().poll(&mut cx) {
@@ -578,6 +658,33 @@ mod tests {
     /// Polls `f` once.
     async fn poll_once<F: Future + Unpin>(f: &mut F) -> Poll<F::Output> {
         std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut *f).poll(cx))).await
+    }
+
+    #[test]
+    fn the_clock_is_read_once_per_turn() {
+        // Outside the loop: the clock itself.
+        let a = now();
+        std::thread::sleep(Duration::from_millis(2));
+        assert!(now() > a);
+        let (first, same, later, wall_same) = block_on(async {
+            let first = now();
+            let wall = wall_now();
+            std::thread::sleep(Duration::from_millis(2));
+            // Same turn: the same readings.
+            let same = now();
+            let wall_same = wall_now() == wall;
+            // A timer ends the turn: read again.
+            Timer::after(Duration::from_millis(1)).await;
+            (first, same, now(), wall_same)
+        })
+        .unwrap();
+        assert_eq!(first, same);
+        assert!(wall_same);
+        assert!(later >= first + Duration::from_millis(3), "{:?}", later - first);
+        // After the loop: the clock again.
+        let b = now();
+        std::thread::sleep(Duration::from_millis(2));
+        assert!(now() > b);
     }
 
     #[test]

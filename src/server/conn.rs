@@ -215,7 +215,7 @@ pub fn serve_connection(
                 shared.cfg.keepalive_timeout
             };
             first = false;
-            let deadline = Instant::now() + wait;
+            let deadline = crate::reactor::now() + wait;
             let head = smol::future::or(read_head(&shared, &mut stream, &mut buf, deadline, &slot), async {
                 slot.signal.wait().await;
                 ReadHead::Closed
@@ -270,7 +270,7 @@ pub fn serve_connection(
                 drop(slot);
                 return upgrade(shared, stream, buf, req, peer, client).await;
             }
-            let deadline = Instant::now() + shared.cfg.handshake_timeout;
+            let deadline = crate::reactor::now() + shared.cfg.handshake_timeout;
             // Read the body, if any (SPEC §4: ≤ 16 KiB, POST needs Content-Length).
             let body_len = match (req.method.as_str(), req.body_length()) {
                 (_, BodyLength::Invalid) => Err(Response::error(400, "bad_request", "invalid Content-Length")),

@@ -1082,7 +1082,7 @@ async fn expire_history(shared: Rc<Shared>) {
 
 /// Unix milliseconds.
 pub fn now_millis() -> u64 {
-    std::time::SystemTime::now()
+    crate::reactor::wall_now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)

@@ -62,9 +62,11 @@ fn mono_start() -> Instant {
     *START.get_or_init(Instant::now)
 }
 
-/// Monotonic milliseconds since the first call (cheap enough per batch).
+/// Monotonic milliseconds since the first call, on the loop turn's clock.
 fn mono_ms() -> u64 {
-    mono_start().elapsed().as_millis() as u64
+    crate::reactor::now()
+        .saturating_duration_since(mono_start())
+        .as_millis() as u64
 }
 
 /// [`mono_ms`] of an instant already read.
@@ -1068,7 +1070,7 @@ where
     S: AsyncRead + AsyncWrite + Readiness + Unpin,
 {
     let id = shared.next_id();
-    let started = Instant::now();
+    let started = crate::reactor::now();
     let cfg = &shared.cfg;
     let handle = Rc::new(ConnHandle::new(cfg.queue_depth, peer, now_millis()));
     let mut rights = Rights::from_claims(&claims);
@@ -1120,7 +1122,7 @@ where
 
         // The deadline set in `Alarms`, moved only when the next one is
         // earlier than the one set (or after it passed). Set on the first turn.
-        let mut alarm_at = Instant::now();
+        let mut alarm_at = crate::reactor::now();
         let mut turn_left = TURN_BUDGET;
 
         loop {
@@ -1144,7 +1146,7 @@ where
 
             // Queued frames and what the timers add go out in one write.
             // One reading of each clock per turn.
-            let mono = Instant::now();
+            let mono = crate::reactor::now();
             let now = now_unix();
             let mut texts = handle.take_queued(&shared.room, &mut ws.get_mut().out, ms_at(mono));
             if now >= timers.close_at {
@@ -1373,7 +1375,10 @@ where
                 ("sub", (&rights.sub).into()),
                 ("code", u64::from(code.0).into()),
                 ("reason", code.1.into()),
-                ("duration_ms", (started.elapsed().as_millis() as u64).into()),
+                (
+                    "duration_ms",
+                    (crate::reactor::now().saturating_duration_since(started).as_millis() as u64).into(),
+                ),
                 ("messages_in", msgs_in.into()),
                 ("messages_out", msgs_out.into()),
                 ("peer", (&peer_s).into()),
@@ -1402,7 +1407,7 @@ impl Timers {
             notice_at: 0,
             notice_sent: false,
             close_at: 0,
-            ping_at: Instant::now() + ping,
+            ping_at: crate::reactor::now() + ping,
         };
         t.reset(claims, leeway);
         t
@@ -1419,7 +1424,7 @@ impl Timers {
     /// the pong deadline (the next ping when one is unanswered, else the
     /// one after), whichever is first.
     fn write_deadline(&self, awaiting_pong: bool, ping: Duration) -> Instant {
-        self.write_deadline_at(awaiting_pong, ping, now_unix(), Instant::now())
+        self.write_deadline_at(awaiting_pong, ping, now_unix(), crate::reactor::now())
     }
 
     /// [`Timers::write_deadline`] with the clocks read already.
