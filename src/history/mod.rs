@@ -429,12 +429,11 @@ impl History {
     /// goes (every connection's personal channel, so the table does not
     /// grow by one channel per handshake until the next prune).
     pub fn drop_if_never_published(&mut self, channel: &str) {
-        if self
-            .logs
-            .get(channel)
-            .is_some_and(|l| l.last == 0 && l.entries.is_empty())
+        // One lookup when it goes (the usual case), two when it stays.
+        if let Some((key, log)) = self.logs.remove_entry(channel)
+            && (log.last != 0 || !log.entries.is_empty())
         {
-            self.logs.remove(channel);
+            self.logs.insert(key, log);
         }
     }
 
