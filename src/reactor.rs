@@ -151,8 +151,11 @@ thread_local! {
 /// after one wait all see the instant of its first reading, like nginx's
 /// cached time (a handshake read the clock a dozen times, 1 % of the
 /// server's CPU, issue 16). A turn ends when the loop waits again, so the
-/// reading is at most one turn old (the executor yields every 200 tasks).
-/// Timers keep their own exact readings. Outside [`block_on`]: the clock.
+/// reading is at most one turn old (the executor yields every 200 tasks),
+/// and never earlier than the deadline of a timer that fired: a loop that
+/// reads it, waits for a [`Timer`] set from it and reads it again sees time
+/// move. Timers keep their own exact readings. Outside [`block_on`]: the
+/// clock.
 pub fn now() -> Instant {
     TURN_CLOCK.with(|c| {
         let mut t = c.get();
@@ -187,6 +190,21 @@ pub fn wall_now() -> SystemTime {
             }
         }
     })
+}
+
+/// Moves this turn's clock forward to `real` (a reading just taken), so
+/// that [`now`] is never earlier than the deadline of a timer that fired.
+fn advance_clock(real: Instant) {
+    TURN_CLOCK.with(|c| {
+        let t = c.get();
+        if t.in_loop && t.mono.is_some_and(|m| m < real) {
+            c.set(TurnClock {
+                in_loop: true,
+                mono: Some(real),
+                wall: None,
+            });
+        }
+    });
 }
 
 /// Ends the turn clock when [`block_on`] returns (or unwinds).
@@ -636,7 +654,12 @@ impl Future for Timer {
             }
             return Poll::Pending;
         }
-        if Instant::now() >= at {
+        let real = Instant::now();
+        if real >= at {
+            // The turn's clock catches up: code that waited for `at` must
+            // not read an earlier time and wait for it again (a loop that
+            // never yields).
+            advance_clock(real);
             *self = Timer::never();
             return Poll::Ready(at);
         }
@@ -681,6 +704,19 @@ mod tests {
         assert_eq!(first, same);
         assert!(wall_same);
         assert!(later >= first + Duration::from_millis(3), "{:?}", later - first);
+        // A timer already due when polled fires at once, in the same turn,
+        // and the turn's clock catches up with it: a loop that waits for a
+        // deadline set from `now` sees time move (the alarm sweeper spun
+        // forever before, in a turn longer than its grain).
+        let caught_up = block_on(async {
+            let t0 = now();
+            std::thread::sleep(Duration::from_millis(5));
+            let at = t0 + Duration::from_millis(2);
+            Timer::at(at).await;
+            now() >= at
+        })
+        .unwrap();
+        assert!(caught_up);
         // After the loop: the clock again.
         let b = now();
         std::thread::sleep(Duration::from_millis(2));
