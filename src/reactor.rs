@@ -157,38 +157,29 @@ thread_local! {
 /// move. Timers keep their own exact readings. Outside [`block_on`]: the
 /// clock.
 pub fn now() -> Instant {
-    TURN_CLOCK.with(|c| {
-        let mut t = c.get();
-        match t.mono {
-            Some(m) => m,
-            None => {
-                let m = Instant::now();
-                if t.in_loop {
-                    t.mono = Some(m);
-                    c.set(t);
-                }
-                m
-            }
-        }
-    })
+    turn_reading(|t| &mut t.mono, Instant::now)
 }
 
 /// The wall clock, read once per turn like [`now`] (log time stamps,
 /// token expiry, history times).
 pub fn wall_now() -> SystemTime {
+    turn_reading(|t| &mut t.wall, SystemTime::now)
+}
+
+/// This turn's reading in `field`, taken with `read` if it has none yet
+/// (and kept only inside [`block_on`]).
+fn turn_reading<T: Copy>(field: impl Fn(&mut TurnClock) -> &mut Option<T>, read: impl FnOnce() -> T) -> T {
     TURN_CLOCK.with(|c| {
         let mut t = c.get();
-        match t.wall {
-            Some(w) => w,
-            None => {
-                let w = SystemTime::now();
-                if t.in_loop {
-                    t.wall = Some(w);
-                    c.set(t);
-                }
-                w
-            }
+        if let Some(v) = *field(&mut t) {
+            return v;
         }
+        let v = read();
+        if t.in_loop {
+            *field(&mut t) = Some(v);
+            c.set(t);
+        }
+        v
     })
 }
 
