@@ -1008,6 +1008,9 @@ fn spec12_max_sessions_per_user_evicts_across_nodes() {
     let a = node(&redis, "a", &flags);
     let b = node(&redis, "b", &flags);
     let (oldest, r_oldest) = tokens(&login(&a, "agent-7", None));
+    // Sessions are ordered by their nodes' millisecond clocks (read once
+    // per loop turn): two logins in the same millisecond would tie.
+    std::thread::sleep(Duration::from_millis(5));
     let (second, _) = tokens(&login(&b, "agent-7", None));
     block_on(async {
         let (mut ws_oldest, _) = ws_bearer(a.addr, &oldest).await;
