@@ -69,6 +69,13 @@ struct Log {
     touched_ms: u64,
 }
 
+impl Log {
+    /// No message was ever published to it (none is retained either).
+    fn never_published(&self) -> bool {
+        self.last == 0
+    }
+}
+
 /// A channel's epoch and last offset.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Position {
@@ -274,7 +281,7 @@ impl History {
             if in_use(name) {
                 return true;
             }
-            if log.last == 0 {
+            if log.never_published() {
                 return false;
             }
             let keep = !log.entries.is_empty() || now_ms.saturating_sub(log.touched_ms) <= ttl;
@@ -431,7 +438,7 @@ impl History {
     pub fn drop_if_never_published(&mut self, channel: &str) {
         // One lookup when it goes (the usual case), two when it stays.
         if let Some((key, log)) = self.logs.remove_entry(channel)
-            && (log.last != 0 || !log.entries.is_empty())
+            && !log.never_published()
         {
             self.logs.insert(key, log);
         }

@@ -369,8 +369,8 @@ async fn read_head(
             }
         }
         // Sheddable only while it waits: a read that finds the head there
-        // (the usual first read) never lists it, which no other task could
-        // tell apart (they run only once this one waits).
+        // never lists it, which no other task could tell apart (they run
+        // only once this one waits).
         let partial = !buf.is_empty();
         let mut read = std::pin::pin!(read_more(shared, stream, buf, deadline));
         let got = match smol::future::poll_once(&mut read).await {

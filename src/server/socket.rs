@@ -64,9 +64,7 @@ fn mono_start() -> Instant {
 
 /// Monotonic milliseconds since the first call, on the loop turn's clock.
 fn mono_ms() -> u64 {
-    crate::reactor::now()
-        .saturating_duration_since(mono_start())
-        .as_millis() as u64
+    ms_at(crate::reactor::now())
 }
 
 /// [`mono_ms`] of an instant already read.
