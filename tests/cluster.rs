@@ -404,7 +404,7 @@ fn spec12_a_node_killed_mid_stream_its_client_resumes_on_another_with_no_gap() {
 
 /// A users file with `hq` (clearance 5, TOTP) and `agent-7` (no TOTP);
 /// passwords `<name>-pass`.
-fn users_file(test: &str) -> (std::path::PathBuf, tessera::auth::totp::TotpSecret) {
+fn users_file(test: &str) -> (Scratch, String, tessera::auth::totp::TotpSecret) {
     use tessera::auth::totp::TotpSecret;
     use tessera::auth::users::User;
     let secret = TotpSecret::from_base32("JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP").unwrap();
@@ -412,11 +412,10 @@ fn users_file(test: &str) -> (std::path::PathBuf, tessera::auth::totp::TotpSecre
         totp: Some(secret.clone()),
         ..user("hq", 5, false, "hq-pass")
     };
-    let p = write_users(
-        &scratch_dir("cluster", test),
-        [hq, user("agent-7", 2, false, "agent-7-pass")],
-    );
-    (p, secret)
+    let dir = scratch_dir("cluster", test);
+    let p = write_users(&dir, [hq, user("agent-7", 2, false, "agent-7-pass")]);
+    let p = p.to_str().unwrap().to_string();
+    (dir, p, secret)
 }
 
 /// Three nodes `a`, `b`, `c` on a Redis of their own, all with the test
@@ -427,13 +426,14 @@ struct Cluster {
     redis: Redis,
     /// The users file's path.
     users: String,
+    /// The users file's directory, removed after the nodes stop.
+    _dir: Scratch,
 }
 
 impl Cluster {
     fn three(test: &str, extra: &[&str]) -> Option<Cluster> {
         let redis = Redis::start(test)?;
-        let (users, _) = users_file(test);
-        let users = users.to_str().unwrap().to_string();
+        let (dir, users, _) = users_file(test);
         let mut flags = vec!["--users", users.as_str()];
         flags.extend_from_slice(extra);
         let nodes = [
@@ -442,7 +442,12 @@ impl Cluster {
             node(&redis, "c", &flags),
         ];
         drop(flags);
-        Some(Cluster { nodes, redis, users })
+        Some(Cluster {
+            nodes,
+            redis,
+            users,
+            _dir: dir,
+        })
     }
 }
 
@@ -465,8 +470,7 @@ fn spec12_a_totp_code_used_on_one_node_is_refused_on_another() {
     let Some(mut redis) = Redis::start("spec12_a_totp_code_used_on_one_node_is_refused_on_another") else {
         return;
     };
-    let (users, secret) = users_file("totp");
-    let users = users.to_str().unwrap().to_string();
+    let (_dir, users, secret) = users_file("totp");
     let a = node(&redis, "a", &["--users", &users]);
     let b = node(&redis, "b", &["--users", &users]);
     // At least 4 s left in this 30 s step, so "now" is one step for all.
@@ -793,8 +797,7 @@ fn spec12_a_redis_user_limited_to_the_prefix_and_env_password_is_enough() {
     ) else {
         return;
     };
-    let (users, _) = users_file("acl");
-    let users = users.to_str().unwrap().to_string();
+    let (_dir, users, _) = users_file("acl");
     let url = format!("redis://lim@127.0.0.1:{}", redis.port);
     let start = |id: &str| {
         let args = [
@@ -928,8 +931,7 @@ fn spec12_logout_on_b_of_a_session_made_on_a() {
     let Some(redis) = Redis::start("spec12_logout_on_b_of_a_session_made_on_a") else {
         return;
     };
-    let (users, _) = users_file("logout_refresh");
-    let users = users.to_str().unwrap().to_string();
+    let (_dir, users, _) = users_file("logout_refresh");
     let a = node(&redis, "a", &["--users", &users]);
     let b = node(&redis, "b", &["--users", &users]);
     let (access, r1) = tokens(&login(&a, "agent-7", None));
@@ -970,8 +972,7 @@ fn spec12_refresh_while_redis_is_down_is_503_and_works_again_after() {
     ) else {
         return;
     };
-    let (users, _) = users_file("refresh_down");
-    let users = users.to_str().unwrap().to_string();
+    let (_dir, users, _) = users_file("refresh_down");
     let a = node(&redis, "a", &["--users", &users]);
     let b = node(&redis, "b", &["--users", &users]);
     let (access, r1) = tokens(&login(&a, "agent-7", None));
@@ -1002,8 +1003,7 @@ fn spec12_max_sessions_per_user_evicts_across_nodes() {
     let Some(redis) = Redis::start("spec12_max_sessions_per_user_evicts_across_nodes") else {
         return;
     };
-    let (users, _) = users_file("evict");
-    let users = users.to_str().unwrap().to_string();
+    let (_dir, users, _) = users_file("evict");
     let flags = ["--users", users.as_str(), "--max-sessions-per-user", "2"];
     let a = node(&redis, "a", &flags);
     let b = node(&redis, "b", &flags);
@@ -1088,8 +1088,7 @@ fn spec13_security_events_of_every_node_reach_an_operator_on_any_node() {
     let Some(redis) = Redis::start("spec13_security_events_of_every_node_reach_an_operator_on_any_node") else {
         return;
     };
-    let (users, _) = users_file("events");
-    let users = users.to_str().unwrap().to_string();
+    let (_dir, users, _) = users_file("events");
     let flags = ["--users", users.as_str(), "--admin-min-clearance", "5"];
     let a = node(&redis, "a", &flags);
     let b = node(&redis, "b", &flags);
@@ -1182,8 +1181,7 @@ fn spec13_admin_revoke_on_one_node_reaches_sessions_made_on_another() {
     let Some(redis) = Redis::start("spec13_admin_revoke_on_one_node_reaches_sessions_made_on_another") else {
         return;
     };
-    let (users, _) = users_file("admin_revoke");
-    let users = users.to_str().unwrap().to_string();
+    let (_dir, users, _) = users_file("admin_revoke");
     let flags = ["--users", users.as_str(), "--admin-min-clearance", "5"];
     let a = node(&redis, "a", &flags);
     let b = node(&redis, "b", &flags);

@@ -546,7 +546,8 @@ fn resume_all(s: &Server, channel: &str, epoch: &str, n: usize) -> (Value, Vec<u
 
 #[test]
 fn spec10_history_dir_survives_sigterm_with_the_same_epoch() {
-    let dir = scratch_dir("history", "term").join("history"); // created by the server
+    let scratch = scratch_dir("history", "term");
+    let dir = scratch.join("history"); // created by the server
     let d = dir.to_str().unwrap();
     let mut s = Server::start(&["--history-dir", d]);
     let mut epoch = String::new();
@@ -579,7 +580,8 @@ fn spec10_history_dir_survives_sigterm_with_the_same_epoch() {
 
 #[test]
 fn spec10_history_dir_sigkill_loses_no_acknowledged_message() {
-    let dir = scratch_dir("history", "kill").join("history"); // created by the server
+    let scratch = scratch_dir("history", "kill");
+    let dir = scratch.join("history"); // created by the server
     let d = dir.to_str().unwrap();
     let s = Server::start(&["--history-dir", d]);
     let mut epoch = String::new();
@@ -602,7 +604,8 @@ fn spec10_history_dir_sigkill_loses_no_acknowledged_message() {
 
 #[test]
 fn spec10_history_dir_torn_tail_is_cut_and_logged() {
-    let dir = scratch_dir("history", "torn").join("history"); // created by the server
+    let scratch = scratch_dir("history", "torn");
+    let dir = scratch.join("history"); // created by the server
     let d = dir.to_str().unwrap();
     let mut s = Server::start(&["--history-dir", d]);
     let mut epoch = String::new();
@@ -647,7 +650,8 @@ fn spec10_history_dir_torn_tail_is_cut_and_logged() {
 
 #[test]
 fn spec10_history_dir_space_is_bounded_by_the_same_limits() {
-    let dir = scratch_dir("history", "compact").join("history"); // created by the server
+    let scratch = scratch_dir("history", "compact");
+    let dir = scratch.join("history"); // created by the server
     let d = dir.to_str().unwrap();
     let mut s = Server::start(&["--history-dir", d, "--history", "10"]);
     let pad = "y".repeat(10_000);

@@ -10,7 +10,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-fn certs(name: &str) -> (PathBuf, PathBuf, PathBuf) {
+fn certs(name: &str) -> (Scratch, PathBuf, PathBuf) {
     let d = scratch_dir("tls", name);
     let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
     let (cert, key) = (d.join("cert.pem"), d.join("key.pem"));

@@ -266,8 +266,12 @@ impl Drop for Server {
 
 /// A fresh, empty directory for one test:
 /// `$TMPDIR/tessera-SUITE-NAME-PID-THREAD` (tests of one binary run in
-/// parallel threads, and a suite runs more than once in CI).
-pub fn scratch_dir(suite: &str, name: &str) -> PathBuf {
+/// parallel threads, and a suite runs more than once in CI). Removed when
+/// the returned guard is dropped; kept, and its path printed, when the test
+/// failed (dropped while panicking), so that what the server wrote can be
+/// read. Declare it before the servers that write into it: locals drop in
+/// reverse order, so the servers stop first.
+pub fn scratch_dir(suite: &str, name: &str) -> Scratch {
     let d = std::env::temp_dir().join(format!(
         "tessera-{suite}-{name}-{}-{:?}",
         std::process::id(),
@@ -275,7 +279,33 @@ pub fn scratch_dir(suite: &str, name: &str) -> PathBuf {
     ));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
-    d
+    Scratch(d)
+}
+
+/// A test's directory ([`scratch_dir`]); derefs to its path.
+pub struct Scratch(PathBuf);
+
+impl std::ops::Deref for Scratch {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<Path> for Scratch {
+    fn as_ref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("test failed: its directory is kept: {}", self.0.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
 }
 
 /// A users-file entry: `password` hashed with 1000 PBKDF2 iterations (fast
