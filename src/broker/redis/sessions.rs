@@ -121,8 +121,18 @@ pub fn expire_at(refresh_expires: u64, access_expires: u64, leeway: u64) -> u64 
 
 /// Helpers of the scripts below: keep the user's set alive as long as its
 /// longest session; revoke one session (mark it, keep its sid in the
-/// revoked set, broadcast `!sid ID`).
+/// revoked set, broadcast `!sid ID`); make `sid` the user's most recently
+/// used session. Its score is the node's clock in ms, raised above the
+/// set's highest when that is not below it: nodes' clocks can tie or lag,
+/// and Redis runs scripts one at a time, so the order of the scripts is the
+/// order of use (as the single node's logical clock, `Sessions::touched`).
 const EXTEND_USER_SET: &str = r#"
+local function touch(set, now_ms, sid)
+  local t = tonumber(now_ms)
+  local top = redis.call('ZRANGE', set, -1, -1, 'WITHSCORES')
+  if top[2] and tonumber(top[2]) >= t then t = tonumber(top[2]) + 1 end
+  redis.call('ZADD', set, t, sid)
+end
 local function extend_user_set(key, at, now)
   local ttl = redis.call('TTL', key)
   if ttl < 0 or now + ttl < at then redis.call('EXPIREAT', key, at) end
@@ -159,7 +169,7 @@ end
 redis.call('HSET', KEYS[1], 'sub', ARGV[2], 'amr', ARGV[3], 'cur', ARGV[4], 'rexp', ARGV[5],
   'aexp', ARGV[6], 'gen', 0, 'rev', '0', 't', ARGV[8], 'us', KEYS[2])
 redis.call('EXPIREAT', KEYS[1], ARGV[7])
-redis.call('ZADD', KEYS[2], ARGV[8], ARGV[1])
+touch(KEYS[2], ARGV[8], ARGV[1])
 extend_user_set(KEYS[2], tonumber(ARGV[7]), tonumber(ARGV[12]))
 return evicted
 "#
@@ -193,7 +203,7 @@ local gen = redis.call('HINCRBY', KEYS[1], 'gen', 1)
 redis.call('HSET', KEYS[1], 'cur', ARGV[3], 'rexp', ARGV[5], 't', ARGV[8])
 if tonumber(ARGV[6]) > tonumber(s[6] or '0') then redis.call('HSET', KEYS[1], 'aexp', ARGV[6]) end
 redis.call('EXPIREAT', KEYS[1], ARGV[7])
-redis.call('ZADD', s[7], ARGV[8], ARGV[1])
+touch(s[7], ARGV[8], ARGV[1])
 extend_user_set(s[7], tonumber(ARGV[7]), now)
 return {'ok', s[1], s[2] or '', gen}
 "#
