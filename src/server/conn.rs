@@ -197,7 +197,7 @@ async fn write_within(shared: &Shared, stream: &mut Stream, bytes: &[u8], peer: 
 #[allow(clippy::manual_async_fn)] // on purpose: see above
 pub fn serve_connection(
     shared: Rc<Shared>,
-    _ex: Rc<LocalExecutor<'static>>,
+    ex: Rc<LocalExecutor<'static>>,
     mut stream: Stream,
     peer: SocketAddr,
     slot: PendingSlot,
@@ -268,65 +268,22 @@ pub fn serve_connection(
                 // The WebSocket task owns the stream from here; it counts under
                 // --max-connections instead.
                 drop(slot);
-                return upgrade(shared, stream, buf, req, peer, client).await;
+                return upgrade(shared, &ex, stream, buf, req, peer, client).await;
             }
-            let deadline = crate::reactor::now() + shared.cfg.handshake_timeout;
-            // Read the body, if any (SPEC §4: ≤ 16 KiB, POST needs Content-Length).
-            let body_len = match (req.method.as_str(), req.body_length()) {
-                (_, BodyLength::Invalid) => Err(Response::error(400, "bad_request", "invalid Content-Length")),
-                ("POST", BodyLength::None | BodyLength::Chunked) => Err(Response::error(
-                    411,
-                    "length_required",
-                    "POST needs Content-Length (chunked bodies are refused)",
-                )),
-                (_, BodyLength::Chunked) => Err(Response::error(411, "length_required", "chunked bodies are refused")),
-                (_, BodyLength::Length(n)) if n > http::MAX_BODY_BYTES => {
-                    Err(Response::error(413, "body_too_large", "request body over 16 KiB"))
-                }
-                (_, BodyLength::Length(_)) | (_, BodyLength::None) if req.expect() == Expect::Unsupported => Err(
-                    Response::error(417, "expectation_failed", "only Expect: 100-continue is supported"),
-                ),
-                (_, BodyLength::Length(n)) => Ok(n),
-                (_, BodyLength::None) => Ok(0),
-            };
-            let body_len = match body_len {
-                Ok(n) => n,
-                Err(r) => {
-                    write_by(&shared, &mut stream, &r.to_bytes(false), peer, &slot).await;
-                    break;
-                }
-            };
-            buf.drain(..req.head_len);
-            // RFC 9110 §10.1.1: a client that waits for 100 before sending its
-            // body gets it (unless the body is already here).
-            if req.expect() == Expect::Continue
-                && buf.len() < body_len
-                && !write_by(&shared, &mut stream, http::CONTINUE, peer, &slot).await
-            {
-                break;
-            }
-            if !read_exact_by(&shared, &mut stream, &mut buf, body_len, deadline).await {
-                break;
-            }
-            let body: Vec<u8> = buf.drain(..body_len).collect();
-            let response = match route {
-                Route::Login => super::auth::login(&shared, &req, &body, peer, client).await,
-                Route::Refresh => super::auth::refresh(&shared, &req, &body, peer).await,
-                Route::Logout => super::auth::logout(&shared, &req, &body, peer).await,
-                // Boxed: the wait for room must not size every connection's task.
-                Route::Publish => Box::pin(publish(&shared, &req, &body, peer)).await,
-                Route::AdminConnections | Route::AdminEvents | Route::AdminRevoke => {
-                    Box::pin(super::admin::handle(&shared, &req, route, &body, peer)).await
-                }
-                _ => respond(&shared, &req, route),
-            };
-            let head_only = req.method == "HEAD";
-            let mut bytes = response.to_bytes(keep_alive);
-            if head_only {
-                let cut = bytes.len() - if response.status == 204 { 0 } else { response.body.len() };
-                bytes.truncate(cut);
-            }
-            if !write_by(&shared, &mut stream, &bytes, peer, &slot).await || !keep_alive {
+            // Plain HTTP, out of line (boxed): its code and state stay out
+            // of the upgrade path's, which is most connections' only path.
+            let exchange = exchange(
+                &shared,
+                &mut stream,
+                &mut buf,
+                &req,
+                route,
+                peer,
+                client,
+                &slot,
+                keep_alive,
+            );
+            if !Box::pin(exchange).await {
                 break;
             }
             if buf.capacity() > 2 * http::MAX_HEAD_BYTES {
@@ -342,6 +299,83 @@ pub fn serve_connection(
         })
         .await;
     }
+}
+
+/// One plain-HTTP exchange after its head ([`serve_connection`]): the body
+/// (SPEC §4: ≤ 16 KiB, POST needs Content-Length), the route's answer, the
+/// write. False: the connection ends (an error, or no keep-alive).
+#[allow(clippy::too_many_arguments)]
+async fn exchange(
+    shared: &Rc<Shared>,
+    stream: &mut Stream,
+    buf: &mut Vec<u8>,
+    req: &Request,
+    route: Route,
+    peer: SocketAddr,
+    client: IpAddr,
+    slot: &PendingSlot,
+    keep_alive: bool,
+) -> bool {
+    let deadline = crate::reactor::now() + shared.cfg.handshake_timeout;
+    // Read the body, if any (SPEC §4: ≤ 16 KiB, POST needs Content-Length).
+    let body_len = match (req.method.as_str(), req.body_length()) {
+        (_, BodyLength::Invalid) => Err(Response::error(400, "bad_request", "invalid Content-Length")),
+        ("POST", BodyLength::None | BodyLength::Chunked) => Err(Response::error(
+            411,
+            "length_required",
+            "POST needs Content-Length (chunked bodies are refused)",
+        )),
+        (_, BodyLength::Chunked) => Err(Response::error(411, "length_required", "chunked bodies are refused")),
+        (_, BodyLength::Length(n)) if n > http::MAX_BODY_BYTES => {
+            Err(Response::error(413, "body_too_large", "request body over 16 KiB"))
+        }
+        (_, BodyLength::Length(_)) | (_, BodyLength::None) if req.expect() == Expect::Unsupported => Err(
+            Response::error(417, "expectation_failed", "only Expect: 100-continue is supported"),
+        ),
+        (_, BodyLength::Length(n)) => Ok(n),
+        (_, BodyLength::None) => Ok(0),
+    };
+    let body_len = match body_len {
+        Ok(n) => n,
+        Err(r) => {
+            write_by(shared, stream, &r.to_bytes(false), peer, slot).await;
+            return false;
+        }
+    };
+    buf.drain(..req.head_len);
+    // RFC 9110 §10.1.1: a client that waits for 100 before sending its
+    // body gets it (unless the body is already here).
+    if req.expect() == Expect::Continue
+        && buf.len() < body_len
+        && !write_by(shared, stream, http::CONTINUE, peer, slot).await
+    {
+        return false;
+    }
+    if !read_exact_by(shared, stream, buf, body_len, deadline).await {
+        return false;
+    }
+    let body: Vec<u8> = buf.drain(..body_len).collect();
+    let response = match route {
+        Route::Login => super::auth::login(shared, req, &body, peer, client).await,
+        Route::Refresh => super::auth::refresh(shared, req, &body, peer).await,
+        Route::Logout => super::auth::logout(shared, req, &body, peer).await,
+        // Boxed: the wait for room must not size every connection's task.
+        Route::Publish => Box::pin(publish(shared, req, &body, peer)).await,
+        Route::AdminConnections | Route::AdminEvents | Route::AdminRevoke => {
+            Box::pin(super::admin::handle(shared, req, route, &body, peer)).await
+        }
+        _ => respond(shared, req, route),
+    };
+    let head_only = req.method == "HEAD";
+    let mut bytes = response.to_bytes(keep_alive);
+    if head_only {
+        let cut = bytes.len() - if response.status == 204 { 0 } else { response.body.len() };
+        bytes.truncate(cut);
+    }
+    if !write_by(shared, stream, &bytes, peer, slot).await || !keep_alive {
+        return false;
+    }
+    true
 }
 
 enum ReadHead {
@@ -590,6 +624,7 @@ fn ws_config(shared: &Shared) -> WebSocketConfig {
 /// (RFC 6455 §4.2.1) by [`serve_connection`]; no second parse.
 async fn upgrade(
     shared: Rc<Shared>,
+    ex: &LocalExecutor<'static>,
     mut stream: Stream,
     mut buf: Vec<u8>,
     req: Request,
@@ -613,9 +648,9 @@ async fn upgrade(
     let full = shared.sockets.get() >= shared.cfg.max_connections;
     // Counted from here so that concurrent handshakes respect the cap.
     shared.sockets.set(shared.sockets.get() + 1);
-    let _slot = SocketSlot(&shared);
+    let slot = SocketSlot(shared.clone());
     let addr = crate::throttle::address_key(client);
-    let (_addr_slot, addr_full) = PerSlot::address(&shared, addr, shared.cfg.max_sockets_per_address);
+    let (addr_slot, addr_full) = PerSlot::address(&shared, addr, shared.cfg.max_sockets_per_address);
 
     let decision = if addr_full && throttled.is_none() && !full {
         Err(Rejection::TooManySocketsForAddress)
@@ -636,7 +671,7 @@ async fn upgrade(
             None => Err(Rejection::TooManySocketsForSub),
         },
     );
-    let (claims, _sub_slot) = match decision {
+    let (claims, sub_slot) = match decision {
         Ok(d) => d,
         Err(rej) => {
             drop(req);
@@ -671,7 +706,13 @@ async fn upgrade(
     drop(req);
     let ws = WebSocketStream::from_partially_read(outlet, early, Role::Server, Some(ws_config(&shared))).await;
     shared.metrics.handshakes_ok.set(shared.metrics.handshakes_ok.get() + 1);
-    Box::pin(socket::run(shared.clone(), ws, claims, peer)).await;
+    // The socket gets a task of its own, sized by what it keeps for its
+    // life (with its counts under the caps). This connection's task, sized
+    // by reading heads and deciding the upgrade, ends here instead of
+    // waiting for the socket: an idle socket does not hold it.
+    let counted = (slot, addr_slot, sub_slot);
+    ex.spawn(socket::run(shared.clone(), ws, claims, peer, counted))
+        .detach();
 }
 
 /// Records that `client` is now blocked for failed authentications (by
@@ -709,15 +750,15 @@ impl SocketCounts {
 }
 
 /// One counted socket of a `sub` or an address, given back on drop.
-struct PerSlot<'a> {
-    shared: &'a Shared,
+struct PerSlot {
+    shared: Rc<Shared>,
     key: Result<String, IpAddr>,
 }
 
-impl<'a> PerSlot<'a> {
+impl PerSlot {
     /// Counts a socket of `sub` unless it has `max` already (one lookup
     /// for the check and the count; the name is copied once).
-    fn sub(shared: &'a Shared, sub: &str, max: usize) -> Option<PerSlot<'a>> {
+    fn sub(shared: &Rc<Shared>, sub: &str, max: usize) -> Option<PerSlot> {
         let mut per = shared.sockets_per.borrow_mut();
         match per.subs.get_mut(sub) {
             Some(n) if *n >= max => return None,
@@ -728,23 +769,29 @@ impl<'a> PerSlot<'a> {
             }
         }
         Some(PerSlot {
-            shared,
+            shared: shared.clone(),
             key: Ok(sub.to_string()),
         })
     }
 
     /// Counts a socket of `addr`; whether it had `max` or more before
     /// (one lookup for both).
-    fn address(shared: &'a Shared, addr: IpAddr, max: usize) -> (PerSlot<'a>, bool) {
+    fn address(shared: &Rc<Shared>, addr: IpAddr, max: usize) -> (PerSlot, bool) {
         let mut per = shared.sockets_per.borrow_mut();
         let n = per.addresses.entry(addr).or_default();
         let full = *n >= max;
         *n += 1;
-        (PerSlot { shared, key: Err(addr) }, full)
+        (
+            PerSlot {
+                shared: shared.clone(),
+                key: Err(addr),
+            },
+            full,
+        )
     }
 }
 
-impl Drop for PerSlot<'_> {
+impl Drop for PerSlot {
     fn drop(&mut self) {
         fn give_back<K: std::hash::Hash + Eq>(m: &mut HashMap<K, usize>, k: K) {
             use std::collections::hash_map::Entry;
@@ -771,9 +818,9 @@ impl Drop for PerSlot<'_> {
 }
 
 /// Gives back a `--max-connections` slot when the socket ends.
-struct SocketSlot<'a>(&'a Shared);
+struct SocketSlot(Rc<Shared>);
 
-impl Drop for SocketSlot<'_> {
+impl Drop for SocketSlot {
     fn drop(&mut self) {
         self.0.sockets.set(self.0.sockets.get().saturating_sub(1));
     }

@@ -1057,13 +1057,20 @@ where
 /// subscribers a burst feeds write many frames per syscall.
 const TURN_BUDGET: u32 = 64;
 
-/// Runs an accepted socket until it closes.
+/// Runs an accepted socket until it closes; the socket's own task.
+/// `held` (its counts under the connection caps) is dropped when it ends.
 ///
 /// The set-up is done before the task's future is made, and the future
 /// captures only what the loop needs (the stream's halves, not the stream;
 /// the token's expiry and session, not its claims): the future lives as
 /// long as the socket, and every byte of it counts per idle socket.
-pub fn run<S>(shared: Rc<Shared>, mut ws: Ws<S>, claims: VerifiedClaims, peer: SocketAddr) -> impl Future<Output = ()>
+pub fn run<S>(
+    shared: Rc<Shared>,
+    mut ws: Ws<S>,
+    claims: VerifiedClaims,
+    peer: SocketAddr,
+    held: impl Sized,
+) -> impl Future<Output = ()>
 where
     S: AsyncRead + AsyncWrite + Readiness + Unpin,
 {
@@ -1103,6 +1110,8 @@ where
     drop(claims);
     let mut budget = Budget::new(cfg.max_commands_per_sec, mono_ms());
     async move {
+        // Referenced, not moved: captured once, dropped with the task.
+        let _held = &held;
         let shared = &member.shared;
         let cfg = &shared.cfg;
         let (mut msgs_in, mut msgs_out) = (0u64, 0u64);
