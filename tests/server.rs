@@ -442,6 +442,54 @@ fn spec5_sigterm_closes_sockets_1001_and_exits_0() {
     assert!(s.logs().contains("\"shutdown\""));
 }
 
+/// A connection whose upgrade request is finished after the TERM gets its
+/// `101` and `welcome`, then a 1001 close like every other socket (SPEC §5),
+/// not a socket dropped without a close frame when the process exits.
+#[test]
+fn spec5_an_upgrade_finished_during_shutdown_is_closed_1001() {
+    use std::io::{Read, Write};
+    let mut s = Server::start(&[]);
+    // A socket that does not answer its close keeps the shutdown waiting
+    // (a connection still in its handshake alone would not).
+    let (_silent, _) = block_on(ws_bearer(s.addr, &token("silent", 0, 600, |_| {})));
+    let t = token("late", 0, 600, |_| {});
+    let req = upgrade("/ws", &format!("Authorization: Bearer {t}\r\n"));
+    let (first, rest) = req.split_at(20);
+    let mut c = std::net::TcpStream::connect(s.addr).unwrap();
+    c.write_all(first).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    s.signal("TERM");
+    s.wait_log(&["\"shutdown\""]);
+    c.write_all(rest).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(8))).unwrap();
+    let mut bytes = Vec::new();
+    let _ = c.read_to_end(&mut bytes);
+    let out = String::from_utf8_lossy(&bytes).to_string();
+    assert!(out.starts_with("HTTP/1.1 101 "), "{out:?}");
+    // The server's frames after the head (unmasked): opcode and payload.
+    let mut frames = Vec::new();
+    let mut rest = bytes
+        .get(out.find("\r\n\r\n").map_or(bytes.len(), |i| i + 4)..)
+        .unwrap_or_default();
+    while let [b0, b1, tail @ ..] = rest {
+        let (len, tail) = match b1 & 0x7f {
+            126 => (usize::from(u16::from_be_bytes([tail[0], tail[1]])), &tail[2..]),
+            n => (usize::from(n), tail),
+        };
+        frames.push((b0 & 0x0f, tail[..len].to_vec()));
+        rest = &tail[len..];
+    }
+    assert_eq!(frames.first().map(|f| f.0), Some(1), "the welcome first: {out:?}");
+    let close = frames.iter().find(|f| f.0 == 8).map(|f| f.1.clone());
+    assert_eq!(
+        close.as_deref().and_then(|p| p.get(..2)),
+        Some(&[0x03, 0xe9][..]),
+        "a 1001 close frame: {out:?}\n{}",
+        s.logs()
+    );
+    assert_eq!(s.wait_exit(Duration::from_secs(5)), Some(0));
+}
+
 #[test]
 fn spec4_http_errors_health_metrics() {
     let s = Server::start(&[]);

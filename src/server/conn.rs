@@ -193,7 +193,8 @@ async fn write_within(shared: &Shared, stream: &mut Stream, bytes: &[u8], peer: 
 /// A plain function returning an `async move` block (not an `async fn`), so
 /// that the arguments live in the future once, not twice (an `async fn`
 /// moves them into locals beside the captured copies): this future lives
-/// as long as the socket it upgrades to.
+/// until the connection closes or upgrades (the socket then runs in a task
+/// of its own, see [`upgrade`]).
 #[allow(clippy::manual_async_fn)] // on purpose: see above
 pub fn serve_connection(
     shared: Rc<Shared>,
@@ -648,7 +649,7 @@ async fn upgrade(
     let full = shared.sockets.get() >= shared.cfg.max_connections;
     // Counted from here so that concurrent handshakes respect the cap.
     shared.sockets.set(shared.sockets.get() + 1);
-    let slot = SocketSlot(shared.clone());
+    let conn_slot = SocketSlot(shared.clone());
     let addr = crate::throttle::address_key(client);
     let (addr_slot, addr_full) = PerSlot::address(&shared, addr, shared.cfg.max_sockets_per_address);
 
@@ -710,7 +711,11 @@ async fn upgrade(
     // life (with its counts under the caps). This connection's task, sized
     // by reading heads and deciding the upgrade, ends here instead of
     // waiting for the socket: an idle socket does not hold it.
-    let counted = (slot, addr_slot, sub_slot);
+    let counted = Counted {
+        _socket: conn_slot,
+        _address: addr_slot,
+        _sub: sub_slot,
+    };
     ex.spawn(socket::run(shared.clone(), ws, claims, peer, counted))
         .detach();
 }
@@ -819,6 +824,15 @@ impl Drop for PerSlot {
 
 /// Gives back a `--max-connections` slot when the socket ends.
 struct SocketSlot(Rc<Shared>);
+
+/// What an open socket holds under the connection caps
+/// (`--max-connections`, `--max-sockets-per-address`,
+/// `--max-sockets-per-sub`): given back when its task ends.
+pub struct Counted {
+    _socket: SocketSlot,
+    _address: PerSlot,
+    _sub: PerSlot,
+}
 
 impl Drop for SocketSlot {
     fn drop(&mut self) {

@@ -1058,7 +1058,8 @@ where
 const TURN_BUDGET: u32 = 64;
 
 /// Runs an accepted socket until it closes; the socket's own task.
-/// `held` (its counts under the connection caps) is dropped when it ends.
+/// `counted` (its places under the connection caps) is given back when it
+/// ends.
 ///
 /// The set-up is done before the task's future is made, and the future
 /// captures only what the loop needs (the stream's halves, not the stream;
@@ -1069,7 +1070,7 @@ pub fn run<S>(
     mut ws: Ws<S>,
     claims: VerifiedClaims,
     peer: SocketAddr,
-    held: impl Sized,
+    counted: super::conn::Counted,
 ) -> impl Future<Output = ()>
 where
     S: AsyncRead + AsyncWrite + Readiness + Unpin,
@@ -1087,6 +1088,11 @@ where
         shared: shared.clone(),
         id,
     };
+    // Upgraded after the shutdown's close pass (its head came in during
+    // it): closed like every other socket (SPEC §5), after its welcome.
+    if shared.shutting_down.get() {
+        handle.close(1001, "server shutting down");
+    }
     let peer_s = crate::log::addr_text(&peer);
     shared.log.info(
         "ws_accept",
@@ -1111,7 +1117,7 @@ where
     let mut budget = Budget::new(cfg.max_commands_per_sec, mono_ms());
     async move {
         // Referenced, not moved: captured once, dropped with the task.
-        let _held = &held;
+        let _counted = &counted;
         let shared = &member.shared;
         let cfg = &shared.cfg;
         let (mut msgs_in, mut msgs_out) = (0u64, 0u64);

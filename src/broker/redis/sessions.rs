@@ -16,7 +16,8 @@
 //!   `us` (the key of the user's set).
 //!   It expires (Redis TTL) when neither its refresh token nor its access
 //!   tokens can be valid any more.
-//! - `P:us:HEX(sub)`, a sorted set of the user's session ids by `t`, for
+//! - `P:us:HEX(sub)`, a sorted set of the user's session ids by last use
+//!   (scored with `t`, raised above the set's highest when clocks tie), for
 //!   `--max-sessions-per-user` and revocation by `sub` (each login drops
 //!   the revoked and expired ones, so it holds about the live sessions); it
 //!   lives as long as the user's longest session.
