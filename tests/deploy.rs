@@ -54,7 +54,6 @@ fn systemd_unit_verifies_without_a_single_warning() {
     // verify exits 0 on unknown keys and bad values; it only warns.
     let about_unit: Vec<&str> = stderr.lines().filter(|l| l.contains("tessera.service")).collect();
     assert!(about_unit.is_empty(), "systemd-analyze verify:\n{stderr}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -76,7 +75,6 @@ fn systemd_unit_exposure_is_at_most_2_0() {
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("unreadable score line {line:?}"));
     assert!(score <= 2.0, "exposure {score} > 2.0:\n{stdout}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -147,7 +145,6 @@ fn sd_notify_ready_when_listening_watchdog_from_the_loop_stopping_on_sigterm() {
     rest.retain(|m| m != "WATCHDOG=1");
     assert_eq!(rest, ["STOPPING=1"], "{}", s.logs());
     assert_eq!(s.wait_exit(Duration::from_secs(10)), Some(0));
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[cfg(target_os = "linux")]
@@ -236,7 +233,6 @@ fn key_from_a_systemd_credential_directory() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--secret-file"));
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

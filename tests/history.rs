@@ -575,7 +575,6 @@ fn spec10_history_dir_survives_sigterm_with_the_same_epoch() {
     let b = publish_http(&s, "ops", json!(22));
     assert_eq!((b["id"].as_u64(), b["epoch"].as_str()), (Some(22), Some(&*epoch)));
     drop(s);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -599,7 +598,6 @@ fn spec10_history_dir_sigkill_loses_no_acknowledged_message() {
     );
     assert_eq!(got, (101..=200).collect::<Vec<_>>());
     drop(s);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -645,7 +643,6 @@ fn spec10_history_dir_torn_tail_is_cut_and_logged() {
     assert_eq!((r["epoch"].as_str(), r["offset"].as_u64()), (Some(&*epoch), Some(4)));
     assert_eq!(got, [1, 2, 3, 4]);
     drop(s);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -676,5 +673,4 @@ fn spec10_history_dir_space_is_bounded_by_the_same_limits() {
     );
     assert_eq!(got, (491..=500).collect::<Vec<_>>());
     drop(s);
-    let _ = std::fs::remove_dir_all(&dir);
 }
