@@ -360,7 +360,7 @@ async fn exchange(
         Route::Login => super::auth::login(shared, req, &body, peer, client).await,
         Route::Refresh => super::auth::refresh(shared, req, &body, peer).await,
         Route::Logout => super::auth::logout(shared, req, &body, peer).await,
-        // Boxed: the wait for room must not size every connection's task.
+        // Boxed: the wait for room must not size every exchange.
         Route::Publish => Box::pin(publish(shared, req, &body, peer)).await,
         Route::AdminConnections | Route::AdminEvents | Route::AdminRevoke => {
             Box::pin(super::admin::handle(shared, req, route, &body, peer)).await
@@ -373,10 +373,7 @@ async fn exchange(
         let cut = bytes.len() - if response.status == 204 { 0 } else { response.body.len() };
         bytes.truncate(cut);
     }
-    if !write_by(shared, stream, &bytes, peer, slot).await || !keep_alive {
-        return false;
-    }
-    true
+    write_by(shared, stream, &bytes, peer, slot).await && keep_alive
 }
 
 enum ReadHead {
