@@ -645,10 +645,8 @@ async fn upgrade(
         .or_else(|| crate::broker::handshake_blocked(&shared, client, now));
     let full = shared.sockets.get() >= shared.cfg.max_connections;
     // Counted from here so that concurrent handshakes respect the cap.
-    shared.sockets.set(shared.sockets.get() + 1);
-    let conn_slot = SocketSlot(shared.clone());
     let addr = crate::throttle::address_key(client);
-    let (addr_slot, addr_full) = PerSlot::address(&shared, addr, shared.cfg.max_sockets_per_address);
+    let (mut counted, addr_full) = Counted::new(&shared, addr, shared.cfg.max_sockets_per_address);
 
     let decision = if addr_full && throttled.is_none() && !full {
         Err(Rejection::TooManySocketsForAddress)
@@ -663,13 +661,11 @@ async fn upgrade(
         gate::authorize(&req, &shared.cfg.gate, &shared.keys(), &ctx)
     };
     // Set once the token is accepted: the `sub` is counted from then on.
-    let decision = decision.and_then(
-        |c| match PerSlot::sub(&shared, &c.sub, shared.cfg.max_sockets_per_sub) {
-            Some(sub_slot) => Ok((c, sub_slot)),
-            None => Err(Rejection::TooManySocketsForSub),
-        },
-    );
-    let (claims, sub_slot) = match decision {
+    let decision = decision.and_then(|c| match counted.sub(&c.sub, shared.cfg.max_sockets_per_sub) {
+        true => Ok(c),
+        false => Err(Rejection::TooManySocketsForSub),
+    });
+    let claims = match decision {
         Ok(d) => d,
         Err(rej) => {
             drop(req);
@@ -708,11 +704,6 @@ async fn upgrade(
     // life (with its counts under the caps). This connection's task, sized
     // by reading heads and deciding the upgrade, ends here instead of
     // waiting for the socket: an idle socket does not hold it.
-    let counted = Counted {
-        _socket: conn_slot,
-        _address: addr_slot,
-        _sub: sub_slot,
-    };
     ex.spawn(socket::run(shared.clone(), ws, claims, peer, counted))
         .detach();
 }
@@ -751,49 +742,53 @@ impl SocketCounts {
     }
 }
 
-/// One counted socket of a `sub` or an address, given back on drop.
-struct PerSlot {
+/// What a socket holds under the connection caps: a place under
+/// `--max-connections` and `--max-sockets-per-address` from the moment its
+/// upgrade is decided, and under `--max-sockets-per-sub` once its token is
+/// accepted. All given back on drop: by a refused handshake on its way
+/// out, by an open socket when its task ends. One guard for the three (one
+/// `Rc`): it lives in every open socket's task.
+pub struct Counted {
     shared: Rc<Shared>,
-    key: Result<String, IpAddr>,
+    address: IpAddr,
+    sub: Option<String>,
 }
 
-impl PerSlot {
-    /// Counts a socket of `sub` unless it has `max` already (one lookup
-    /// for the check and the count; the name is copied once).
-    fn sub(shared: &Rc<Shared>, sub: &str, max: usize) -> Option<PerSlot> {
+impl Counted {
+    /// Counts a socket, and one of `address`; whether the address had
+    /// `max` or more before (one lookup for both).
+    fn new(shared: &Rc<Shared>, address: IpAddr, max: usize) -> (Counted, bool) {
+        shared.sockets.set(shared.sockets.get() + 1);
         let mut per = shared.sockets_per.borrow_mut();
+        let n = per.addresses.entry(address).or_default();
+        let full = *n >= max;
+        *n += 1;
+        let counted = Counted {
+            shared: shared.clone(),
+            address,
+            sub: None,
+        };
+        (counted, full)
+    }
+
+    /// Counts the socket under `sub` unless it has `max` already (one
+    /// lookup for the check and the count; the name is copied once).
+    fn sub(&mut self, sub: &str, max: usize) -> bool {
+        let mut per = self.shared.sockets_per.borrow_mut();
         match per.subs.get_mut(sub) {
-            Some(n) if *n >= max => return None,
+            Some(n) if *n >= max => return false,
             Some(n) => *n += 1,
-            None if max == 0 => return None,
+            None if max == 0 => return false,
             None => {
                 per.subs.insert(sub.to_string(), 1);
             }
         }
-        Some(PerSlot {
-            shared: shared.clone(),
-            key: Ok(sub.to_string()),
-        })
-    }
-
-    /// Counts a socket of `addr`; whether it had `max` or more before
-    /// (one lookup for both).
-    fn address(shared: &Rc<Shared>, addr: IpAddr, max: usize) -> (PerSlot, bool) {
-        let mut per = shared.sockets_per.borrow_mut();
-        let n = per.addresses.entry(addr).or_default();
-        let full = *n >= max;
-        *n += 1;
-        (
-            PerSlot {
-                shared: shared.clone(),
-                key: Err(addr),
-            },
-            full,
-        )
+        self.sub = Some(sub.to_string());
+        true
     }
 }
 
-impl Drop for PerSlot {
+impl Drop for Counted {
     fn drop(&mut self) {
         fn give_back<K: std::hash::Hash + Eq>(m: &mut HashMap<K, usize>, k: K) {
             use std::collections::hash_map::Entry;
@@ -811,29 +806,13 @@ impl Drop for PerSlot {
                 }
             }
         }
-        let mut per = self.shared.sockets_per.borrow_mut();
-        match &mut self.key {
-            Ok(sub) => give_back(&mut per.subs, std::mem::take(sub)),
-            Err(addr) => give_back(&mut per.addresses, *addr),
+        let shared = &self.shared;
+        shared.sockets.set(shared.sockets.get().saturating_sub(1));
+        let mut per = shared.sockets_per.borrow_mut();
+        give_back(&mut per.addresses, self.address);
+        if let Some(sub) = self.sub.take() {
+            give_back(&mut per.subs, sub);
         }
-    }
-}
-
-/// Gives back a `--max-connections` slot when the socket ends.
-struct SocketSlot(Rc<Shared>);
-
-/// What an open socket holds under the connection caps
-/// (`--max-connections`, `--max-sockets-per-address`,
-/// `--max-sockets-per-sub`): given back when its task ends.
-pub struct Counted {
-    _socket: SocketSlot,
-    _address: PerSlot,
-    _sub: PerSlot,
-}
-
-impl Drop for SocketSlot {
-    fn drop(&mut self) {
-        self.0.sockets.set(self.0.sockets.get().saturating_sub(1));
     }
 }
 

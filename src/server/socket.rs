@@ -992,47 +992,65 @@ type Ws<S> = WebSocketStream<Outlet<S>>;
 /// deadline). Most batches fit in the socket's send buffer and finish in
 /// one poll; only a write that has to wait arms the timer and the close
 /// watch (a timer per batch cost two reactor operations per delivery).
-async fn write_all<S>(ws: &mut Ws<S>, handle: &ConnHandle, texts: u64, sent: &mut u64, deadline: Instant) -> Wrote
+///
+/// A block, not an `async fn`: an `async fn` keeps its arguments twice in
+/// its future, and this one sits in every open socket's.
+#[allow(clippy::manual_async_fn)]
+fn write_all<'a, S>(
+    ws: &'a mut Ws<S>,
+    handle: &'a ConnHandle,
+    texts: u64,
+    sent: &'a mut u64,
+    deadline: Instant,
+) -> impl Future<Output = Wrote> + 'a
 where
     S: AsyncRead + AsyncWrite + Readiness + Unpin,
 {
-    let mut write = std::pin::pin!(flush(ws));
-    let wrote = match smol::future::poll_once(write.as_mut()).await {
-        Some(done) => done,
-        // Boxed: the waiting write's state must not size every socket's task.
-        None => Box::pin(write_or_cut(write, handle, deadline)).await,
-    };
-    if wrote == Wrote::Done {
-        *sent += texts;
-        handle.messages_out.set(*sent);
+    async move {
+        // One poll first, with no state kept across it.
+        let first = std::future::poll_fn(|cx| Poll::Ready(poll_flush_all(ws, cx))).await;
+        let wrote = match first {
+            Poll::Ready(done) => done,
+            // Boxed: the waiting write's state must not size every socket's task.
+            Poll::Pending => {
+                let write = std::future::poll_fn(|cx| poll_flush_all(ws, cx));
+                Box::pin(write_or_cut(write, handle, deadline)).await
+            }
+        };
+        if wrote == Wrote::Done {
+            *sent += texts;
+            handle.messages_out.set(*sent);
+        }
+        wrote
     }
-    wrote
 }
 
-/// Flushes tungstenite (a pong it owes) and what the task framed.
-async fn flush<S>(ws: &mut Ws<S>) -> Wrote
+/// Flushes tungstenite (a pong it owes) and what the task framed. A flush
+/// keeps no state between polls (the buffers do), so polling it again
+/// later, or from another future, goes on where it stopped.
+fn poll_flush_all<S>(ws: &mut Ws<S>, cx: &mut Context<'_>) -> Poll<Wrote>
 where
     S: AsyncRead + AsyncWrite + Readiness + Unpin,
 {
     let o = ws.get_ref();
-    if !o.tung_dirty && !o.blocked {
+    let ok = if !o.tung_dirty && !o.blocked {
         // tungstenite holds nothing unwritten (or a pong not tried yet,
         // which its next read sends): our frames go out without its flush
         // path (its wakers and state, once per delivered batch).
-        return match std::future::poll_fn(|cx| Pin::new(ws.get_mut()).poll_flush(cx)).await {
-            Ok(()) => Wrote::Done,
-            Err(_) => Wrote::Failed,
-        };
-    }
+        std::task::ready!(Pin::new(ws.get_mut()).poll_flush(cx)).is_ok()
+    } else {
+        std::task::ready!(futures_util::Sink::<Message>::poll_flush(Pin::new(&mut *ws), cx)).is_ok()
+    };
     // A closed tungstenite reports a flush as done without writing.
-    if ws.flush().await.is_err() || ws.get_ref().out.pending() > 0 {
-        return Wrote::Failed;
-    }
-    Wrote::Done
+    Poll::Ready(if ok && ws.get_ref().out.pending() == 0 {
+        Wrote::Done
+    } else {
+        Wrote::Failed
+    })
 }
 
 /// A write that has to wait, raced against a close order and `deadline`.
-async fn write_or_cut<F>(write: Pin<&mut F>, handle: &ConnHandle, deadline: Instant) -> Wrote
+async fn write_or_cut<F>(write: F, handle: &ConnHandle, deadline: Instant) -> Wrote
 where
     F: Future<Output = Wrote>,
 {
@@ -1076,7 +1094,7 @@ where
     S: AsyncRead + AsyncWrite + Readiness + Unpin,
 {
     let id = shared.next_id();
-    let started = crate::reactor::now();
+    let started = mono_ms();
     let cfg = &shared.cfg;
     let handle = Rc::new(ConnHandle::new(cfg.queue_depth, peer, now_millis()));
     let mut rights = Rights::from_claims(&claims);
@@ -1166,7 +1184,7 @@ where
                 code = (4001, "token expired");
                 break;
             }
-            if !timers.notice_sent && now >= timers.notice_at {
+            if !timers.notice_sent && now >= timers.notice_at() {
                 timers.notice_sent = true;
                 let notice = Reply {
                     kind: "expiring",
@@ -1234,103 +1252,69 @@ where
                 )
                 .await
             };
+            // What the event asks is decided without a wait: the message and
+            // its parse end in this statement and take no room in this
+            // future, which every open socket holds for its whole life.
             let mut took_input = false;
-            match ev {
-                Ev::Wake => {}
-                Ev::In(None) => code = (1006, "closed"),
-                Ev::In(Some(Err(WsError::Capacity(_)))) => code = (1009, "message too big"),
-                Ev::In(Some(Err(_))) => code = (1006, "read failed"),
-                Ev::In(Some(Ok(msg))) => {
+            let (replies, wait) = match take_event(
+                ev,
+                shared,
+                &handle,
+                member.id,
+                &mut rights,
+                &mut timers,
+                &mut budget,
+                &mut msgs_in,
+            ) {
+                Step::Wake => (Vec::new(), None),
+                Step::Close(c) => {
+                    code = c;
+                    (Vec::new(), None)
+                }
+                Step::Replies(r) => {
                     awaiting_pong = false;
                     took_input = true;
-                    // Publishes are paced by their readers instead (SPEC §4.3
-                    // fairness) and bounded by the history and --max-channels.
-                    let parsed = match &msg {
-                        Message::Text(t) => Some(protocol::parse_client(t.as_str())),
-                        _ => None,
-                    };
-                    let publishing = matches!(&parsed, Some(Ok(m)) if matches!(m.command, Command::Publish { .. }));
-                    let counted =
-                        !publishing && matches!(msg, Message::Text(_) | Message::Binary(_) | Message::Ping(_));
-                    let verdict = if counted { budget.take(mono_ms()) } else { Spend::Ok };
-                    let replies = match msg {
-                        _ if verdict == Spend::Close => {
-                            code = (1008, "rate limited");
-                            Vec::new()
-                        }
-                        Message::Text(_) | Message::Binary(_) if verdict == Spend::Over => {
-                            msgs_in += 1;
-                            handle.messages_in.set(msgs_in);
-                            add(&shared.metrics.messages_in, 1);
-                            let reference = match &parsed {
-                                Some(Ok(m)) => m.reference.as_deref(),
-                                Some(Err(bad)) => bad.reference.as_deref(),
-                                None => None,
-                            };
-                            vec![protocol::error(
-                                "rate_limited",
-                                "too many messages on this socket; slow down",
-                                reference,
-                            )]
-                        }
-                        Message::Text(_) => {
-                            msgs_in += 1;
-                            handle.messages_in.set(msgs_in);
-                            add(&shared.metrics.messages_in, 1);
-                            let Some(parsed) = parsed else { continue };
-                            if let Ok(m) = &parsed
-                                && let Command::Publish { channel, .. } = &m.command
-                                && crate::hub::may_publish(&rights, channel, shared.hub.borrow().levels()).is_ok()
-                            {
-                                // Boxed: the wait's state must not size every socket's task.
-                                let deadline = timers.write_deadline(awaiting_pong, cfg.ping_interval);
-                                let wait =
-                                    room_for_socket(shared, &handle, &mut ws, id, channel, &mut msgs_out, deadline);
-                                wrote = Box::pin(wait).await;
-                            }
-                            if wrote != Wrote::Done {
-                                Vec::new()
-                            } else if shared.engine.is_local() {
-                                command(shared, &handle, id, &mut rights, &mut timers, parsed)
-                            } else {
-                                // Cluster mode: publishes and first subscribes wait for Redis
-                                // (boxed: the wait's state must not size every socket's task).
-                                match Box::pin(broker_command(shared, &rights, &parsed)).await {
-                                    Some(r) => r,
-                                    None => command(shared, &handle, id, &mut rights, &mut timers, parsed),
-                                }
-                            }
-                        }
-                        Message::Binary(_) => {
-                            msgs_in += 1;
-                            handle.messages_in.set(msgs_in);
-                            add(&shared.metrics.messages_in, 1);
-                            vec![protocol::error(
-                                "bad_message",
-                                "binary frames are not accepted; send JSON text",
-                                None,
-                            )]
-                        }
-                        Message::Close(_) => {
-                            code = (1000, "client closed");
-                            Vec::new()
-                        }
-                        Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => Vec::new(),
-                    };
-                    if !replies.is_empty() && wrote == Wrote::Done {
-                        // Frames queued before the command go out before its
-                        // replies: no `message` from a channel after its
-                        // `unsubscribed`.
-                        let out = &mut ws.get_mut().out;
-                        let mut texts = handle.take_queued(&shared.room, out, mono_ms());
-                        for r in &replies {
-                            out.push_text(r.as_bytes());
-                        }
-                        texts += replies.len() as u64;
-                        let deadline = timers.write_deadline(awaiting_pong, cfg.ping_interval);
-                        wrote = write_all(&mut ws, &handle, texts, &mut msgs_out, deadline).await;
-                    }
+                    (r, None)
                 }
+                Step::Wait(w) => {
+                    awaiting_pong = false;
+                    took_input = true;
+                    (Vec::new(), Some(w))
+                }
+            };
+            let replies = match wait {
+                None => replies,
+                // Boxed: the wait's state must not size every socket's task.
+                Some(w) => {
+                    let deadline = timers.write_deadline(awaiting_pong, cfg.ping_interval);
+                    let waited = waited(
+                        shared,
+                        &handle,
+                        &mut ws,
+                        member.id,
+                        &mut rights,
+                        &mut timers,
+                        &mut msgs_out,
+                        deadline,
+                        w,
+                    );
+                    let (w, replies) = Box::pin(waited).await;
+                    wrote = w;
+                    replies
+                }
+            };
+            if !replies.is_empty() && wrote == Wrote::Done {
+                // Frames queued before the command go out before its
+                // replies: no `message` from a channel after its
+                // `unsubscribed`.
+                let out = &mut ws.get_mut().out;
+                let mut texts = handle.take_queued(&shared.room, out, mono_ms());
+                for r in &replies {
+                    out.push_text(r.as_bytes());
+                }
+                texts += replies.len() as u64;
+                let deadline = timers.write_deadline(awaiting_pong, cfg.ping_interval);
+                wrote = write_all(&mut ws, &handle, texts, &mut msgs_out, deadline).await;
             }
             if code != OPEN {
                 break;
@@ -1377,6 +1361,7 @@ where
             }))
             .await;
         }
+        let peer_s = crate::log::addr_text(&handle.peer);
         if code.0 == 4008 {
             let sub = Some(rights.sub.as_str());
             super::admin::security_event(shared, Kind::SlowConsumer, "queue_over_depth", Some(&peer_s), sub, None);
@@ -1384,14 +1369,11 @@ where
         shared.log.info(
             "ws_close",
             &[
-                ("conn", id.into()),
+                ("conn", member.id.into()),
                 ("sub", (&rights.sub).into()),
                 ("code", u64::from(code.0).into()),
                 ("reason", code.1.into()),
-                (
-                    "duration_ms",
-                    (crate::reactor::now().saturating_duration_since(started).as_millis() as u64).into(),
-                ),
+                ("duration_ms", mono_ms().saturating_sub(started).into()),
                 ("messages_in", msgs_in.into()),
                 ("messages_out", msgs_out.into()),
                 ("peer", (&peer_s).into()),
@@ -1405,8 +1387,7 @@ where
 struct Timers {
     /// The token's `exp`, whole Unix seconds.
     exp_secs: u64,
-    /// Unix seconds: send `expiring` (60 s before `exp`).
-    notice_at: u64,
+    /// `expiring` was sent ([`Timers::notice_at`]).
     notice_sent: bool,
     /// Unix seconds: close 4001 (`exp + leeway`, when the handshake would refuse).
     close_at: u64,
@@ -1417,7 +1398,6 @@ impl Timers {
     fn new(claims: &jwt::Claims, leeway: u64, ping: Duration) -> Timers {
         let mut t = Timers {
             exp_secs: 0,
-            notice_at: 0,
             notice_sent: false,
             close_at: 0,
             ping_at: crate::reactor::now() + ping,
@@ -1428,9 +1408,13 @@ impl Timers {
 
     fn reset(&mut self, claims: &jwt::Claims, leeway: u64) {
         self.exp_secs = claims.exp_secs();
-        self.notice_at = self.exp_secs.saturating_sub(60);
         self.notice_sent = false;
         self.close_at = claims.expires_at_with_leeway(leeway);
+    }
+
+    /// Unix seconds: send `expiring` (60 s before `exp`).
+    fn notice_at(&self) -> u64 {
+        self.exp_secs.saturating_sub(60)
     }
 
     /// How long a write may take: until the token's `close_at` (4001) or
@@ -1455,7 +1439,7 @@ impl Timers {
         let wall = if self.notice_sent {
             self.close_at
         } else {
-            self.notice_at.min(self.close_at)
+            self.notice_at().min(self.close_at)
         };
         let wall = mono + Duration::from_secs(wall.saturating_sub(now));
         // Re-check at least every second: wall-clock deadlines are whole seconds.
@@ -1482,28 +1466,29 @@ const BURST: u64 = 4;
 /// milli-commands. Refused messages count as strikes until the bucket is
 /// full again; `rate` strikes close the socket. Sans-IO: `now_ms` is passed.
 struct Budget {
-    rate: u64,
     milli: u64,
     last_ms: u64,
-    strikes: u64,
+    rate: u32,
+    strikes: u32,
 }
 
 impl Budget {
     fn new(rate: u32, now_ms: u64) -> Budget {
-        let rate = u64::from(rate.max(1));
+        let rate = rate.max(1);
         Budget {
             rate,
-            milli: rate * BURST * 1000,
+            milli: u64::from(rate) * BURST * 1000,
             last_ms: now_ms,
             strikes: 0,
         }
     }
 
     fn take(&mut self, now_ms: u64) -> Spend {
-        let cap = self.rate * BURST * 1000;
+        let rate = u64::from(self.rate);
+        let cap = rate * BURST * 1000;
         let elapsed = now_ms.saturating_sub(self.last_ms);
         self.last_ms = self.last_ms.max(now_ms);
-        self.milli = self.milli.saturating_add(elapsed.saturating_mul(self.rate)).min(cap);
+        self.milli = self.milli.saturating_add(elapsed.saturating_mul(rate)).min(cap);
         if self.milli >= cap {
             self.strikes = 0;
         }
@@ -1511,13 +1496,153 @@ impl Budget {
             self.milli -= 1000;
             return Spend::Ok;
         }
-        self.strikes += 1;
+        self.strikes = self.strikes.saturating_add(1);
         if self.strikes >= self.rate {
             Spend::Close
         } else {
             Spend::Over
         }
     }
+}
+
+/// What a socket's event asks of it ([`take_event`]).
+enum Step {
+    /// Nothing from the client: the hub's wake-up or an alarm.
+    Wake,
+    /// Close with this code.
+    Close((u16, &'static str)),
+    /// Replies to write (none for a ping or a pong).
+    Replies(Vec<String>),
+    /// A command that has to wait first ([`waited`]).
+    Wait(Waiting),
+}
+
+/// A command that has to wait before it runs: a publish the hub accepts
+/// waits for room in its readers' queues (`paced`, SPEC §4.3 fairness), and
+/// in cluster mode any command may wait for Redis. Boxed: the parse is kept
+/// across that wait, and only a waiting message pays for it.
+struct Waiting {
+    parsed: Box<Result<protocol::ClientMessage, protocol::BadMessage>>,
+    paced: bool,
+}
+
+/// Takes one event without waiting: for a client message, counts it,
+/// charges the socket's command budget, parses it and runs a command that
+/// needs no wait. Publishes are not charged: they are paced by their
+/// readers instead (SPEC §4.3) and bounded by the history and
+/// `--max-channels`.
+#[allow(clippy::too_many_arguments)]
+fn take_event(
+    ev: Ev,
+    shared: &Shared,
+    handle: &ConnHandle,
+    id: ConnId,
+    rights: &mut Rights,
+    timers: &mut Timers,
+    budget: &mut Budget,
+    msgs_in: &mut u64,
+) -> Step {
+    let msg = match ev {
+        Ev::Wake => return Step::Wake,
+        Ev::In(None) => return Step::Close((1006, "closed")),
+        Ev::In(Some(Err(WsError::Capacity(_)))) => return Step::Close((1009, "message too big")),
+        Ev::In(Some(Err(_))) => return Step::Close((1006, "read failed")),
+        Ev::In(Some(Ok(msg))) => msg,
+    };
+    let parsed = match &msg {
+        Message::Text(t) => Some(protocol::parse_client(t.as_str())),
+        _ => None,
+    };
+    let publishing = matches!(&parsed, Some(Ok(m)) if matches!(m.command, Command::Publish { .. }));
+    let charged = !publishing && matches!(msg, Message::Text(_) | Message::Binary(_) | Message::Ping(_));
+    let verdict = if charged { budget.take(mono_ms()) } else { Spend::Ok };
+    let mut count_in = || {
+        *msgs_in += 1;
+        handle.messages_in.set(*msgs_in);
+        add(&shared.metrics.messages_in, 1);
+    };
+    match msg {
+        _ if verdict == Spend::Close => Step::Close((1008, "rate limited")),
+        Message::Text(_) | Message::Binary(_) if verdict == Spend::Over => {
+            count_in();
+            let reference = match &parsed {
+                Some(Ok(m)) => m.reference.as_deref(),
+                Some(Err(bad)) => bad.reference.as_deref(),
+                None => None,
+            };
+            Step::Replies(vec![protocol::error(
+                "rate_limited",
+                "too many messages on this socket; slow down",
+                reference,
+            )])
+        }
+        Message::Text(_) => {
+            count_in();
+            let Some(parsed) = parsed else {
+                return Step::Replies(Vec::new());
+            };
+            let paced = matches!(&parsed, Ok(m) if matches!(&m.command, Command::Publish { channel, .. }
+                if crate::hub::may_publish(rights, channel, shared.hub.borrow().levels()).is_ok()));
+            if paced || !shared.engine.is_local() {
+                Step::Wait(Waiting {
+                    parsed: Box::new(parsed),
+                    paced,
+                })
+            } else {
+                Step::Replies(command(shared, handle, id, rights, timers, parsed))
+            }
+        }
+        Message::Binary(_) => {
+            count_in();
+            Step::Replies(vec![protocol::error(
+                "bad_message",
+                "binary frames are not accepted; send JSON text",
+                None,
+            )])
+        }
+        Message::Close(_) => Step::Close((1000, "client closed")),
+        Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => Step::Replies(Vec::new()),
+    }
+}
+
+/// Runs a command that has to wait ([`Waiting`]): a paced publish first
+/// waits for room in its readers' queues, and in cluster mode the broker
+/// handles it (or lets the hub). Returns how the wait's writes ended and
+/// the command's replies (none unless they all finished).
+#[allow(clippy::too_many_arguments)]
+async fn waited<S>(
+    shared: &Rc<Shared>,
+    handle: &ConnHandle,
+    ws: &mut Ws<S>,
+    id: ConnId,
+    rights: &mut Rights,
+    timers: &mut Timers,
+    sent: &mut u64,
+    deadline: Instant,
+    w: Waiting,
+) -> (Wrote, Vec<String>)
+where
+    S: AsyncRead + AsyncWrite + Readiness + Unpin,
+{
+    let Waiting { parsed, paced } = w;
+    if paced
+        && let Ok(m) = &*parsed
+        && let Command::Publish { channel, .. } = &m.command
+    {
+        let wrote = room_for_socket(shared, handle, ws, id, channel, sent, deadline).await;
+        if wrote != Wrote::Done {
+            return (wrote, Vec::new());
+        }
+    }
+    let replies = if shared.engine.is_local() {
+        command(shared, handle, id, rights, timers, *parsed)
+    } else {
+        match broker_command(shared, rights, &parsed).await {
+            Some(r) => r,
+            None => command(shared, handle, id, rights, timers, *parsed),
+        }
+    };
+    (Wrote::Done, replies)
 }
 
 /// Cluster mode (SPEC §12): a publish goes through the broker (its replies
