@@ -48,6 +48,9 @@ pub enum Field<'a> {
     Str(&'a str),
     U64(u64),
     Bool(bool),
+    /// A peer's address, written as its `Display` writes it, straight into
+    /// the line (no text of its own to allocate).
+    Addr(&'a std::net::SocketAddr),
 }
 
 impl<'a> From<&'a str> for Field<'a> {
@@ -63,6 +66,11 @@ impl<'a> From<&'a Cow<'a, str>> for Field<'a> {
 impl<'a> From<&'a String> for Field<'a> {
     fn from(s: &'a String) -> Field<'a> {
         Field::Str(s)
+    }
+}
+impl<'a> From<&'a std::net::SocketAddr> for Field<'a> {
+    fn from(a: &'a std::net::SocketAddr) -> Field<'a> {
+        Field::Addr(a)
     }
 }
 impl From<u64> for Field<'_> {
@@ -256,6 +264,7 @@ fn render_into(
                 match v {
                     Field::Str(s) => json_str(out, s),
                     Field::U64(n) => push_u64(out, *n),
+                    Field::Addr(a) => quoted_addr(out, a),
                     Field::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
                 }
             }
@@ -275,6 +284,7 @@ fn render_into(
                     // Debug-quoting escapes control characters in peer-supplied text.
                     Field::Str(x) => debug_str(out, x),
                     Field::U64(n) => push_u64(out, *n),
+                    Field::Addr(a) => quoted_addr(out, a),
                     Field::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
                 }
             }
@@ -339,21 +349,36 @@ fn debug_str(out: &mut String, s: &str) {
 /// accepted socket logs its peer, and the formatting machinery was the
 /// largest piece of code the handshake ran only for that (issue 16).
 pub fn addr_text(addr: &std::net::SocketAddr) -> String {
+    let mut out = String::with_capacity(21);
+    push_addr(&mut out, addr);
+    out
+}
+
+/// [`addr_text`], appended to `out`.
+fn push_addr(out: &mut String, addr: &std::net::SocketAddr) {
     match addr {
         std::net::SocketAddr::V4(v4) => {
-            let mut out = String::with_capacity(21);
             for (i, octet) in v4.ip().octets().into_iter().enumerate() {
                 if i > 0 {
                     out.push('.');
                 }
-                push_u64(&mut out, u64::from(octet));
+                push_u64(out, u64::from(octet));
             }
             out.push(':');
-            push_u64(&mut out, u64::from(v4.port()));
-            out
+            push_u64(out, u64::from(v4.port()));
         }
-        std::net::SocketAddr::V6(_) => addr.to_string(),
+        std::net::SocketAddr::V6(_) => {
+            let _ = write!(out, "{addr}");
+        }
     }
+}
+
+/// An address in quotes, as a string field is written in both formats (an
+/// address needs no escaping: digits, dots, colons, brackets, hex).
+fn quoted_addr(out: &mut String, addr: &std::net::SocketAddr) {
+    out.push('"');
+    push_addr(out, addr);
+    out.push('"');
 }
 
 /// `n` in decimal, as `{n}` writes it.
@@ -591,6 +616,14 @@ mod tests {
             let addr: std::net::SocketAddr = a.parse().unwrap();
             assert_eq!(addr_text(&addr), addr.to_string(), "{a}");
             assert_eq!(addr_text(&addr), a);
+            // Written into a line, an address is the string field of its text.
+            for format in [Format::Text, Format::Json] {
+                assert_eq!(
+                    render(format, "T", "info", "x", &[("peer", (&addr).into())]),
+                    render(format, "T", "info", "x", &[("peer", a.into())]),
+                    "{a}"
+                );
+            }
         }
         // The cached date of a second, then the next second and back.
         for (secs, ms) in [

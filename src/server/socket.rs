@@ -1111,14 +1111,13 @@ where
     if shared.shutting_down.get() {
         handle.close(1001, "server shutting down");
     }
-    let peer_s = crate::log::addr_text(&peer);
     shared.log.info(
         "ws_accept",
         &[
             ("conn", id.into()),
             ("sub", (&rights.sub).into()),
             ("clearance", u64::from(rights.clearance).into()),
-            ("peer", (&peer_s).into()),
+            ("peer", (&peer).into()),
         ],
     );
     ws.get_mut().handle = Some(handle.clone());
@@ -1361,9 +1360,9 @@ where
             }))
             .await;
         }
-        let peer_s = crate::log::addr_text(&handle.peer);
         if code.0 == 4008 {
             let sub = Some(rights.sub.as_str());
+            let peer_s = crate::log::addr_text(&handle.peer);
             super::admin::security_event(shared, Kind::SlowConsumer, "queue_over_depth", Some(&peer_s), sub, None);
         }
         shared.log.info(
@@ -1376,7 +1375,7 @@ where
                 ("duration_ms", mono_ms().saturating_sub(started).into()),
                 ("messages_in", msgs_in.into()),
                 ("messages_out", msgs_out.into()),
-                ("peer", (&peer_s).into()),
+                ("peer", (&handle.peer).into()),
             ],
         );
         shared.alarms.socket_ended();
