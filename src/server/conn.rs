@@ -661,9 +661,12 @@ async fn upgrade(
         gate::authorize(&req, &shared.cfg.gate, &shared.keys(), &ctx)
     };
     // Set once the token is accepted: the `sub` is counted from then on.
-    let decision = decision.and_then(|c| match counted.sub(&c.sub, shared.cfg.max_sockets_per_sub) {
-        true => Ok(c),
-        false => Err(Rejection::TooManySocketsForSub),
+    let decision = decision.and_then(|c| {
+        if counted.sub(&c.sub, shared.cfg.max_sockets_per_sub) {
+            Ok(c)
+        } else {
+            Err(Rejection::TooManySocketsForSub)
+        }
     });
     let claims = match decision {
         Ok(d) => d,
@@ -772,7 +775,7 @@ impl Counted {
     }
 
     /// Counts the socket under `sub` unless it has `max` already (one
-    /// lookup for the check and the count; the name is copied once).
+    /// lookup for the check and the count).
     fn sub(&mut self, sub: &str, max: usize) -> bool {
         let mut per = self.shared.sockets_per.borrow_mut();
         match per.subs.get_mut(sub) {

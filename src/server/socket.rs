@@ -639,7 +639,7 @@ pub struct Outlet<S> {
     tung_dirty: bool,
     /// A write or flush had to wait since the last flush that finished:
     /// tungstenite may hold bytes it could not write (a pong), so its own
-    /// flush and reads must run ([`Outlet::poll_input`], [`flush`]).
+    /// flush and reads must run ([`Outlet::poll_input`], [`poll_flush_all`]).
     blocked: bool,
     /// Where write progress inside a long batch is marked.
     handle: Option<Rc<ConnHandle>>,
@@ -1007,13 +1007,22 @@ where
     S: AsyncRead + AsyncWrite + Readiness + Unpin,
 {
     async move {
+        // tungstenite holds nothing unwritten (or a pong not tried yet,
+        // which its next read sends): our frames go out without its flush
+        // path (its wakers and state, once per delivered batch). Chosen once
+        // per write, as a write that has to wait goes on the way it began.
         // One poll first, with no state kept across it.
-        let first = std::future::poll_fn(|cx| Poll::Ready(poll_flush_all(ws, cx))).await;
+        let (first, plain) = std::future::poll_fn(|cx| {
+            let o = ws.get_ref();
+            let plain = !o.tung_dirty && !o.blocked;
+            Poll::Ready((poll_flush_all(ws, plain, cx), plain))
+        })
+        .await;
         let wrote = match first {
             Poll::Ready(done) => done,
             // Boxed: the waiting write's state must not size every socket's task.
             Poll::Pending => {
-                let write = std::future::poll_fn(|cx| poll_flush_all(ws, cx));
+                let write = std::future::poll_fn(move |cx| poll_flush_all(ws, plain, cx));
                 Box::pin(write_or_cut(write, handle, deadline)).await
             }
         };
@@ -1025,18 +1034,15 @@ where
     }
 }
 
-/// Flushes tungstenite (a pong it owes) and what the task framed. A flush
-/// keeps no state between polls (the buffers do), so polling it again
-/// later, or from another future, goes on where it stopped.
-fn poll_flush_all<S>(ws: &mut Ws<S>, cx: &mut Context<'_>) -> Poll<Wrote>
+/// Flushes what the task framed, and with `plain == false` tungstenite first
+/// (a pong it owes). A flush keeps no state between polls (the buffers do),
+/// so polling it again later, or from another future, goes on where it
+/// stopped.
+fn poll_flush_all<S>(ws: &mut Ws<S>, plain: bool, cx: &mut Context<'_>) -> Poll<Wrote>
 where
     S: AsyncRead + AsyncWrite + Readiness + Unpin,
 {
-    let o = ws.get_ref();
-    let ok = if !o.tung_dirty && !o.blocked {
-        // tungstenite holds nothing unwritten (or a pong not tried yet,
-        // which its next read sends): our frames go out without its flush
-        // path (its wakers and state, once per delivered batch).
+    let ok = if plain {
         std::task::ready!(Pin::new(ws.get_mut()).poll_flush(cx)).is_ok()
     } else {
         std::task::ready!(futures_util::Sink::<Message>::poll_flush(Pin::new(&mut *ws), cx)).is_ok()
@@ -1080,8 +1086,8 @@ const TURN_BUDGET: u32 = 64;
 /// ends.
 ///
 /// The set-up is done before the task's future is made, and the future
-/// captures only what the loop needs (the stream's halves, not the stream;
-/// the token's expiry and session, not its claims): the future lives as
+/// captures only what the loop needs (the token's expiry and session, not
+/// its claims; the peer's address is in its `ConnHandle`, not kept as text): the future lives as
 /// long as the socket, and every byte of it counts per idle socket.
 pub fn run<S>(
     shared: Rc<Shared>,
@@ -1519,7 +1525,8 @@ enum Step {
 /// A command that has to wait before it runs: a publish the hub accepts
 /// waits for room in its readers' queues (`paced`, SPEC §4.3 fairness), and
 /// in cluster mode any command may wait for Redis. Boxed: the parse is kept
-/// across that wait, and only a waiting message pays for it.
+/// across that wait, and only a waiting message pays for it (two
+/// allocations, the parse and the wait's future, per paced publish).
 struct Waiting {
     parsed: Box<Result<protocol::ClientMessage, protocol::BadMessage>>,
     paced: bool,
