@@ -112,7 +112,12 @@ pub fn parse_head(buf: &[u8]) -> Result<Head, HeadError> {
             let mut header_ends = Vec::with_capacity(req.headers.len());
             for h in req.headers.iter() {
                 let value = std::str::from_utf8(h.value).map_err(|_| HeadError::Malformed)?;
-                header_text.extend(h.name.chars().map(|c| c.to_ascii_lowercase()));
+                // httparse admits only token characters (ASCII) in a name.
+                let name_start = header_text.len();
+                header_text.push_str(h.name);
+                if let Some(name) = header_text.get_mut(name_start..) {
+                    name.make_ascii_lowercase();
+                }
                 let name_end = header_text.len();
                 header_text.push_str(value.trim());
                 let (Ok(n), Ok(v)) = (u16::try_from(name_end), u16::try_from(header_text.len())) else {
@@ -162,7 +167,18 @@ impl Request {
 
     /// The first header with this (lower-case) name.
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers().find(|(n, _)| *n == name).map(|(_, v)| v)
+        // Bytes, not `headers()`: an upgrade looks up about ten names, and
+        // only the one found needs its value sliced as `str`.
+        let text = self.header_text.as_bytes();
+        let mut start = 0usize;
+        for &(n, v) in &self.header_ends {
+            let (n, v) = (usize::from(n), usize::from(v));
+            if n.wrapping_sub(start) == name.len() && text.get(start..n) == Some(name.as_bytes()) {
+                return self.header_text.get(n..v);
+            }
+            start = v;
+        }
+        None
     }
 
     /// A cookie from the `Cookie` headers.

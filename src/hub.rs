@@ -371,16 +371,14 @@ impl Subs {
         }
     }
 
-    fn remove(&mut self, channel: &str) -> bool {
+    /// Takes `channel` out; its name, if it was held.
+    fn remove(&mut self, channel: &str) -> Option<Rc<str>> {
         match self {
-            Subs::Few(v) => match v.iter().position(|c| **c == *channel) {
-                Some(i) => {
-                    v.swap_remove(i);
-                    true
-                }
-                None => false,
-            },
-            Subs::Many(h) => h.remove(channel),
+            Subs::Few(v) => {
+                let i = v.iter().position(|c| **c == *channel)?;
+                Some(v.swap_remove(i))
+            }
+            Subs::Many(h) => h.take(channel),
         }
     }
 
@@ -598,7 +596,7 @@ impl<O: Outbox + Clone> Hub<O> {
 
     /// Adds a connection and subscribes it to its personal channel.
     pub fn join(&mut self, id: ConnId, rights: Rights, outbox: O) {
-        let personal = rights.personal();
+        let personal: Rc<str> = Rc::from(rights.personal());
         self.conns.insert(
             id,
             Conn {
@@ -613,7 +611,7 @@ impl<O: Outbox + Clone> Hub<O> {
             // `--max-channels`; the TTL for pruning it runs from the next
             // prune.
             self.history.ensure(&personal, u64::MAX);
-            self.add_sub(id, &personal);
+            self.add_sub(id, personal);
         }
     }
 
@@ -628,27 +626,29 @@ impl<O: Outbox + Clone> Hub<O> {
         Some(conn.outbox)
     }
 
-    fn drop_subscriber(&mut self, channel: &str, id: ConnId) {
-        if let Some(c) = self.channels.get_mut(channel) {
-            c.remove(id);
-            if c.subscribers.is_empty() {
-                self.channels.remove(channel);
+    fn drop_subscriber(&mut self, channel: &Rc<str>, id: ConnId) {
+        // One lookup for the subscriber and, with the last one, the channel
+        // (every socket's personal channel goes this way; issue 16).
+        if let std::collections::hash_map::Entry::Occupied(mut c) = self.channels.entry(channel.clone()) {
+            c.get_mut().remove(id);
+            if c.get().subscribers.is_empty() {
+                c.remove();
                 self.history.drop_if_never_published(channel);
             }
         }
     }
 
-    fn add_sub(&mut self, id: ConnId, channel: &str) {
+    /// Subscribes `id` to `channel` (one lookup: a new channel takes this
+    /// name, shared with the history's; an existing one keeps its own,
+    /// which the connection then shares).
+    fn add_sub(&mut self, id: ConnId, channel: Rc<str>) {
         let Some(conn) = self.conns.get_mut(&id) else { return };
-        if conn.subs.contains(channel) {
+        if conn.subs.contains(&channel) {
             return;
         }
-        let key: Rc<str> = match self.channels.get_key_value(channel) {
-            Some((k, _)) => k.clone(),
-            None => Rc::from(channel),
-        };
-        self.channels
-            .entry(key.clone())
+        let entry = self.channels.entry(channel);
+        let key = entry.key().clone();
+        entry
             .or_insert_with(|| Channel {
                 subscribers: Vec::new(),
                 index: None,
@@ -684,7 +684,8 @@ impl<O: Outbox + Clone> Hub<O> {
         }
         // The channel exists from now on, so its epoch stays what this
         // reply says until it is pruned.
-        self.history.ensure(channel, now_ms);
+        let name: Rc<str> = Rc::from(channel);
+        self.history.ensure(&name, now_ms);
         let replay = self.history.replay(channel, since, now_ms);
         let after = match since {
             Some(Since::Position { epoch, offset }) if **epoch == *replay.epoch => (*offset).min(replay.offset),
@@ -699,7 +700,7 @@ impl<O: Outbox + Clone> Hub<O> {
             recovered: replay.recovered,
             replayed: replay.frames.len(),
         };
-        self.add_sub(id, channel);
+        self.add_sub(id, name);
         if let Some(conn) = self.conns.get(&id) {
             conn.outbox
                 .resume(channel, after, rejoined, Frame::from(head), replay.frames);
@@ -723,8 +724,8 @@ impl<O: Outbox + Clone> Hub<O> {
             return Err(Denied::BadChannel);
         }
         if let Some(conn) = self.conns.get_mut(&id) {
-            if conn.subs.remove(channel) {
-                self.drop_subscriber(channel, id);
+            if let Some(name) = conn.subs.remove(channel) {
+                self.drop_subscriber(&name, id);
             }
         }
         Ok(())
@@ -879,11 +880,11 @@ impl<O: Outbox + Clone> Hub<O> {
         let levels = &self.levels;
         let rights = &conn.rights;
         let operator = conn.operator;
-        let mut dropped: Vec<String> = Vec::new();
+        let mut dropped: Vec<Rc<str>> = Vec::new();
         conn.subs.retain(|c| {
             let keep = may_read(rights, operator, c, levels).is_ok();
             if !keep {
-                dropped.push(c.to_string());
+                dropped.push(c.clone());
             }
             keep
         });
@@ -891,7 +892,7 @@ impl<O: Outbox + Clone> Hub<O> {
         for c in &dropped {
             self.drop_subscriber(c, id);
         }
-        dropped
+        dropped.iter().map(|c| c.to_string()).collect()
     }
 
     /// Every connection's outbox.
@@ -1239,8 +1240,8 @@ mod tests {
         let mut want: Vec<&str> = names.iter().map(String::as_str).collect();
         want.sort_unstable();
         assert_eq!(seen, want);
-        assert!(subs.remove("c3"));
-        assert!(!subs.remove("c3"));
+        assert_eq!(subs.remove("c3").as_deref(), Some("c3"));
+        assert_eq!(subs.remove("c3"), None);
         assert!(!subs.contains("c3"));
         subs.retain(|c| &**c != "c4");
         assert_eq!(subs.len(), 3 * FEW - 2);
@@ -1248,7 +1249,7 @@ mod tests {
         let mut few = Subs::Few(Vec::new());
         few.insert(Rc::from("a"));
         few.insert(Rc::from("b"));
-        assert!(few.remove("a") && !few.contains("a") && few.contains("b"));
+        assert!(few.remove("a").is_some() && !few.contains("a") && few.contains("b"));
         few.retain(|_| false);
         assert!(few.is_empty());
     }

@@ -295,7 +295,7 @@ fn render_into(
 }
 
 /// `s` as a JSON string (serde_json's escaping).
-fn json_str(out: &mut String, s: &str) {
+pub(crate) fn json_str(out: &mut String, s: &str) {
     // Printable ASCII but `"` and `\\` is written as it is (the usual case:
     // names, addresses, codes); anything else goes through serde_json.
     if plain_ascii(s) {
@@ -382,21 +382,8 @@ fn quoted_addr(out: &mut String, addr: &std::net::SocketAddr) {
 }
 
 /// `n` in decimal, as `{n}` writes it.
-fn push_u64(out: &mut String, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        // `n % 10` is below 10: the cast cannot truncate.
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    for &d in &digits[i..] {
-        out.push(char::from(d));
-    }
+fn push_u64(out: &mut String, n: u64) {
+    out.push_str(itoa::Buffer::new().format(n));
 }
 
 /// A line's time stamp, appended to the line.

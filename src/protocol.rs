@@ -182,25 +182,24 @@ pub fn error(code: &str, message: &str, reference: Option<&RawValue>) -> String 
     .to_json()
 }
 
-/// The first message on a socket.
+/// The first message on a socket:
+/// `{"type":"welcome","sub":…,"clearance":…,"expires_at":…,"server":…}`.
+/// Written by hand, not by serde_json: every handshake sends one (issue
+/// 16); the text is serde_json's (unit test).
 pub fn welcome(sub: &str, clearance: u32, expires_at: u64, server: &str) -> String {
-    #[derive(Serialize)]
-    struct Welcome<'a> {
-        #[serde(rename = "type")]
-        kind: &'static str,
-        sub: &'a str,
-        clearance: u32,
-        expires_at: u64,
-        server: &'a str,
-    }
-    serde_json::to_string(&Welcome {
-        kind: "welcome",
-        sub,
-        clearance,
-        expires_at,
-        server,
-    })
-    .unwrap_or_default()
+    // 62 bytes of names and punctuation, 30 digits at most, 4 quotes: no
+    // reallocation for a sub and server name without escapes.
+    let mut out = String::with_capacity(96 + sub.len() + server.len());
+    out.push_str(r#"{"type":"welcome","sub":"#);
+    crate::log::json_str(&mut out, sub);
+    out.push_str(r#","clearance":"#);
+    out.push_str(itoa::Buffer::new().format(clearance));
+    out.push_str(r#","expires_at":"#);
+    out.push_str(itoa::Buffer::new().format(expires_at));
+    out.push_str(r#","server":"#);
+    crate::log::json_str(&mut out, server);
+    out.push('}');
+    out
 }
 
 /// `{"type":"subscribed","channel":C,"epoch":E,"offset":N[,"recovered":B][,"ref":R]}`.
@@ -289,6 +288,40 @@ pub fn message(channel: &str, id: u64, ts_ms: u64, from: &str, data: &RawValue) 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn welcome_is_the_text_serde_json_writes() {
+        #[derive(Serialize)]
+        struct Welcome<'a> {
+            #[serde(rename = "type")]
+            kind: &'static str,
+            sub: &'a str,
+            clearance: u32,
+            expires_at: u64,
+            server: &'a str,
+        }
+        let long = "é".repeat(100);
+        for (sub, clearance, exp) in [
+            ("agent-7", 0, 1_700_000_000),
+            ("a \"quoted\" \\ name", u32::MAX, u64::MAX),
+            ("ctl\u{1}\n\u{7f}\u{2028}", 3, 0),
+            (long.as_str(), 9, 42),
+            ("", 1, 1),
+        ] {
+            let theirs = serde_json::to_string(&Welcome {
+                kind: "welcome",
+                sub,
+                clearance,
+                expires_at: exp,
+                server: "tessera/0.1.0",
+            })
+            .unwrap();
+            assert_eq!(welcome(sub, clearance, exp, "tessera/0.1.0"), theirs, "{sub:?}");
+        }
+        // The longest numbers fit the first allocation.
+        let w = welcome("agent-7", u32::MAX, u64::MAX, "tessera/0.1.0");
+        assert_eq!(w.capacity(), 96 + "agent-7".len() + "tessera/0.1.0".len());
+    }
 
     #[test]
     fn spec4_3_every_command() {

@@ -247,19 +247,15 @@ impl History {
     /// Creates `channel` (empty) if it does not exist; its epoch is fixed
     /// when first seen (`now_ms` `u64::MAX`: its idle time starts at the
     /// next prune).
-    pub fn ensure(&mut self, channel: &str, now_ms: u64) {
-        if !self.logs.contains_key(channel) {
-            self.logs.insert(
-                Rc::from(channel),
-                Log {
-                    epoch: OnceCell::new(),
-                    last: 0,
-                    lost_through: 0,
-                    entries: VecDeque::new(),
-                    touched_ms: now_ms,
-                },
-            );
-        }
+    pub fn ensure(&mut self, channel: &Rc<str>, now_ms: u64) {
+        // One lookup; a new log shares the hub's name for the channel.
+        self.logs.entry(channel.clone()).or_insert_with(|| Log {
+            epoch: OnceCell::new(),
+            last: 0,
+            lost_through: 0,
+            entries: VecDeque::new(),
+            touched_ms: now_ms,
+        });
     }
 
     /// Drops channels that `in_use` does not claim (the hub: channels with
@@ -675,8 +671,8 @@ mod tests {
     fn an_epoch_once_seen_stays_while_the_channel_lives() {
         let mut h = h(10, 1000, 1 << 20);
         h.set_salt([9; 32]);
-        h.ensure("@a", 0);
-        h.ensure("@b", 0);
+        h.ensure(&Rc::from("@a"), 0);
+        h.ensure(&Rc::from("@b"), 0);
         // Never seen, never published: nothing for the disk log.
         assert_eq!(h.retained().count(), 0);
         let seen = h.position("@a").epoch;
@@ -706,7 +702,7 @@ mod tests {
     fn never_published_channels_go_when_unused_and_come_back_with_their_epoch() {
         let mut h = h(10, 1000, 1 << 20);
         h.set_salt([9; 32]);
-        h.ensure("@alice", 0);
+        h.ensure(&Rc::from("@alice"), 0);
         let quiet = h.position("@alice").epoch;
         fill(&mut h, "busy", 2, 0);
         let busy = h.position("busy").epoch;
@@ -716,7 +712,7 @@ mod tests {
         assert!(!h.has("@alice"));
         assert!(h.has("busy"), "retains messages");
         // Re-created: the same epoch, nothing was lost.
-        h.ensure("@alice", 2);
+        h.ensure(&Rc::from("@alice"), 2);
         assert_eq!(h.position("@alice").epoch, quiet);
         let r = h.replay("@alice", Some(&pos(&quiet, 0)), 2);
         assert_eq!(r.recovered, Some(true));

@@ -731,7 +731,7 @@ pub fn address_throttled(shared: &Shared, peer_ip: &str, client: IpAddr) {
 /// `--max-sockets-per-address`).
 #[derive(Default)]
 pub struct SocketCounts {
-    subs: HashMap<String, usize>,
+    subs: HashMap<Rc<str>, usize>,
     addresses: HashMap<IpAddr, usize>,
 }
 
@@ -754,7 +754,7 @@ impl SocketCounts {
 pub struct Counted {
     shared: Rc<Shared>,
     address: IpAddr,
-    sub: Option<String>,
+    sub: Option<Rc<str>>,
 }
 
 impl Counted {
@@ -775,18 +775,23 @@ impl Counted {
     }
 
     /// Counts the socket under `sub` unless it has `max` already (one
-    /// lookup for the check and the count).
+    /// lookup for the check and the count; the table and the guard share
+    /// the name).
     fn sub(&mut self, sub: &str, max: usize) -> bool {
+        use std::collections::hash_map::Entry;
         let mut per = self.shared.sockets_per.borrow_mut();
-        match per.subs.get_mut(sub) {
-            Some(n) if *n >= max => return false,
-            Some(n) => *n += 1,
-            None if max == 0 => return false,
-            None => {
-                per.subs.insert(sub.to_string(), 1);
+        match per.subs.entry(Rc::from(sub)) {
+            Entry::Occupied(n) if *n.get() >= max => return false,
+            Entry::Occupied(mut n) => {
+                *n.get_mut() += 1;
+                self.sub = Some(n.key().clone());
+            }
+            Entry::Vacant(_) if max == 0 => return false,
+            Entry::Vacant(v) => {
+                self.sub = Some(v.key().clone());
+                v.insert(1);
             }
         }
-        self.sub = Some(sub.to_string());
         true
     }
 }

@@ -154,8 +154,10 @@ impl<T> Pending<T> {
         let Some(key) = self.entries.get(&id).map(|e| e.key) else {
             return;
         };
-        let a = self.suspects.remove(&key);
-        let b = self.suspects_before.remove(&key);
+        // Most of the time nobody is suspect: no hashing then (every
+        // request head comes this way).
+        let a = !self.suspects.is_empty() && self.suspects.remove(&key);
+        let b = !self.suspects_before.is_empty() && self.suspects_before.remove(&key);
         if a || b {
             self.reclass(key, false);
         }
