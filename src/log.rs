@@ -101,7 +101,8 @@ impl Logger {
             let Ok(mut p) = p.try_borrow_mut() else { return false };
             let Some(buf) = p.as_mut() else { return false };
             if buf.is_empty() {
-                SINCE.with(|s| s.set(Some(std::time::Instant::now())));
+                // The loop turn's clock, like the time stamps: no clock read per line.
+                SINCE.with(|s| s.set(Some(crate::reactor::now())));
             }
             render_into(buf, self.format, ts, level, event, fields);
             if buf.len() >= FLUSH_BYTES {
@@ -213,7 +214,7 @@ impl<F: Future + Unpin> Future for FlushWhenIdle<F> {
             return r;
         };
         let due = since + FLUSH_DELAY;
-        if std::time::Instant::now() >= due {
+        if crate::reactor::now() >= due {
             flush();
             self.timer = None;
             return r;
