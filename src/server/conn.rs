@@ -16,14 +16,14 @@ use crate::hub::Rights;
 use crate::reactor::{Listener as TcpListener, Tcp, Timer};
 use async_tungstenite::WebSocketStream;
 use async_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
-use event_listener::Event;
 use smol::LocalExecutor;
 use smol::io::{AsyncReadExt, AsyncWriteExt};
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::task::{Poll, Waker};
 use std::time::Instant;
 
 /// A client connection: plain TCP, or TLS over it (feature `tls`).
@@ -34,30 +34,44 @@ pub type Stream = crate::tls::MaybeTls<Tcp, futures_rustls::server::TlsStream<Tc
 pub type Stream = crate::tls::MaybeTls<Tcp, Tcp>;
 
 /// Tells an idle pre-upgrade connection to go (it was shed at a cap).
+/// Only the connection's own task waits on it, so it keeps that task's
+/// waker itself: no `event_listener` list, lock and boxed listener per
+/// request head (issue 16).
 #[derive(Default)]
 pub struct ShedSignal {
     shed: Cell<bool>,
-    event: Event,
+    /// The tasks waiting (one in practice; a waker already here is not
+    /// added twice).
+    waiters: RefCell<Vec<Waker>>,
 }
 
 impl ShedSignal {
     fn fire(&self) {
         self.shed.set(true);
-        self.event.notify(usize::MAX);
+        let waiters = self.waiters.try_borrow_mut().map(|mut w| std::mem::take(&mut *w));
+        for w in waiters.unwrap_or_default() {
+            w.wake();
+        }
     }
 
     /// Resolves once the connection has been shed.
-    pub async fn wait(&self) {
-        loop {
+    pub fn wait(&self) -> impl std::future::Future<Output = ()> + '_ {
+        std::future::poll_fn(move |cx| {
             if self.shed.get() {
-                return;
+                return Poll::Ready(());
             }
-            let l = self.event.listen();
-            if self.shed.get() {
-                return;
+            match self.waiters.try_borrow_mut() {
+                Ok(mut w) => {
+                    if !w.iter().any(|x| x.will_wake(cx.waker())) {
+                        w.push(cx.waker().clone());
+                    }
+                }
+                // Not reachable (nothing holds the list across a poll); if
+                // it were, look again on the next turn rather than miss it.
+                Err(_) => cx.waker().wake_by_ref(),
             }
-            l.await;
-        }
+            Poll::Pending
+        })
     }
 }
 
