@@ -6,7 +6,7 @@
 #
 #   cargo build --release --features cluster          # the nodes
 #   cargo build --features cluster --bench cluster_latency    # the latency client (dev profile is enough)
-#   /work/tools/quiet-bench.sh bash benches/cluster.sh
+#   bash benches/cluster.sh        (on an otherwise idle machine: nothing else compiling)
 #
 # Setups, each ROUNDS times (alternating), every process unpinned (2 cores:
 # the nodes, Redis and wsload share them):

@@ -27,8 +27,9 @@
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 2
 ROOT=$PWD
-# Relative on purpose: /work/tools/renice-loop.sh renices every process whose
-# command line holds a worktree's /target/ path, the server under test included.
+# Relative on purpose: a renicing helper used on the shared development machines
+# (BENCHMARKS.md) matched every process whose command line held a worktree's
+# /target/ path, the server under test included.
 TESSERA_BIN=${TESSERA_BIN:-target/release/tessera}
 KIT=${KIT:-/tmp/bench}
 ROUNDS=${ROUNDS:-3}

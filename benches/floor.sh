@@ -4,7 +4,7 @@
 # the bench kit (../shared/bench: bench-peers.sh + wsload), server on CPU 0,
 # load on CPU 1, ROUNDS alternating rounds, medians.
 #
-#   /work/tools/quiet-bench.sh bash benches/floor.sh      (after cargo build --release)
+#   bash benches/floor.sh      (after cargo build --release, on an otherwise idle machine)
 #
 # Per round and server, one process runs two scenarios (bench-peers.sh):
 #   handshakes  HS_N authenticated handshakes, HS_K at a time (connect, 101 +
