@@ -397,6 +397,20 @@ pub fn reason(status: u16) -> &'static str {
     }
 }
 
+/// Whether `key` is base64 (RFC 4648 §4, padded, canonical) for 16 bytes,
+/// as RFC 6455 §4.2.1 item 5 asks of `Sec-WebSocket-Key`: 21 characters of
+/// the alphabet, a 22nd that carries 2 bits and 4 zero bits (`A`, `Q`, `g`
+/// or `w`), then `==`. Checked by its shape rather than decoded: no base64
+/// code of its own in the handshake (the accept key's encoder is there
+/// already; issue 16). The unit test compares it with the base64 crate.
+pub fn is_websocket_key(key: &str) -> bool {
+    let b = key.as_bytes();
+    let alphabet = |c: &u8| c.is_ascii_alphanumeric() || *c == b'+' || *c == b'/';
+    b.len() == 24
+        && b.get(..21).is_some_and(|head| head.iter().all(alphabet))
+        && matches!(b.get(21..), Some([b'A' | b'Q' | b'g' | b'w', b'=', b'=']))
+}
+
 /// Why a `GET /ws` that asks to upgrade cannot be a WebSocket handshake
 /// (RFC 6455 §4.2.1), as the answer to send: 400, or 426 with the version
 /// tessera speaks. `None`: the handshake may proceed.
@@ -412,15 +426,7 @@ pub fn upgrade_problem(req: &Request) -> Option<Response> {
     if req.minor_version == 0 {
         return Some(Response::error(400, "bad_request", "WebSocket needs HTTP/1.1"));
     }
-    let key_ok = req.header("sec-websocket-key").is_some_and(|k| {
-        use base64::Engine as _;
-        // Decoded onto the stack: 24 characters decode to at most 18 bytes.
-        let mut raw = [0u8; 18];
-        base64::engine::general_purpose::STANDARD
-            .decode_slice(k, &mut raw)
-            .is_ok_and(|n| n == 16)
-    });
-    if !key_ok {
+    if !req.header("sec-websocket-key").is_some_and(is_websocket_key) {
         return Some(Response::error(
             400,
             "bad_request",
@@ -613,6 +619,46 @@ pub fn route(method: &str, path: &str) -> Route {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_websocket_key_is_what_the_base64_crate_decodes_to_16_bytes() {
+        use base64::Engine as _;
+        let theirs = |k: &str| {
+            let mut raw = [0u8; 18];
+            base64::engine::general_purpose::STANDARD
+                .decode_slice(k, &mut raw)
+                .is_ok_and(|n| n == 16)
+        };
+        let alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        let mut keys: Vec<String> = vec![
+            "dGhlIHNhbXBsZSBub25jZQ==".into(),
+            "".into(),
+            "dGhlIHNhbXBsZSBub25jZQ=".into(),
+            "dGhlIHNhbXBsZSBub25jZQ===".into(),
+            "dGhlIHNhbXBsZSBub25jZ===".into(),
+            "dGhlIHNhbXBsZSBub25jZQ-_".into(),
+            "dGhlIHNhbXBsZSBub25jZ-==".into(),
+            "dGhl IHNhbXBsZSBub25jZQ=".into(),
+            "dGhlIHNhbXBsZSBub25jZQ\u{e9}".into(),
+            "AAAAAAAAAAAAAAAAAAAAAAAAAAAA".into(),
+            "AAAAAAAAAAAAAAAAAAAAAAAA".into(),
+            "AAAAAAAAAAAAAAAAAAAAAAA=".into(),
+        ];
+        // Every character in every position of a valid key (and `=` and a
+        // few outside the alphabet), one position at a time.
+        let base = "x3JJHMbDL1EzLkh9GBhXDw==";
+        for i in 0..24 {
+            for c in alphabet.chars().chain("=-_. \u{0}".chars()) {
+                let mut k: Vec<char> = base.chars().collect();
+                k[i] = c;
+                keys.push(k.into_iter().collect());
+            }
+        }
+        for k in &keys {
+            assert_eq!(is_websocket_key(k), theirs(k), "{k:?}");
+        }
+        assert!(keys.iter().filter(|k| is_websocket_key(k)).count() > 20 * 64);
+    }
 
     fn req(raw: &str) -> Request {
         match parse_head(raw.as_bytes()) {
