@@ -383,7 +383,7 @@ fn quoted_addr(out: &mut String, addr: &std::net::SocketAddr) {
 }
 
 /// `n` in decimal, as `{n}` writes it.
-fn push_u64(out: &mut String, n: u64) {
+pub(crate) fn push_u64(out: &mut String, n: u64) {
     out.push_str(itoa::Buffer::new().format(n));
 }
 

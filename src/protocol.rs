@@ -193,9 +193,9 @@ pub fn welcome(sub: &str, clearance: u32, expires_at: u64, server: &str) -> Stri
     out.push_str(r#"{"type":"welcome","sub":"#);
     crate::log::json_str(&mut out, sub);
     out.push_str(r#","clearance":"#);
-    out.push_str(itoa::Buffer::new().format(clearance));
+    crate::log::push_u64(&mut out, u64::from(clearance));
     out.push_str(r#","expires_at":"#);
-    out.push_str(itoa::Buffer::new().format(expires_at));
+    crate::log::push_u64(&mut out, expires_at);
     out.push_str(r#","server":"#);
     crate::log::json_str(&mut out, server);
     out.push('}');
