@@ -27,17 +27,20 @@ pub const MAX_HEADERS: usize = 64;
 /// A parsed request head. Header names are lower-cased.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Request {
-    pub method: String,
-    /// The path without the query string.
-    pub path: String,
-    /// The raw query string after `?`, if any.
-    pub query: Option<String>,
+    /// The method, the path, the query string, then every header name
+    /// (lower-cased) and value (trimmed), back to back: two allocations
+    /// per head (this and `header_ends`) instead of two per header and
+    /// one per part of the request line (issue 16).
+    text: String,
+    /// Where the method, the path and the query end in `text`.
+    method_end: u16,
+    path_end: u16,
+    query_end: u16,
+    /// Whether the target had a `?` (an empty query is still a query).
+    has_query: bool,
     /// HTTP/1.0 or HTTP/1.1 (minor version).
     pub minor_version: u8,
-    /// Every header name (lower-cased) and value (trimmed), back to back:
-    /// two allocations per head instead of two per header (issue 16).
-    header_text: String,
-    /// Per header: where its name ends and its value ends in `header_text`.
+    /// Per header: where its name ends and its value ends in `text`.
     header_ends: Vec<(u16, u16)>,
     /// Bytes the head took, including the blank line.
     pub head_len: usize,
@@ -47,9 +50,9 @@ pub struct Request {
 impl std::fmt::Debug for Request {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Request")
-            .field("method", &self.method)
-            .field("path", &self.path)
-            .field("query", &self.query.as_ref().map(|_| "…"))
+            .field("method", &self.method())
+            .field("path", &self.path())
+            .field("query", &self.query().map(|_| "…"))
             .field("minor_version", &self.minor_version)
             .field("headers", &self.headers().map(|(n, _)| n).collect::<Vec<_>>())
             .field("head_len", &self.head_len)
@@ -103,34 +106,44 @@ pub fn parse_head(buf: &[u8]) -> Result<Head, HeadError> {
                 _ => return Err(HeadError::Malformed),
             };
             let (path, query) = match target.split_once('?') {
-                Some((p, q)) => (p, Some(q.to_string())),
+                Some((p, q)) => (p, Some(q)),
                 None => (target, None),
             };
             // The head is at most MAX_HEAD_BYTES (< u16::MAX), so every
-            // offset into its headers fits.
-            let mut header_text = String::with_capacity(head_len);
+            // offset into its text fits.
+            let offset = |n: usize| u16::try_from(n).map_err(|_| HeadError::TooLarge);
+            let mut text = Vec::with_capacity(head_len);
+            text.extend_from_slice(method.as_bytes());
+            let method_end = offset(text.len())?;
+            text.extend_from_slice(path.as_bytes());
+            let path_end = offset(text.len())?;
+            text.extend_from_slice(query.unwrap_or_default().as_bytes());
+            let query_end = offset(text.len())?;
             let mut header_ends = Vec::with_capacity(req.headers.len());
             for h in req.headers.iter() {
-                let value = std::str::from_utf8(h.value).map_err(|_| HeadError::Malformed)?;
                 // httparse admits only token characters (ASCII) in a name.
-                let name_start = header_text.len();
-                header_text.push_str(h.name);
-                if let Some(name) = header_text.get_mut(name_start..) {
+                let name_start = text.len();
+                text.extend_from_slice(h.name.as_bytes());
+                if let Some(name) = text.get_mut(name_start..) {
                     name.make_ascii_lowercase();
                 }
-                let name_end = header_text.len();
-                header_text.push_str(value.trim());
-                let (Ok(n), Ok(v)) = (u16::try_from(name_end), u16::try_from(header_text.len())) else {
-                    return Err(HeadError::TooLarge);
-                };
-                header_ends.push((n, v));
+                let name_end = offset(text.len())?;
+                // Optional whitespace is SP and HTAB (RFC 9110 §5.6.3).
+                text.extend_from_slice(h.value.trim_ascii());
+                header_ends.push((name_end, offset(text.len())?));
             }
+            // One UTF-8 check for all values (issue 16: one per value was
+            // 1 % of a handshake). The request line is `str` already and
+            // names are non-empty ASCII, so the whole is valid exactly
+            // when every value is.
+            let text = String::from_utf8(text).map_err(|_| HeadError::Malformed)?;
             Ok(Head::Complete(Request {
-                method: method.to_string(),
-                path: path.to_string(),
-                query,
+                text,
+                method_end,
+                path_end,
+                query_end,
+                has_query: query.is_some(),
                 minor_version: minor,
-                header_text,
                 header_ends,
                 head_len,
             }))
@@ -153,15 +166,33 @@ pub enum BodyLength {
 }
 
 impl Request {
+    /// `text[from..to]` (empty if the offsets were not this head's).
+    fn part(&self, from: u16, to: u16) -> &str {
+        self.text.get(usize::from(from)..usize::from(to)).unwrap_or_default()
+    }
+
+    /// The method, as sent (methods are case-sensitive).
+    pub fn method(&self) -> &str {
+        self.part(0, self.method_end)
+    }
+
+    /// The path without the query string.
+    pub fn path(&self) -> &str {
+        self.part(self.method_end, self.path_end)
+    }
+
+    /// The raw query string after `?`, if any.
+    pub fn query(&self) -> Option<&str> {
+        self.has_query.then(|| self.part(self.path_end, self.query_end))
+    }
+
     /// Every header as (lower-case name, trimmed value), in order.
     pub fn headers(&self) -> impl Iterator<Item = (&str, &str)> + '_ {
-        let mut start = 0usize;
+        let mut start = self.query_end;
         self.header_ends.iter().map(move |&(n, v)| {
-            let (n, v) = (usize::from(n), usize::from(v));
-            let name = self.header_text.get(start..n).unwrap_or_default();
-            let value = self.header_text.get(n..v).unwrap_or_default();
+            let name = self.part(start, n);
             start = v;
-            (name, value)
+            (name, self.part(n, v))
         })
     }
 
@@ -169,12 +200,12 @@ impl Request {
     pub fn header(&self, name: &str) -> Option<&str> {
         // Bytes, not `headers()`: an upgrade looks up about ten names, and
         // only the one found needs its value sliced as `str`.
-        let text = self.header_text.as_bytes();
-        let mut start = 0usize;
+        let text = self.text.as_bytes();
+        let mut start = usize::from(self.query_end);
         for &(n, v) in &self.header_ends {
             let (n, v) = (usize::from(n), usize::from(v));
             if n.wrapping_sub(start) == name.len() && text.get(start..n) == Some(name.as_bytes()) {
-                return self.header_text.get(n..v);
+                return self.text.get(n..v);
             }
             start = v;
         }
@@ -190,7 +221,7 @@ impl Request {
 
     /// A query parameter, percent-decoded.
     pub fn query_param(&self, name: &str) -> Option<String> {
-        self.query.as_deref().and_then(|q| query_value(q, name))
+        self.query().and_then(|q| query_value(q, name))
     }
 
     /// The announced body length.
@@ -212,21 +243,17 @@ impl Request {
     /// default yes, HTTP/1.0 default no; `Connection` overrides).
     pub fn keep_alive(&self) -> bool {
         let conn = self.header("connection").unwrap_or("");
-        let has = |t: &str| conn.split(',').any(|c| c.trim().eq_ignore_ascii_case(t));
         if self.minor_version == 0 {
-            has("keep-alive")
+            has_token(conn, "keep-alive")
         } else {
-            !has("close")
+            !has_token(conn, "close")
         }
     }
 
     /// Whether this is a WebSocket upgrade request (RFC 6455 §4.2.1).
     pub fn is_websocket_upgrade(&self) -> bool {
-        let has_token = |h: &str, t: &str| {
-            self.header(h)
-                .is_some_and(|v| v.split(',').any(|c| c.trim().eq_ignore_ascii_case(t)))
-        };
-        has_token("upgrade", "websocket") && has_token("connection", "upgrade")
+        let has = |h: &str, t: &str| self.header(h).is_some_and(|v| has_token(v, t));
+        has("upgrade", "websocket") && has("connection", "upgrade")
     }
 
     /// The bearer token of an `Authorization: Bearer …` header (RFC 6750 §2.1).
@@ -235,13 +262,22 @@ impl Request {
     }
 }
 
+/// Whether the comma-separated list `list` (RFC 9110 §5.6.1) holds the
+/// token `t`, compared case-insensitively.
+pub fn has_token(list: &str, t: &str) -> bool {
+    list.as_bytes()
+        .split(|&b| b == b',')
+        .any(|c| c.trim_ascii().eq_ignore_ascii_case(t.as_bytes()))
+}
+
 /// `Bearer <token>` → token (scheme case-insensitive).
 pub fn bearer_token(value: &str) -> Option<&str> {
-    let (scheme, rest) = value.split_once(' ')?;
+    let space = value.bytes().position(|b| b == b' ')?;
+    let scheme = value.get(..space)?;
     if !scheme.eq_ignore_ascii_case("bearer") {
         return None;
     }
-    let t = rest.trim();
+    let t = value.get(space + 1..)?.trim_ascii();
     (!t.is_empty()).then_some(t)
 }
 
@@ -416,7 +452,7 @@ pub fn is_websocket_key(key: &str) -> bool {
 /// tessera speaks. `None`: the handshake may proceed.
 pub fn upgrade_problem(req: &Request) -> Option<Response> {
     // §4.2.1 item 1: a GET (a HEAD routed to /ws is not an upgrade).
-    if req.method != "GET" {
+    if req.method() != "GET" {
         return Some(Response::error(
             400,
             "bad_request",
@@ -695,13 +731,38 @@ mod tests {
     fn rfc9112_head_parsed_with_lowercase_names() {
         let raw = "POST /publish?a=1 HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello";
         let r = req(raw);
-        assert_eq!(
-            (r.method.as_str(), r.path.as_str(), r.query.as_deref()),
-            ("POST", "/publish", Some("a=1"))
-        );
+        assert_eq!((r.method(), r.path(), r.query()), ("POST", "/publish", Some("a=1")));
         assert_eq!(r.header("content-length"), Some("5"));
         assert_eq!(r.body_length(), BodyLength::Length(5));
         assert_eq!(r.head_len, raw.len() - 5);
+        let r = req("GET /ws? HTTP/1.1\r\nA: 1\r\n\r\n");
+        assert_eq!(
+            (r.method(), r.path(), r.query(), r.header("a")),
+            ("GET", "/ws", Some(""), Some("1"))
+        );
+        let r = req("OPTIONS * HTTP/1.0\r\n\r\n");
+        assert_eq!(
+            (r.method(), r.path(), r.query(), r.headers().count()),
+            ("OPTIONS", "*", None, 0)
+        );
+    }
+
+    #[test]
+    fn header_values_are_utf8_trimmed_of_ows_only() {
+        // A value that is not UTF-8 makes the head malformed, wherever it is.
+        for raw in [
+            &b"GET / HTTP/1.1\r\nX-A: \xff\r\nHost: x\r\n\r\n"[..],
+            &b"GET / HTTP/1.1\r\nHost: x\r\nX-A: ok \xc3\r\n\r\n"[..],
+        ] {
+            assert_eq!(parse_head(raw), Err(HeadError::Malformed));
+        }
+        let r = req("GET / HTTP/1.1\r\nX-A: \t caf\u{e9} \t\r\nX-B: \u{a0}x\u{a0}\r\nHost:\r\n\r\n");
+        let all: Vec<_> = r.headers().collect();
+        // SP and HTAB are trimmed (RFC 9110 §5.6.3); other white space is content.
+        assert_eq!(all, [("x-a", "caf\u{e9}"), ("x-b", "\u{a0}x\u{a0}"), ("host", "")]);
+        assert!(has_token(" a ,\tUpgrade\t, b", "upgrade"));
+        assert!(!has_token("upgrades, x-upgrade", "upgrade"));
+        assert!(!has_token("", "upgrade"));
     }
 
     #[test]

@@ -26,7 +26,14 @@ fuzz_target!(|data: &[u8]| {
     };
     assert!(req.head_len <= data.len() && req.head_len <= http::MAX_HEAD_BYTES);
     assert!(req.headers().all(|(n, _)| !n.bytes().any(|b| b.is_ascii_uppercase())));
-    let _ = http::route(&req.method, &req.path);
+    // The request line is kept as sent: method, path and query come back
+    // as they were in the head.
+    let line = match req.query() {
+        Some(q) => format!("{} {}?{} ", req.method(), req.path(), q),
+        None => format!("{} {} ", req.method(), req.path()),
+    };
+    assert!(data[..req.head_len].windows(line.len()).any(|w| w == line.as_bytes()));
+    let _ = http::route(req.method(), req.path());
     let _ = (
         req.body_length(),
         req.keep_alive(),

@@ -130,7 +130,7 @@ fn origin_ok(shared: &Shared, req: &Request, source: TokenSource) -> bool {
     if gate::origin_allowed(req, source, &shared.cfg.gate) {
         return true;
     }
-    let read_only = req.method == "GET" || req.method == "HEAD";
+    let read_only = req.method() == "GET" || req.method() == "HEAD";
     read_only
         && req.header("origin").is_none()
         && req
@@ -199,7 +199,7 @@ fn connections(shared: &Shared) -> Response {
 /// `GET /admin/events?after=ID&limit=N`: oldest first; without `after`, the
 /// newest `limit` (default [`DEFAULT_PAGE`], at most [`crate::events::MAX_PAGE`]).
 fn events(shared: &Shared, req: &Request) -> Response {
-    let q = req.query.as_deref().unwrap_or("");
+    let q = req.query().unwrap_or("");
     let number = |name: &str| -> Result<Option<u64>, Response> {
         match http::query_value(q, name) {
             None => Ok(None),

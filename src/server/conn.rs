@@ -252,11 +252,11 @@ pub fn serve_connection(
             let keep_alive = req.keep_alive() && !shared.shutting_down.get();
             // With --metrics-listen, /metrics and /healthz live only there, and
             // that listener serves nothing else.
-            let monitoring = matches!(req.path.as_str(), "/metrics" | "/healthz");
+            let monitoring = matches!(req.path(), "/metrics" | "/healthz");
             let route = match listener {
                 Listener::Main if monitoring && shared.cfg.metrics_listen.is_some() => Route::NotFound,
                 Listener::Metrics if !monitoring => Route::NotFound,
-                _ => http::route(&req.method, &req.path),
+                _ => http::route(req.method(), req.path()),
             };
             if route == Route::WebSocket {
                 let problem = if req.is_websocket_upgrade() {
@@ -333,7 +333,7 @@ async fn exchange(
 ) -> bool {
     let deadline = crate::reactor::now() + shared.cfg.handshake_timeout;
     // Read the body, if any (SPEC §4: ≤ 16 KiB, POST needs Content-Length).
-    let body_len = match (req.method.as_str(), req.body_length()) {
+    let body_len = match (req.method(), req.body_length()) {
         (_, BodyLength::Invalid) => Err(Response::error(400, "bad_request", "invalid Content-Length")),
         ("POST", BodyLength::None | BodyLength::Chunked) => Err(Response::error(
             411,
@@ -381,7 +381,7 @@ async fn exchange(
         }
         _ => respond(shared, req, route),
     };
-    let head_only = req.method == "HEAD";
+    let head_only = req.method() == "HEAD";
     let mut bytes = response.to_bytes(keep_alive);
     if head_only {
         let cut = bytes.len() - if response.status == 204 { 0 } else { response.body.len() };
