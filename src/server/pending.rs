@@ -207,8 +207,12 @@ impl<T> Pending<T> {
     /// cap (trusted proxies).
     pub fn admit(&mut self, id: u64, ip: IpAddr, exempt: bool, handle: T) -> Admit<T> {
         let key = address_key(ip);
-        let mine = self.per_address.get(&key).map_or(0, |a| a.count);
-        let victim = if !exempt && mine >= self.max_per_address {
+        // An address has at most all the connections: below the cap in
+        // all, no lookup (the one in `entry` below is then the only one).
+        let at_cap = !exempt
+            && self.entries.len() >= self.max_per_address
+            && self.per_address.get(&key).map_or(0, |a| a.count) >= self.max_per_address;
+        let victim = if at_cap {
             Some(self.victim(Some(key)))
         } else if self.entries.len() >= self.max_total {
             Some(self.victim(None))
