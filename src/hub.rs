@@ -153,6 +153,17 @@ impl Rights {
         }
     }
 
+    /// [`Rights::from_claims`], moving the strings out of `c` (its `sub`
+    /// and `channels` are left empty).
+    pub fn take_from(c: &mut crate::jwt::Claims) -> Rights {
+        Rights {
+            sub: std::mem::take(&mut c.sub),
+            clearance: c.clearance,
+            channels: c.channels.take(),
+            publish: c.publish,
+        }
+    }
+
     /// The agent's personal channel `@<sub>`.
     pub fn personal(&self) -> String {
         // Not `format!`: every handshake joins it (issue 16).
@@ -940,6 +951,24 @@ mod tests {
             items: RefCell::default(),
         })
     }
+    #[test]
+    fn rights_taken_from_claims_are_the_copied_ones() {
+        for channels in [None, Some(vec!["ops".to_string(), "team.*".to_string()])] {
+            let mut c = crate::jwt::Claims {
+                sub: "agent-7".into(),
+                clearance: 3,
+                channels,
+                publish: true,
+                sid: Some("s1".into()),
+                ..Default::default()
+            };
+            let copied = Rights::from_claims(&c);
+            assert_eq!(Rights::take_from(&mut c), copied);
+            // Only the moved strings are gone.
+            assert_eq!((c.sub.as_str(), c.channels, c.sid.as_deref()), ("", None, Some("s1")));
+        }
+    }
+
     fn r(sub: &str, clearance: u32, channels: Option<&[&str]>, publish: bool) -> Rights {
         Rights {
             sub: sub.into(),

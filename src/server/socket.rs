@@ -1103,10 +1103,15 @@ where
     let started = mono_ms();
     let cfg = &shared.cfg;
     let handle = Rc::new(ConnHandle::new(cfg.queue_depth, peer, now_millis()));
-    let mut rights = Rights::from_claims(&claims);
-    *handle.sid.borrow_mut() = claims.sid.clone();
-    shared.hub.borrow_mut().join(id, rights.clone(), handle.clone());
     let operator = super::admin::is_operator(cfg, &claims);
+    let exp_secs = claims.exp_secs();
+    let mut timers = Timers::new(&claims, cfg.gate.verify.leeway, cfg.ping_interval);
+    // The claims' strings move into the rights and the handle: no copies.
+    let mut claims = claims.into_inner();
+    *handle.sid.borrow_mut() = claims.sid.take();
+    let mut rights = Rights::take_from(&mut claims);
+    drop(claims);
+    shared.hub.borrow_mut().join(id, rights.clone(), handle.clone());
     shared.hub.borrow_mut().set_operator(id, operator);
     let member = Membership {
         shared: shared.clone(),
@@ -1130,13 +1135,11 @@ where
     let welcome = protocol::welcome(
         &rights.sub,
         rights.clearance,
-        claims.exp_secs(),
+        exp_secs,
         concat!("tessera/", env!("TESSERA_VERSION")),
     );
     ws.get_mut().out.push_text(welcome.as_bytes());
     drop(welcome);
-    let mut timers = Timers::new(&claims, cfg.gate.verify.leeway, cfg.ping_interval);
-    drop(claims);
     let mut budget = Budget::new(cfg.max_commands_per_sec, mono_ms());
     async move {
         // Referenced, not moved: captured once, dropped with the task.
