@@ -21,7 +21,9 @@
 # HS_N [20000] HS_K [50], FAN_C [1000] FAN_M [1000] FAN_SIZE [256],
 # OUT [target/floor-bench.jsonl] (this run's lines; the log is OUT.log).
 # Prints one JSON line per run and a table with the medians and the ratios
-# tessera ÷ floor (the issue-16 target is ≤ 1.15 for both).
+# tessera ÷ floor (the issue-16 target is ≤ 1.15 for both). On a machine whose
+# speed drifts, benches/paired.sh gives a steadier handshake figure (servers
+# kept up, short alternating chunks, CPU in nanoseconds).
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 2
 ROOT=$PWD
