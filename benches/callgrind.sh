@@ -28,7 +28,6 @@ set -uo pipefail
 cd "$(dirname "$0")/.." || exit 2
 ROOT=$PWD
 TESSERA_BIN=${TESSERA_BIN:-$ROOT/target/release/tessera}
-KIT=${KIT:-/tmp/bench}
 PORT=${PORT:-9331}
 OUT=${OUT:-$ROOT/target/callgrind}
 HS_N=${HS_N:-3000}
@@ -36,14 +35,10 @@ FAN_C=${FAN_C:-1000}; FAN_M=${FAN_M:-1000}
 WHAT=${*:-handshakes fanout}
 
 command -v valgrind >/dev/null || { echo "callgrind.sh: needs valgrind (apt-get install -y valgrind)" >&2; exit 2; }
-if [[ ! -d $KIT ]]; then
-  cp -r "$ROOT/../shared/bench" "$KIT" && chmod -R u+w "$KIT"
-fi
-WSLOAD=$KIT/wsload/target/release/wsload
-[[ -x $WSLOAD ]] || (cd "$KIT/wsload" && cargo build --release --quiet) || exit 2
+source benches/kit.sh
+kit_build wsload || exit 2
 [[ -n ${CMD:-} || -x $TESSERA_BIN ]] || { echo "callgrind.sh: build first: cargo build --profile bench" >&2; exit 2; }
 mkdir -p "$OUT"
-export TESSERA_SECRET=${TESSERA_SECRET:-$(head -c 32 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n')}
 URL=ws://127.0.0.1:$PORT/ws
 SERVER=${CMD:-$TESSERA_BIN serve --listen 127.0.0.1:$PORT --max-connections 20000 --max-sockets-per-address 20000 --log-format text}
 

@@ -14,18 +14,11 @@
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 2
 ROOT=$PWD
-KIT=${KIT:-/tmp/bench}
 ROUNDS=${1:-5}; N=${2:-40000}; shift $(($# < 2 ? $# : 2))
 SERVERS=("$@"); [[ ${#SERVERS[@]} -gt 0 ]] || SERVERS=("$ROOT/target/release/tessera" floor)
 PORT=${PORT:-9411}
-if [[ ! -d $KIT ]]; then
-  cp -r "$ROOT/../shared/bench" "$KIT" && chmod -R u+w "$KIT"
-fi
-FLOOR=$KIT/peers/floor/target/release/floor-peer
-[[ -x $FLOOR ]] || (cd "$KIT/peers/floor" && cargo build --release --quiet) || exit 2
-WSLOAD=$KIT/wsload/target/release/wsload
-[[ -x $WSLOAD ]] || (cd "$KIT/wsload" && cargo build --release --quiet) || exit 2
-export TESSERA_SECRET=${TESSERA_SECRET:-$(head -c 32 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n')}
+source benches/kit.sh
+kit_build floor && kit_build wsload || exit 2
 TCK=$(getconf CLK_TCK)
 OUTPUT=$(mktemp)
 trap 'rm -f "$OUTPUT"' EXIT

@@ -29,26 +29,19 @@ cd "$(dirname "$0")/.." || exit 2
 ROOT=$PWD
 TESSERA_BIN=${TESSERA_BIN:-$ROOT/target/release/tessera}
 BASE_BIN=${BASE_BIN:-}
-KIT=${KIT:-/tmp/bench}
 ROUNDS=${ROUNDS:-3}
 HS_N=${HS_N:-20000}; HS_K=${HS_K:-50}
 FAN_C=${FAN_C:-1000}; FAN_M=${FAN_M:-1000}; FAN_SIZE=${FAN_SIZE:-256}
 OUT=${OUT:-$ROOT/target/floor-bench.jsonl}
 PORT=${PORT:-9316}
 
-if [[ ! -d $KIT ]]; then
-  cp -r "$ROOT/../shared/bench" "$KIT" && chmod -R u+w "$KIT"
-fi
+source benches/kit.sh
 [[ -x $TESSERA_BIN ]] || { echo "floor.sh: build first: cargo build --release" >&2; exit 2; }
 [[ -z $BASE_BIN || -x $BASE_BIN ]] || { echo "floor.sh: BASE_BIN $BASE_BIN is not executable" >&2; exit 2; }
-FLOOR=$KIT/peers/floor/target/release/floor-peer
-[[ -x $FLOOR ]] || (cd "$KIT/peers/floor" && cargo build --release --quiet) || exit 2
-WSLOAD=$KIT/wsload/target/release/wsload
-[[ -x $WSLOAD ]] || (cd "$KIT/wsload" && cargo build --release --quiet) || exit 2
+kit_build floor && kit_build wsload || exit 2
 export WSLOAD
 mkdir -p "$(dirname "$OUT")"
 : >"$OUT"
-export TESSERA_SECRET=${TESSERA_SECRET:-$(head -c 32 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n')}
 
 kit() { # LABEL SERVER CMD...
   local label=$1; shift

@@ -22,18 +22,11 @@
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 2
 ROOT=$PWD
-KIT=${KIT:-/tmp/bench}
 CYCLES=${1:-30}; N=${2:-4000}; shift $(($# < 2 ? $# : 2))
 SERVERS=("$@"); [[ ${#SERVERS[@]} -gt 0 ]] || SERVERS=("$ROOT/target/release/tessera" floor)
 PORT=${PORT:-9421}
-if [[ ! -d $KIT ]]; then
-  cp -r "$ROOT/../shared/bench" "$KIT" && chmod -R u+w "$KIT"
-fi
-FLOOR=$KIT/peers/floor/target/release/floor-peer
-[[ -x $FLOOR ]] || (cd "$KIT/peers/floor" && cargo build --release --quiet) || exit 2
-WSLOAD=$KIT/wsload/target/release/wsload
-[[ -x $WSLOAD ]] || (cd "$KIT/wsload" && cargo build --release --quiet) || exit 2
-export TESSERA_SECRET=${TESSERA_SECRET:-$(head -c 32 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n')}
+source benches/kit.sh
+kit_build floor && kit_build wsload || exit 2
 OUTPUT=$(mktemp)
 LINES=$(mktemp)
 pids=()
