@@ -9,7 +9,7 @@
 //! use tessera::http::{parse_head, Head};
 //! let raw = b"GET /healthz?x=1 HTTP/1.1\r\nHost: a\r\nCookie: k=v; tessera_access=t\r\n\r\n";
 //! let Head::Complete(req) = parse_head(raw).unwrap() else { panic!() };
-//! assert_eq!(req.path, "/healthz");
+//! assert_eq!((req.method(), req.path(), req.query()), ("GET", "/healthz", Some("x=1")));
 //! assert_eq!(req.cookie("tessera_access"), Some("t"));
 //! ```
 
