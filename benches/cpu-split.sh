@@ -25,20 +25,8 @@ trap 'rm -f "$OUTPUT"' EXIT
 
 for r in $(seq "$ROUNDS"); do
   for b in "${SERVERS[@]}"; do
-    if [[ $b == floor ]]; then
-      taskset -c 0 "$FLOOR" --listen "127.0.0.1:$PORT" >/dev/null 2>&1 &
-    else
-      [[ -x $b ]] || { echo "cpu-split.sh: $b is not executable (cargo build --release)" >&2; exit 2; }
-      taskset -c 0 "$b" serve --listen "127.0.0.1:$PORT" --max-connections 20000 \
-        --max-sockets-per-address 20000 --log-format text >/dev/null 2>&1 &
-    fi
-    pid=$!
-    up=false
-    for _ in $(seq 50); do
-      if (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then up=true; break; fi
-      sleep 0.1
-    done
-    $up || { echo "cpu-split.sh: $b did not come up on port $PORT" >&2; kill "$pid"; exit 1; }
+    kit_serve "$b" "$PORT" || exit 1
+    pid=$SERVER_PID
     read -r u0 s0 < <(cut -d' ' -f14,15 "/proc/$pid/stat")
     taskset -c 1 "$WSLOAD" handshakes --url "ws://127.0.0.1:$PORT/ws" --conns "$N" --concurrency 50 \
       >"$OUTPUT" 2>/dev/null

@@ -41,21 +41,9 @@ names=()
 for i in "${!SERVERS[@]}"; do
   b=${SERVERS[$i]}
   port=$((PORT + i))
-  if [[ $b == floor ]]; then
-    taskset -c 0 "$FLOOR" --listen "127.0.0.1:$port" >/dev/null 2>&1 &
-  else
-    [[ -x $b ]] || { echo "paired.sh: $b is not executable (cargo build --release)" >&2; exit 2; }
-    taskset -c 0 "$b" serve --listen "127.0.0.1:$port" --max-connections 20000 \
-      --max-sockets-per-address 20000 --log-format text >/dev/null 2>&1 &
-  fi
-  pids+=($!)
+  kit_serve "$b" "$port" || exit 1
+  pids+=("$SERVER_PID")
   names+=("$(basename "$b")#$i")
-  up=false
-  for _ in $(seq 50); do
-    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then up=true; break; fi
-    sleep 0.1
-  done
-  $up || { echo "paired.sh: $b did not come up on port $port" >&2; exit 1; }
 done
 
 for c in $(seq "$CYCLES"); do

@@ -27,17 +27,15 @@ pub const MAX_HEADERS: usize = 64;
 /// A parsed request head. Header names are lower-cased.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Request {
-    /// The method, the path, the query string, then every header name
-    /// (lower-cased) and value (trimmed), back to back: two allocations
-    /// per head (this and `header_ends`) instead of two per header and
-    /// one per part of the request line (issue 16).
+    /// The method, the path, `?` and the query string if the target had
+    /// one, then every header name (lower-cased) and value (trimmed), back
+    /// to back: two allocations per head (this and `header_ends`) instead
+    /// of two per header and one per part of the request line (issue 16).
     text: String,
-    /// Where the method, the path and the query end in `text`.
+    /// Where the method, the path and the `?query` end in `text`.
     method_end: u16,
     path_end: u16,
     query_end: u16,
-    /// Whether the target had a `?` (an empty query is still a query).
-    has_query: bool,
     /// HTTP/1.0 or HTTP/1.1 (minor version).
     pub minor_version: u8,
     /// Per header: where its name ends and its value ends in `text`.
@@ -105,10 +103,8 @@ pub fn parse_head(buf: &[u8]) -> Result<Head, HeadError> {
                 (Some(m), Some(p), Some(v)) => (m, p, v),
                 _ => return Err(HeadError::Malformed),
             };
-            let (path, query) = match target.split_once('?') {
-                Some((p, q)) => (p, Some(q)),
-                None => (target, None),
-            };
+            // The query keeps its `?`: an empty query is still a query.
+            let (path, query) = target.find('?').map_or((target, ""), |i| target.split_at(i));
             // The head is at most MAX_HEAD_BYTES (< u16::MAX), so every
             // offset into its text fits.
             let offset = |n: usize| u16::try_from(n).map_err(|_| HeadError::TooLarge);
@@ -117,7 +113,7 @@ pub fn parse_head(buf: &[u8]) -> Result<Head, HeadError> {
             let method_end = offset(text.len())?;
             text.extend_from_slice(path.as_bytes());
             let path_end = offset(text.len())?;
-            text.extend_from_slice(query.unwrap_or_default().as_bytes());
+            text.extend_from_slice(query.as_bytes());
             let query_end = offset(text.len())?;
             let mut header_ends = Vec::with_capacity(req.headers.len());
             for h in req.headers.iter() {
@@ -142,7 +138,6 @@ pub fn parse_head(buf: &[u8]) -> Result<Head, HeadError> {
                 method_end,
                 path_end,
                 query_end,
-                has_query: query.is_some(),
                 minor_version: minor,
                 header_ends,
                 head_len,
@@ -183,17 +178,22 @@ impl Request {
 
     /// The raw query string after `?`, if any.
     pub fn query(&self) -> Option<&str> {
-        self.has_query.then(|| self.part(self.path_end, self.query_end))
+        self.part(self.path_end, self.query_end).strip_prefix('?')
+    }
+
+    /// Per header: where its name starts, where the name ends (the value
+    /// starts) and where the value ends in `text`.
+    fn spans(&self) -> impl Iterator<Item = (u16, u16, u16)> + '_ {
+        let mut start = self.query_end;
+        self.header_ends.iter().map(move |&(n, v)| {
+            let name_start = std::mem::replace(&mut start, v);
+            (name_start, n, v)
+        })
     }
 
     /// Every header as (lower-case name, trimmed value), in order.
     pub fn headers(&self) -> impl Iterator<Item = (&str, &str)> + '_ {
-        let mut start = self.query_end;
-        self.header_ends.iter().map(move |&(n, v)| {
-            let name = self.part(start, n);
-            start = v;
-            (name, self.part(n, v))
-        })
+        self.spans().map(|(s, n, v)| (self.part(s, n), self.part(n, v)))
     }
 
     /// The first header with this (lower-case) name.
@@ -201,15 +201,9 @@ impl Request {
         // Bytes, not `headers()`: an upgrade looks up about ten names, and
         // only the one found needs its value sliced as `str`.
         let text = self.text.as_bytes();
-        let mut start = usize::from(self.query_end);
-        for &(n, v) in &self.header_ends {
-            let (n, v) = (usize::from(n), usize::from(v));
-            if n.wrapping_sub(start) == name.len() && text.get(start..n) == Some(name.as_bytes()) {
-                return self.text.get(n..v);
-            }
-            start = v;
-        }
-        None
+        self.spans()
+            .find(|&(s, n, _)| text.get(usize::from(s)..usize::from(n)) == Some(name.as_bytes()))
+            .map(|(_, n, v)| self.part(n, v))
     }
 
     /// A cookie from the `Cookie` headers.
