@@ -16,7 +16,8 @@
 #
 # Prints µs per handshake per cycle, then per server the median and quartiles,
 # and for each server but the floor the median of its per-cycle ratios to the
-# floor's chunk of the same cycle (the issue-16 target is ≤ 1.15). The first
+# floor's chunk of the same cycle (the issue-16 target is ≤ 1.15); with two
+# or more tessera builds, also each one's per-cycle ratio to the first. The first
 # cycle warms the servers up and is left out of the summary. Run it on an
 # otherwise idle machine.
 set -uo pipefail
@@ -89,4 +90,10 @@ if floor:
     for n in names:
         if n != floor:
             print('  %-16s %s' % (n, q([per[(c, n)] / per[(c, floor)] for c in cycles])))
+others = [n for n in names if n != floor]
+if len(others) > 1:
+    base = others[0]
+    print('per-cycle ratio to %s (median [quartiles]; below 1: less CPU than it):' % base)
+    for n in others[1:]:
+        print('  %-16s %s' % (n, q([per[(c, n)] / per[(c, base)] for c in cycles])))
 PY
