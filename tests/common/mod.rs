@@ -373,8 +373,15 @@ pub fn token(sub: &str, clearance: u32, ttl: i64, edit: impl FnOnce(&mut Claims)
 /// Sends raw bytes, returns everything the server answers until it closes
 /// (or 5 s pass).
 pub fn raw(addr: SocketAddr, request: &[u8]) -> String {
+    raw_within(addr, request, Duration::from_secs(5))
+}
+
+/// [`raw`] with the read timeout given: for an answer that is slow by
+/// design (a login at the full PBKDF2 iteration count, at nice 19, maybe
+/// under qemu on a busy machine). An upper bound, not a timed assertion.
+pub fn raw_within(addr: SocketAddr, request: &[u8], timeout: Duration) -> String {
     let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.set_read_timeout(Some(timeout)).unwrap();
     s.write_all(request).unwrap();
     let mut out = Vec::new();
     let _ = s.read_to_end(&mut out);
