@@ -19,18 +19,21 @@ kit_build() {
   esac
 }
 
-# kit_serve BIN|floor PORT: starts that server on CPU 0, listening on
-# 127.0.0.1:PORT (tessera with caps above the load and text logs), sets
-# SERVER_PID, and waits until it accepts. Returns 1 (the server stopped)
-# when it does not within 5 s, 2 when BIN is not an executable.
+# kit_serve BIN|floor PORT [WRAPPER...]: starts that server on CPU 0,
+# listening on 127.0.0.1:PORT (tessera with caps above the load and text
+# logs), sets SERVER_PID, and waits until it accepts. A WRAPPER command (e.g.
+# `strace -c -f -o FILE`) runs the server; SERVER_PID is then the wrapper's.
+# Returns 1 (the server stopped) when it does not within 5 s, 2 when BIN is
+# not an executable.
 kit_serve() {
   local bin=$1 port=$2
+  shift 2
   SERVER_PID=
   if [[ $bin == floor ]]; then
-    taskset -c 0 "$FLOOR" --listen "127.0.0.1:$port" >/dev/null 2>&1 &
+    taskset -c 0 "$@" "$FLOOR" --listen "127.0.0.1:$port" >/dev/null 2>&1 &
   else
     [[ -x $bin ]] || { echo "$bin is not executable (cargo build --release)" >&2; return 2; }
-    taskset -c 0 "$bin" serve --listen "127.0.0.1:$port" --max-connections 20000 \
+    taskset -c 0 "$@" "$bin" serve --listen "127.0.0.1:$port" --max-connections 20000 \
       --max-sockets-per-address 20000 --log-format text >/dev/null 2>&1 &
   fi
   SERVER_PID=$!

@@ -24,29 +24,15 @@ OUT=$(mktemp)
 trap 'rm -f "$OUT"' EXIT
 
 for s in "${SERVERS[@]}"; do
-  if [[ $s == floor ]]; then
-    cmd=("$FLOOR" --listen "127.0.0.1:$PORT")
-  else
-    [[ -x $s ]] || { echo "$s is not executable" >&2; exit 2; }
-    cmd=("$s" serve --listen "127.0.0.1:$PORT" --max-connections 20000
-      --max-sockets-per-address 20000 --log-format text)
-  fi
-  taskset -c 0 strace -c -f -o "$OUT" "${cmd[@]}" >/dev/null 2>&1 &
-  spid=$!
-  up=
-  for _ in $(seq 50); do
-    if (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then up=1; break; fi
-    sleep 0.1
-  done
-  [[ -n $up ]] || { echo "$s did not come up" >&2; kill "$spid"; exit 1; }
+  kit_serve "$s" "$PORT" strace -c -f -o "$OUT" || exit 1
   ok=$(taskset -c 1 "$WSLOAD" handshakes --url "ws://127.0.0.1:$PORT/ws" --conns "$N" \
     --concurrency 50 2>/dev/null | grep -o '"ok":[0-9]*' | cut -d: -f2)
   # strace's child is the server: SIGINT it (a clean stop), then wait for
   # strace to write its table.
-  pkill -INT -P "$spid" 2>/dev/null
+  pkill -INT -P "$SERVER_PID" 2>/dev/null
   sleep 0.5
-  pkill -KILL -P "$spid" 2>/dev/null
-  wait "$spid" 2>/dev/null
+  pkill -KILL -P "$SERVER_PID" 2>/dev/null
+  wait "$SERVER_PID" 2>/dev/null
   echo "$(basename "$s"): $ok of $N handshakes completed; calls per handshake:"
   # strace -c columns: % time, seconds, usecs/call, calls, [errors], syscall.
   awk -v n="$N" '

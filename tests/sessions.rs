@@ -28,13 +28,20 @@ fn start(dir: &std::path::Path, extra: &[&str]) -> Server {
 }
 
 fn login(s: &Server, user: &str, pw: &str) -> String {
-    http(
+    login_within(s, user, pw, Duration::from_secs(5))
+}
+
+/// [`login`] waiting up to `timeout` for the answer (see [`raw_within`]).
+fn login_within(s: &Server, user: &str, pw: &str, timeout: Duration) -> String {
+    let body = json!({"username":user,"password":pw}).to_string();
+    let req = http_request(
         s.addr,
         "POST",
         "/auth/login",
         &[("Content-Type", "application/json")],
-        &json!({"username":user,"password":pw}).to_string(),
-    )
+        &body,
+    );
+    raw_within(s.addr, req.as_bytes(), timeout)
 }
 
 fn set_cookies(resp: &str) -> Vec<String> {
@@ -521,15 +528,7 @@ fn demo_prints_users_whose_passwords_log_in() {
         .unwrap()
         .trim()
         .to_string();
-    let body = json!({"username": "agent-007", "password": pw}).to_string();
-    let req = http_request(
-        s.addr,
-        "POST",
-        "/auth/login",
-        &[("Content-Type", "application/json")],
-        &body,
-    );
-    let r = raw_within(s.addr, req.as_bytes(), Duration::from_secs(120));
+    let r = login_within(&s, "agent-007", &pw, Duration::from_secs(120));
     assert_eq!(status(&r), 200, "{r}");
     assert!(!s.logs().contains(&pw));
 }
